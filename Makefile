@@ -1,0 +1,28 @@
+PY := .venv/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: setup test test-all demo bench clean
+
+# Idempotent: create the venv once, install the CPU torch wheel only if torch is missing,
+# then the package with its dev extra. timesformer-pytorch is installed --no-deps so that
+# it can never pull a CUDA torch build.
+setup:
+	@test -x $(PY) || python3 -m venv .venv
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
+	@$(PY) -c "import timesformer, pytest, transformers, einops, timesformer_pytorch" 2>/dev/null || \
+		( $(PIP) install -q -e '.[dev]' && $(PIP) install -q --no-deps timesformer-pytorch==0.4.1 )
+
+test: setup
+	$(PY) -m pytest
+
+test-all: setup
+	$(PY) -m pytest -m ''
+
+demo: setup
+	$(PY) -m timesformer demo
+
+bench: setup
+	$(PY) benchmarks/bench_model.py
+
+clean:
+	rm -rf .venv build *.egg-info src/*.egg-info .pytest_cache

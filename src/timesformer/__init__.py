@@ -1,0 +1,7 @@
+"""timesformer: TimeSformer ("Is Space-Time Attention All You Need for Video Understanding?", ICML 2021)."""
+from .model import (ATTENTIONS, POS_EMBS, TimeSformer, TimeSformerConfig, create_model, get_config,
+                    list_models)
+
+__version__ = "0.1.0"
+__all__ = ["ATTENTIONS", "POS_EMBS", "TimeSformer", "TimeSformerConfig", "create_model", "get_config",
+           "list_models"]

@@ -1,0 +1,178 @@
+"""The TimeSformer block: a chain of attention stages over groups of patch tokens, then the MLP.
+
+Legend: ``b t h w`` batch x frames x patch grid, ``d`` model dim, ``c`` cls copies (1, or ``t`` for the
+official space-only model), ``G`` groups, ``L`` tokens per group, ``k`` heads, ``e`` head dim.
+
+One block class covers the five schemes of the paper (``partition.stages_for``):
+
+* pre-stages (temporal for divided; local for sparse; temporal and width for axial) each have
+  ``{name}_norm1``, ``{name}_attn`` and ``{name}_fc`` -- for divided these are the official
+  ``temporal_norm1``, ``temporal_attn`` and ``temporal_fc`` (zero-initialised there);
+* the final stage (spatial, joint, global or height) has the official ``norm1`` and ``attn``;
+* ``norm2`` and ``mlp`` follow.
+
+How the cls token takes part (``cls_attention``):
+
+* ``"average"`` (official): the cls token skips the pre-stages; in the final stage it is copied into every
+  group (every frame, for divided), and the copies' outputs are averaged over the groups that hold a real
+  frame. With ``c == G`` cls copies (official space-only: one cls per frame) each group keeps its own.
+* ``"global"`` (the seed): in every stage the cls token's query attends to all tokens of the clip, and every
+  group's keys and values include the cls token.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import Attention, attention
+from .embeddings import apply_rotary
+from .layers import DropPath, Mlp
+from .partition import Partition, stages_for
+
+
+@dataclass
+class TokenContext:
+    """What every block needs to know about the clip, computed once per forward.
+
+    Attributes:
+        valid: ``b t`` bool frame mask (True = real frame) or None.
+        rope: rotary ``(cos, sin)`` per axes string, each ``t h w 1 (e/2)``; None for learned embeddings.
+    """
+
+    valid: torch.Tensor | None = None
+    rope: dict | None = None
+
+
+def shift_tokens(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Token shift (the seed's ``shift_tokens``): the first third of channels comes from the next frame, the
+    second third stays, the third third comes from the previous frame (zeros past the ends).
+
+    Padded frames are zeroed first, so a real frame never reads a padded frame's content.
+    ``x: b t h w d -> b t h w d``.
+    """
+    if valid is not None:
+        x = torch.where(valid[:, :, None, None, None], x, 0.0)
+    c = x.shape[-1] // 3
+    nxt = F.pad(x[:, 1:, ..., :c], (0, 0, 0, 0, 0, 0, 0, 1))
+    prv = F.pad(x[:, :-1, ..., 2 * c:3 * c], (0, 0, 0, 0, 0, 0, 1, 0))
+    return torch.cat([nxt, x[..., c:2 * c], prv, x[..., 3 * c:]], dim=-1)
+
+
+class Block(nn.Module):
+    """One TimeSformer block. ``forward(cls: b c d, x: b t h w d, ctx) -> (cls, x)``."""
+
+    def __init__(self, *, dim: int, heads: int, dim_head: int, attention: str, mlp_ratio: float = 4.0,
+                 mlp: str = "gelu", qkv_bias: bool = True, temporal_fc: bool = True,
+                 cls_attention: str = "average", shift: bool = False, norm_eps: float = 1e-6,
+                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0, attn_impl: str = "sdpa",
+                 sparse_windows: int = 2, sparse_stride: int = 2):
+        super().__init__()
+        self.cls_attention, self.shift, self.attn_impl = cls_attention, shift, attn_impl
+        pre, (self.final_name, self.final) = stages_for(attention, sparse_windows=sparse_windows,
+                                                        sparse_stride=sparse_stride)
+        self.pre_stages = [name for name, _ in pre]
+        self.partitions = dict(pre)
+        self.partitions[self.final_name] = self.final
+        attn_kw = dict(dim=dim, heads=heads, dim_head=dim_head, qkv_bias=qkv_bias, attn_drop=attn_drop,
+                       proj_drop=drop)
+        for name in self.pre_stages:
+            setattr(self, f"{name}_norm1", nn.LayerNorm(dim, eps=norm_eps))
+            setattr(self, f"{name}_attn", Attention(**attn_kw))
+            setattr(self, f"{name}_fc", nn.Linear(dim, dim) if temporal_fc else nn.Identity())
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(**attn_kw)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim=dim, hidden=int(dim * mlp_ratio), kind=mlp, drop=drop)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, cls: torch.Tensor, x: torch.Tensor, ctx: TokenContext):
+        glob = self.cls_attention == "global"
+        for name in self.pre_stages:
+            norm, attn, fc = (getattr(self, f"{name}_{part}") for part in ("norm1", "attn", "fc"))
+            xo, co = self._attend(attn, self.partitions[name], norm(cls) if glob else None, self._pre(norm(x), ctx),
+                                  ctx)
+            if co is None:  # official order: temporal_fc(drop_path(proj(attn)))
+                x = x + fc(self.drop_path(attn.output(xo)))
+            else:
+                dx, dc = self.drop_path(fc(attn.output(xo)), fc(attn.output(co)))
+                x, cls = x + dx, cls + dc
+        xo, co = self._attend(self.attn, self.final, self.norm1(cls), self._pre(self.norm1(x), ctx), ctx)
+        dx, dc = self.drop_path(self.attn.output(xo), self.attn.output(co))
+        x, cls = x + dx, cls + dc
+        dx, dc = self.drop_path(self.mlp(self._pre(self.norm2(x), ctx)), self.mlp(self.norm2(cls)))
+        return cls + dc, x + dx
+
+    def _pre(self, x, ctx):
+        return shift_tokens(x, ctx.valid) if self.shift else x
+
+    def _attend(self, attn: Attention, part: Partition, cls: torch.Tensor | None, x: torch.Tensor,
+                ctx: TokenContext):
+        """Attention of one stage. ``cls: b c d`` (normed) or None when the cls token sits this stage out;
+        ``x: b t h w d`` (normed). Returns ``(x_out: b t h w (k e), cls_out: b c (k e) or None)`` before the
+        output projection."""
+        b, t, h, w, _ = x.shape
+        qkv = attn.qkv(x)  # b t h w (3 k e)
+        if ctx.rope is not None:  # rotate patch queries and keys by their position (the cls token is not rotated)
+            cos, sin = ctx.rope[part.axes]
+            q, k, v = qkv.unflatten(-1, (3, attn.heads, attn.dim_head)).unbind(-3)
+            qkv = torch.stack([apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v], dim=-3).flatten(-3)
+        groups = part.group(qkv)  # (b G) L (3 k e)
+        G = groups.shape[0] // b
+
+        # which slots hold a real token of a real frame: (b G) L, or None when all do
+        real = None
+        if ctx.valid is not None:
+            real = part.group(ctx.valid[:, :, None, None, None].expand(b, t, h, w, 1)).squeeze(-1)
+        slot = part.slot_valid(t, h, w, x.device)
+        if slot is not None:
+            real = slot.repeat(b, 1) if real is None else real & slot.repeat(b, 1)
+        # keys to hide: padding slots always; padded frames where a group spans several frames
+        key_ok = real if (slot is not None or part.spans_time) else None
+
+        if cls is not None:
+            cls_qkv = attn.qkv(cls)  # b c (3 k e)
+            copies = cls_qkv.expand(b, G, -1) if cls_qkv.shape[1] == 1 else cls_qkv
+            groups = torch.cat([copies.reshape(b * G, 1, -1), groups], dim=1)
+            if key_ok is not None:
+                key_ok = F.pad(key_ok, (1, 0), value=True)
+        q, k, v = attn.split_heads(groups)
+        glob = cls is not None and self.cls_attention == "global"
+        if glob:  # the cls query is answered separately, over the whole clip
+            q = q[:, :, 1:]
+        mask = None
+        if key_ok is not None:
+            # a group with no real key (all its frames padded) attends unmasked; its outputs only reach padded tokens
+            key_ok = key_ok | ~key_ok.any(-1, keepdim=True)
+            mask = key_ok[:, None, None, :]
+        drop = attn.attn_drop if self.training else 0.0
+        out = attention(q, k, v, mask=mask, dropout_p=drop, impl=self.attn_impl)  # (b G) k Lq e
+        out = out.transpose(1, 2).flatten(2)  # (b G) Lq (k e)
+
+        cls_out = None
+        if cls is not None and not glob:
+            cls_out, out = out[:, 0].unflatten(0, (b, G)), out[:, 1:]  # b G (k e)
+            if cls.shape[1] == 1:  # average the copies over groups holding a real token
+                if real is None or ctx.valid is None:
+                    cls_out = cls_out.mean(1, keepdim=True)
+                else:
+                    weight = real.any(-1).unflatten(0, (b, G)).to(cls_out.dtype)
+                    cls_out = (cls_out * weight.unsqueeze(-1)).sum(1, keepdim=True) / weight.sum(1)[:, None, None]
+        elif glob:
+            cls_out = self._cls_global(attn, qkv, cls_qkv, ctx, drop)
+        return part.ungroup(out, (b, t, h, w)), cls_out
+
+    def _cls_global(self, attn, qkv, cls_qkv, ctx, drop):
+        """The seed's cls step: its query attends to itself and every patch token of the clip."""
+        b = qkv.shape[0]
+        tokens = torch.cat([cls_qkv, qkv.reshape(b, -1, qkv.shape[-1])], dim=1)  # b (1 + t h w) (3 k e)
+        q, k, v = attn.split_heads(tokens)
+        mask = None
+        if ctx.valid is not None:
+            n = qkv.shape[2] * qkv.shape[3]
+            keys = F.pad(ctx.valid.repeat_interleave(n, dim=1), (1, 0), value=True)
+            mask = keys[:, None, None, :]
+        out = attention(q[:, :, :1], k, v, mask=mask, dropout_p=drop, impl=self.attn_impl)
+        return out.transpose(1, 2).flatten(2)  # b 1 (k e)

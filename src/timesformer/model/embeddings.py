@@ -1,0 +1,90 @@
+"""Patch embedding, learned position/time embeddings and their resampling, rotary embeddings.
+
+Legend: ``b t c H W`` pixels, ``h w`` patch grid, ``n = h*w``, ``d`` model dim, ``e`` head dim.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+class PatchEmbed(nn.Module):
+    """Per-frame ``Conv2d(c, d, p, stride=p)``: ``b t c H W -> b t h w d`` (official ``patch_embed.proj``)."""
+
+    def __init__(self, *, channels: int, dim: int, patch_size: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(channels, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        b = video.shape[0]
+        x = self.proj(video.flatten(0, 1))  # (b t) d h w
+        return rearrange(x, "(b t) d h w -> b t h w d", b=b)
+
+
+def resample_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Resize a learned ``1 (1+n) d`` table (cls first, square grid) to ``grid = (h, w)``.
+
+    Nearest-neighbour 2-D interpolation over the patch grid, as the official model and Hugging Face do
+    at run time (``F.interpolate(mode="nearest")``), so resized models match theirs exactly.
+    """
+    n = pos_embed.shape[1] - 1
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f"pos_embed must hold 1 + a square number of positions; got {tuple(pos_embed.shape)}")
+    if (side, side) == tuple(grid):
+        return pos_embed
+    cls_pos, grid_pos = pos_embed[:, :1], pos_embed[:, 1:]
+    grid_pos = rearrange(grid_pos, "1 (h w) d -> 1 d h w", h=side)
+    grid_pos = F.interpolate(grid_pos, size=tuple(grid), mode="nearest")
+    return torch.cat([cls_pos, rearrange(grid_pos, "1 d h w -> 1 (h w) d")], dim=1)
+
+
+def resample_time_embed(time_embed: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """Resize a learned ``1 T d`` time table to ``num_frames`` by 1-D nearest interpolation (official, HF)."""
+    if time_embed.shape[1] == num_frames:
+        return time_embed
+    out = F.interpolate(time_embed.transpose(1, 2), size=num_frames, mode="nearest")
+    return out.transpose(1, 2)
+
+
+# --- rotary -----------------------------------------------------------------------------------------
+# A true rotation: head dims are taken in pairs (i, i + e/2) ("half-split" layout); pair i turns by the
+# angle pos * theta_i. With several axes the pairs are shared out between them (axial rotary), each axis
+# with its own frequency ladder theta_i = base^(-i / pairs_of_that_axis). Then
+#   <rot(q, p), rot(k, p')> depends on p - p' only, per axis (tested in tests/model/test_rotary.py).
+# The seed builds its temporal frequencies half-split but rotates interleaved pairs, which is no rotation.
+
+AXES = {"t": 0, "y": 1, "x": 2}
+
+
+def rotary_angles(axes: str, sizes: tuple[int, int, int], dim_head: int, *, base: float = 10000.0,
+                  device=None) -> torch.Tensor:
+    """Angles ``t h w (e/2)`` for the axes named in ``axes`` (a subset of ``"tyx"``).
+
+    Args:
+        axes: which coordinates rotate, e.g. ``"t"`` (temporal attention), ``"yx"`` (spatial), ``"tyx"``.
+        sizes: ``(t, h, w)`` of the token grid; positions are integer indices 0..size-1.
+        dim_head: ``e``; must be even.
+    """
+    if dim_head % 2:
+        raise ValueError(f"rotary embeddings need an even dim_head; got {dim_head}")
+    pairs = dim_head // 2
+    shares = [pairs // len(axes) + (i < pairs % len(axes)) for i in range(len(axes))]
+    grids = torch.meshgrid(*(torch.arange(s, device=device, dtype=torch.float32) for s in sizes), indexing="ij")
+    chunks = []
+    for axis, share in zip(axes, shares):
+        theta = base ** (-torch.arange(share, device=device, dtype=torch.float32) / max(share, 1))
+        chunks.append(grids[AXES[axis]].unsqueeze(-1) * theta)
+    return torch.cat(chunks, dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs ``(x[..., i], x[..., i + e/2])`` by the angle whose cos/sin are given; ``cos, sin``
+    broadcast against ``x[..., :e/2]`` (e.g. ``x: b t h w k e`` with ``cos: t h w 1 (e/2)``)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
