@@ -28,6 +28,9 @@ HF_ATTENTION = {"divided_space_time": "divided", "space_only": "space", "joint_s
 
 
 def from_hf(state: dict) -> dict:
+    """HF ``TimesformerForVideoClassification`` (or bare ``TimesformerModel``) keys -> ours."""
+    if not any(k.startswith("timesformer.") for k in state):  # a bare TimesformerModel
+        state = {f"timesformer.{k}": v for k, v in state.items()}
     return rename(state, HF_KEYS, reverse=True)
 
 

@@ -1,0 +1,31 @@
+import pytest
+import torch
+
+import timesformer as tf
+
+SCHEMES = tf.ATTENTIONS
+POS = tf.POS_EMBS
+
+
+def small_config(**overrides) -> tf.TimeSformerConfig:
+    """A model small enough for exact fp32 checks in milliseconds (T=4, 32x32, patch 8 -> 4x4 grid)."""
+    base = dict(num_classes=5, num_frames=4, image_size=32, patch_size=8, dim=32, depth=2, heads=2, dim_head=16)
+    return tf.TimeSformerConfig(**{**base, **overrides})
+
+
+def small_model(seed: int = 0, **overrides) -> tf.TimeSformer:
+    """Random-init small model with every parameter non-trivial (temporal_fc and time table are zero at init,
+    which would hide bugs in the temporal path)."""
+    torch.manual_seed(seed)
+    model = tf.TimeSformer(small_config(**overrides)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "_fc" in name or "time_embed" in name:
+                p.normal_(std=0.1)
+    return model
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
