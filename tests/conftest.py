@@ -4,7 +4,7 @@ import torch
 import timesformer as tf
 
 SCHEMES = tf.ATTENTIONS
-POS = tf.POS_EMBS
+POS = ("learned", "rotary")  # learned_joint (the seed's table) is tested in tests/convert
 
 
 def small_config(**overrides) -> tf.TimeSformerConfig:

@@ -90,20 +90,24 @@ class Block(nn.Module):
 
     def forward(self, cls: torch.Tensor, x: torch.Tensor, ctx: TokenContext):
         glob = self.cls_attention == "global"
-        for name in self.pre_stages:
-            norm, attn, fc = (getattr(self, f"{name}_{part}") for part in ("norm1", "attn", "fc"))
-            xo, co = self._attend(attn, self.partitions[name], norm(cls) if glob else None, self._pre(norm(x), ctx),
-                                  ctx)
-            if co is None:  # official order: temporal_fc(drop_path(proj(attn)))
-                x = x + fc(self.drop_path(attn.output(xo)))
-            else:
-                dx, dc = self.drop_path(fc(attn.output(xo)), fc(attn.output(co)))
-                x, cls = x + dx, cls + dc
-        xo, co = self._attend(self.attn, self.final, self.norm1(cls), self._pre(self.norm1(x), ctx), ctx)
-        dx, dc = self.drop_path(self.attn.output(xo), self.attn.output(co))
-        x, cls = x + dx, cls + dc
-        dx, dc = self.drop_path(self.mlp(self._pre(self.norm2(x), ctx)), self.mlp(self.norm2(cls)))
-        return cls + dc, x + dx
+        b, t, h, w, _ = x.shape
+        keep = self.drop_path.sample(b, x)
+        stages = [(name, *(getattr(self, f"{name}_{p}") for p in ("norm1", "attn", "fc"))) for name in self.pre_stages]
+        stages.append((self.final_name, self.norm1, self.attn, nn.Identity()))
+        for name, norm, attn, fc in stages:
+            final = name == self.final_name
+            part = self.partitions[name]
+            cls_in = norm(cls) if (final or glob) else None
+            xo, co = self._attend(attn, part, cls_in, self._pre(norm(x), ctx), ctx)
+            # per token: fc(drop_path(proj(attn))) -- the official order -- on the grouped layout, then one
+            # ungroup back into the (dense) residual stream
+            groups = xo.shape[0] // b
+            x = x + part.ungroup(fc(self.drop_path.scale(attn.output(xo), keep, groups)), (b, t, h, w))
+            if co is not None:
+                cls = cls + fc(self.drop_path.scale(attn.output(co), keep))
+        x = x + self.drop_path.scale(self.mlp(self._pre(self.norm2(x), ctx)), keep)
+        cls = cls + self.drop_path.scale(self.mlp(self.norm2(cls)), keep)
+        return cls, x
 
     def _pre(self, x, ctx):
         return shift_tokens(x, ctx.valid) if self.shift else x
@@ -111,8 +115,8 @@ class Block(nn.Module):
     def _attend(self, attn: Attention, part: Partition, cls: torch.Tensor | None, x: torch.Tensor,
                 ctx: TokenContext):
         """Attention of one stage. ``cls: b c d`` (normed) or None when the cls token sits this stage out;
-        ``x: b t h w d`` (normed). Returns ``(x_out: b t h w (k e), cls_out: b c (k e) or None)`` before the
-        output projection."""
+        ``x: b t h w d`` (normed). Returns ``(x_out: (b G) L (k e)`` still grouped by ``part``,
+        ``cls_out: b c (k e)`` or None), both before the output projection."""
         b, t, h, w, _ = x.shape
         qkv = attn.qkv(x)  # b t h w (3 k e)
         if ctx.rope is not None:  # rotate patch queries and keys by their position (the cls token is not rotated)
@@ -162,7 +166,7 @@ class Block(nn.Module):
                     cls_out = (cls_out * weight.unsqueeze(-1)).sum(1, keepdim=True) / weight.sum(1)[:, None, None]
         elif glob:
             cls_out = self._cls_global(attn, qkv, cls_qkv, ctx, drop)
-        return part.ungroup(out, (b, t, h, w)), cls_out
+        return out, cls_out
 
     def _cls_global(self, attn, qkv, cls_qkv, ctx, drop):
         """The seed's cls step: its query attends to itself and every patch token of the clip."""

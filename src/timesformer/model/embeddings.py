@@ -23,7 +23,9 @@ class PatchEmbed(nn.Module):
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         b = video.shape[0]
         x = self.proj(video.flatten(0, 1))  # (b t) d h w
-        return rearrange(x, "(b t) d h w -> b t h w d", b=b)
+        # dense channels-last: the residual stream inherits this layout, and a permuted view here would make every
+        # later norm, matmul and activation copy its input
+        return rearrange(x, "(b t) d h w -> b t h w d", b=b).contiguous()
 
 
 def resample_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -50,6 +52,24 @@ def resample_time_embed(time_embed: torch.Tensor, num_frames: int) -> torch.Tens
         return time_embed
     out = F.interpolate(time_embed.transpose(1, 2), size=num_frames, mode="nearest")
     return out.transpose(1, 2)
+
+
+def resample_joint_pos_embed(pos_embed: torch.Tensor, num_frames: int, size: tuple[int, int, int]) -> torch.Tensor:
+    """Resize the seed's joint table ``1 (1 + T*g*g) d`` (cls first, then frame-major ``t h w``) to
+    ``size = (t, h, w)`` by nearest interpolation over time and both grid axes.
+
+    The seed itself slices the first ``1 + t*h*w`` rows, which scrambles positions at any other size.
+    """
+    n = (pos_embed.shape[1] - 1) // num_frames
+    side = math.isqrt(n)
+    if side * side * num_frames + 1 != pos_embed.shape[1]:
+        raise ValueError(f"joint pos_embed must hold 1 + {num_frames} frames x a square grid; got "
+                         f"{tuple(pos_embed.shape)}")
+    if (num_frames, side, side) == tuple(size):
+        return pos_embed
+    grid = rearrange(pos_embed[:, 1:], "1 (t h w) d -> 1 d t h w", t=num_frames, h=side)
+    grid = F.interpolate(grid, size=tuple(size), mode="nearest")
+    return torch.cat([pos_embed[:, :1], rearrange(grid, "1 d t h w -> 1 (t h w) d")], dim=1)
 
 
 # --- rotary -----------------------------------------------------------------------------------------

@@ -31,22 +31,29 @@ class Mlp(nn.Module):
 
 
 class DropPath(nn.Module):
-    """Stochastic depth: drops the whole residual branch per sample (dim 0) while training.
+    """Stochastic depth: drops a whole residual branch per sample while training.
 
-    Takes several tensors of one batch (patch tokens and cls token) and drops the same samples in all.
+    ``keep = drop_path.sample(b, like)`` draws one scale per sample (None when inactive);
+    ``drop_path.scale(x, keep, groups)`` scales a tensor whose dim 0 is ``b`` or ``(b groups)``, so patch tokens
+    in any grouped layout and the cls token of a sample are dropped together.
     """
 
     def __init__(self, p: float = 0.0):
         super().__init__()
         self.p = p
 
-    def forward(self, *xs: torch.Tensor):
+    def sample(self, batch: int, like: torch.Tensor) -> torch.Tensor | None:
         if self.p == 0.0 or not self.training:
-            return xs if len(xs) > 1 else xs[0]
+            return None
         keep = 1.0 - self.p
-        mask = xs[0].new_empty(xs[0].shape[0]).bernoulli_(keep).div_(keep)
-        out = tuple(x * mask.view((-1,) + (1,) * (x.ndim - 1)) for x in xs)
-        return out if len(out) > 1 else out[0]
+        return like.new_empty(batch).bernoulli_(keep).div_(keep)
+
+    @staticmethod
+    def scale(x: torch.Tensor, keep: torch.Tensor | None, groups: int = 1) -> torch.Tensor:
+        if keep is None:
+            return x
+        scale = keep.repeat_interleave(groups) if groups > 1 else keep
+        return x * scale.view((-1,) + (1,) * (x.ndim - 1))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -22,7 +22,7 @@ class Partition:
     def group(self, x: torch.Tensor) -> torch.Tensor:  # b t h w c -> (b G) L c
         raise NotImplementedError
 
-    def ungroup(self, y: torch.Tensor, size: tuple[int, int, int, int]) -> torch.Tensor:  # (b G) L c -> b t h w c
+    def ungroup(self, y: torch.Tensor, size: tuple[int, int, int, int]) -> torch.Tensor:  # (b G) L c -> b t h w c (contiguous)
         raise NotImplementedError
 
     def slot_valid(self, t: int, h: int, w: int, device) -> torch.Tensor | None:
@@ -43,7 +43,8 @@ class EinopsPartition(Partition):
 
     def ungroup(self, y, size):
         b, t, h, w = size
-        return rearrange(y, self.from_groups, b=b, t=t, h=h, w=w)
+        # contiguous: the residual stream must stay dense, or every later norm and matmul pays a copy
+        return rearrange(y, self.from_groups, b=b, t=t, h=h, w=w).contiguous()
 
 
 def _group_index(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

@@ -15,11 +15,12 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import IMPLS
 from .blocks import Block, TokenContext
-from .embeddings import PatchEmbed, resample_pos_embed, resample_time_embed, rotary_angles
+from .embeddings import (PatchEmbed, resample_joint_pos_embed, resample_pos_embed, resample_time_embed,
+                         rotary_angles)
 from .partition import stages_for
 
 ATTENTIONS = ("divided", "joint", "space", "sparse", "axial")
-POS_EMBS = ("learned", "rotary")
+POS_EMBS = ("learned", "rotary", "learned_joint")
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,8 @@ class TimeSformerConfig:
     dim_head: int = 64
     mlp_ratio: float = 4.0
     attention: str = "divided"  # divided (T+S) | joint (ST) | space (S) | sparse (L+G) | axial (T+W+H)
-    pos_emb: str = "learned"  # learned: official separate space + time tables | rotary: relative, no table
+    pos_emb: str = "learned"  # learned: official separate space + time tables | rotary: relative, no table |
+    # learned_joint: the seed's one table over all 1 + T*N positions (for its rotary_emb=False models)
     # architecture details: defaults are the official model; the `lucidrains` preset flips them to the seed's
     mlp: str = "gelu"  # gelu | geglu
     qkv_bias: bool = True
@@ -113,6 +115,8 @@ class TimeSformer(nn.Module):
             self.pos_embed = nn.Parameter(torch.zeros(1, cfg.grid ** 2 + 1, cfg.dim))
             if cfg.attention != "space":  # official: no time table for space-only
                 self.time_embed = nn.Parameter(torch.zeros(1, cfg.num_frames, cfg.dim))
+        elif cfg.pos_emb == "learned_joint":
+            self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_frames * cfg.grid ** 2 + 1, cfg.dim))
         self.pos_drop = nn.Dropout(cfg.drop_rate)
         rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()  # stochastic depth decay rule
         self.blocks = nn.ModuleList([
@@ -211,6 +215,10 @@ class TimeSformer(nn.Module):
             x = x + pos[:, 1:].reshape(1, 1, h, w, d)
             if hasattr(self, "time_embed"):
                 x = x + resample_time_embed(self.time_embed, t).reshape(1, t, 1, 1, d)
+        elif cfg.pos_emb == "learned_joint":
+            pos = resample_joint_pos_embed(self.pos_embed, cfg.num_frames, (t, h, w))
+            cls = cls + pos[:, :1]
+            x = x + pos[:, 1:].reshape(1, t, h, w, d)
         else:
             rope = {}
             for axes in self._rope_axes:

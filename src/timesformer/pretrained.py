@@ -1,0 +1,308 @@
+"""Load the weights people hold, save ours, and write Hugging Face folders.
+
+Formats (``load_pretrained`` detects them):
+
+* ``native``: our ``save_pretrained`` folder (``model.safetensors`` + ``config.json`` with ``"format": "timesformer"``);
+* ``hf``: a Hugging Face folder (``config.json`` with ``model_type: timesformer``, ``model.safetensors`` or
+  ``pytorch_model.bin``, optional ``preprocessor_config.json``) or a hub id such as
+  ``facebook/timesformer-base-finetuned-k400`` (through ``huggingface_hub``; its cache works offline);
+* ``official``: facebookresearch ``.pyth``/``.pth`` (``model_state`` with ``model.`` keys);
+* ``mmaction2``: ``state_dict`` with ``backbone.transformer_layers...`` keys;
+* ``lucidrains``: a ``timesformer-pytorch`` state dict.
+
+Nothing is unpickled beyond tensors and plain containers: safetensors, or ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .convert.common import check_state
+from .convert.hf import HF_ATTENTION, from_hf, to_hf
+from .convert.lucidrains import from_lucidrains, infer_config as lucidrains_config, is_lucidrains
+from .convert.mmaction import from_mmaction, is_mmaction
+from .convert.official import from_official, infer_config as official_config, unwrap
+from .convert.vit import from_image_vit
+from .model import TimeSformer, TimeSformerConfig
+
+FORMATS = ("native", "hf", "official", "mmaction2", "lucidrains")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+# --- reading files --------------------------------------------------------------------------------------
+def read_state(path: str | os.PathLike) -> dict:
+    """Tensors of a ``.safetensors`` file, or of a torch pickle loaded with ``weights_only=True``.
+
+    Raises ``ValueError`` naming the file for anything unreadable, truncated or needing arbitrary code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: the file is empty")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as err:  # safetensors raises its own error types for truncated/corrupt headers
+            raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:
+        text = str(err)
+        if "weights_only" in text or "Unsupported global" in text:
+            raise ValueError(f"{path}: refused: the file holds pickled Python objects beyond tensors, and loading "
+                             f"those could run arbitrary code. Re-save just the state dict, e.g. "
+                             f"torch.save(ckpt['model_state'], 'weights.pth'), with code you trust") from None
+        raise ValueError(f"{path}: not a readable checkpoint (truncated or corrupt?): {text.splitlines()[0]}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a dict of tensors (a state dict or checkpoint); got {type(obj).__name__}")
+    return obj
+
+
+def _tensors(state: dict, source) -> dict:
+    state = unwrap(state)
+    out = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not out:
+        raise ValueError(f"{source}: holds no tensors (keys: {sorted(state)[:8]})")
+    return out
+
+
+def detect_format(path: str | os.PathLike, state: dict | None = None) -> str:
+    """Which of ``FORMATS`` a folder or file is, by its config or by marker keys."""
+    path = Path(path)
+    if path.is_dir():
+        cfg_path = path / "config.json"
+        if not cfg_path.is_file():
+            raise ValueError(f"{path}: a folder without config.json; expected a save_pretrained or Hugging Face folder")
+        cfg = json.loads(cfg_path.read_text())
+        if cfg.get("format") == "timesformer":
+            return "native"
+        if cfg.get("model_type") == "timesformer":
+            return "hf"
+        raise ValueError(f"{cfg_path}: neither our config (format: timesformer) nor a Hugging Face Timesformer "
+                         f"config (model_type: timesformer); got model_type={cfg.get('model_type')!r}")
+    keys = set(state)
+    if any(k.startswith("timesformer.") for k in keys):
+        return "hf"
+    if is_mmaction(state):
+        return "mmaction2"
+    if is_lucidrains(state):
+        return "lucidrains"
+    if any(k.startswith("model.blocks.") for k in keys):
+        return "official"
+    if "patch_embed.proj.weight" in keys and any(k.startswith("blocks.") for k in keys):
+        return "official"  # official names without the wrapper prefix (also our bare state dicts)
+    raise ValueError(f"{path}: unrecognised checkpoint format; keys start {sorted(keys)[:6]}. Expected one of "
+                     f"{FORMATS}")
+
+
+# --- configs ----------------------------------------------------------------------------------------------
+def config_from_hf(hf: dict, preprocessor: dict | None = None, **overrides) -> TimeSformerConfig:
+    """TimeSformerConfig from a Hugging Face ``config.json`` (and ``preprocessor_config.json``)."""
+    attention = hf.get("attention_type", "divided_space_time")
+    if attention not in HF_ATTENTION:
+        raise ValueError(f"HF attention_type must be one of {sorted(HF_ATTENTION)}; got {attention!r}")
+    dim, heads = hf.get("hidden_size", 768), hf.get("num_attention_heads", 12)
+    id2label = hf.get("id2label") or {}
+    labels = tuple(id2label[k] for k in sorted(id2label, key=int)) if id2label else None
+    fields = dict(num_classes=len(labels) if labels else hf.get("num_labels", 2), num_frames=hf.get("num_frames", 8),
+                  image_size=hf.get("image_size", 224), patch_size=hf.get("patch_size", 16),
+                  channels=hf.get("num_channels", 3), dim=dim, depth=hf.get("num_hidden_layers", 12), heads=heads,
+                  dim_head=dim // heads, mlp_ratio=hf.get("intermediate_size", 4 * dim) / dim,
+                  attention=HF_ATTENTION[attention], qkv_bias=hf.get("qkv_bias", True),
+                  norm_eps=hf.get("layer_norm_eps", 1e-6), drop_rate=hf.get("hidden_dropout_prob", 0.0),
+                  attn_drop_rate=hf.get("attention_probs_dropout_prob", 0.0),
+                  drop_path_rate=hf.get("drop_path_rate", 0.0), labels=labels)
+    if preprocessor:
+        if "image_mean" in preprocessor:
+            fields["mean"] = tuple(preprocessor["image_mean"])
+        if "image_std" in preprocessor:
+            fields["std"] = tuple(preprocessor["image_std"])
+    if hf.get("hidden_act", "gelu") != "gelu":
+        raise ValueError(f"HF hidden_act must be 'gelu'; got {hf.get('hidden_act')!r}")
+    return TimeSformerConfig().replace(**{**fields, **overrides})
+
+
+def config_to_hf(cfg: TimeSformerConfig) -> dict:
+    """A Hugging Face ``config.json`` for an official-architecture model."""
+    to_hf_attention = {v: k for k, v in HF_ATTENTION.items()}
+    problems = [f"{k}={getattr(cfg, k)!r} (HF needs {v!r})" for k, v in
+                dict(pos_emb="learned", mlp="gelu", cls_attention="average", shift_tokens=False).items()
+                if getattr(cfg, k) != v]
+    if cfg.attention not in to_hf_attention:
+        problems.append(f"attention={cfg.attention!r} (HF has {sorted(to_hf_attention)})")
+    if cfg.attention == "divided" and not cfg.temporal_fc:
+        problems.append("temporal_fc=False (HF always has temporal_dense)")
+    if cfg.dim_head * cfg.heads != cfg.dim:
+        problems.append(f"heads x dim_head = {cfg.heads * cfg.dim_head} != dim {cfg.dim}")
+    if problems:
+        raise ValueError("this model cannot be written in Hugging Face's Timesformer format: " + ", ".join(problems))
+    labels = cfg.labels or tuple(f"LABEL_{i}" for i in range(cfg.num_classes))
+    return {
+        "architectures": ["TimesformerForVideoClassification"], "model_type": "timesformer",
+        "image_size": cfg.image_size, "patch_size": cfg.patch_size, "num_channels": cfg.channels,
+        "num_frames": cfg.num_frames, "hidden_size": cfg.dim, "num_hidden_layers": cfg.depth,
+        "num_attention_heads": cfg.heads, "intermediate_size": int(cfg.dim * cfg.mlp_ratio), "hidden_act": "gelu",
+        "hidden_dropout_prob": cfg.drop_rate, "attention_probs_dropout_prob": cfg.attn_drop_rate,
+        "initializer_range": 0.02, "layer_norm_eps": cfg.norm_eps, "qkv_bias": cfg.qkv_bias,
+        # transformers 5 annotates drop_path_rate as int and validates it: write whole numbers as int
+        "attention_type": to_hf_attention[cfg.attention],
+        "drop_path_rate": int(cfg.drop_path_rate) if float(cfg.drop_path_rate).is_integer() else cfg.drop_path_rate,
+        "id2label": {str(i): name for i, name in enumerate(labels)},
+        "label2id": {name: i for i, name in enumerate(labels)},
+    }
+
+
+# --- loading ----------------------------------------------------------------------------------------------
+def _hub_download(repo_id: str) -> Path:
+    """The local folder of a hub model: downloaded when online, from the cache when offline."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ValueError(f"{repo_id!r} is not a local path; loading hub names needs `pip install huggingface_hub`")
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt"]))
+    except Exception as err:
+        raise ValueError(f"{repo_id!r}: not a local path, and the hub download failed ({err})") from None
+
+
+def _labels_beside(path: Path) -> tuple | None:
+    """Class names from ``labels.txt`` (one per line) or ``labels.json`` (a list) beside a checkpoint."""
+    folder = path if path.is_dir() else path.parent
+    if (folder / "labels.json").is_file():
+        return tuple(json.loads((folder / "labels.json").read_text()))
+    if (folder / "labels.txt").is_file():
+        return tuple(line.strip() for line in (folder / "labels.txt").read_text().splitlines() if line.strip())
+    return None
+
+
+def load_pretrained(path: str | os.PathLike, format: str | None = None, **overrides) -> TimeSformer:
+    """Build and strictly load a model from any supported format (see the module docstring).
+
+    Args:
+        path: a folder, a file, or a Hugging Face hub id.
+        format: one of ``FORMATS``; detected when None.
+        overrides: config fields the checkpoint can't tell (``heads``, ``num_frames``, ``image_size``, ...) or
+            should change (``attn_impl``, ``drop_path_rate``, ...). An override that contradicts the tensor shapes
+            is an error.
+
+    Returns:
+        The model in eval mode, with ``model.config.labels`` when the checkpoint names its classes.
+    """
+    if format is not None and format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}; got {format!r}")
+    path = Path(path)
+    if not path.exists() and _HUB_ID.match(str(path)):
+        path = _hub_download(str(path))
+    if not path.exists():
+        raise ValueError(f"{path}: no such file or folder")
+
+    state = None
+    if path.is_dir():
+        format = format or detect_format(path)
+        weights = next((path / f for f in WEIGHT_FILES if (path / f).is_file()), None)
+        if weights is None:
+            raise ValueError(f"{path}: no weights file; expected one of {WEIGHT_FILES}")
+        state = _tensors(read_state(weights), weights)
+        config_json = json.loads((path / "config.json").read_text())
+        if format == "native":
+            cfg = _native_config(config_json, path / "config.json", overrides)
+        elif format == "hf":
+            pre = path / "preprocessor_config.json"
+            cfg = config_from_hf(config_json, json.loads(pre.read_text()) if pre.is_file() else None, **overrides)
+            state = from_hf(state)
+        else:
+            raise ValueError(f"{path}: format {format!r} is a single file, not a folder")
+    else:
+        state = _tensors(read_state(path), path)
+        format = format or detect_format(path, state)
+        if format == "lucidrains":
+            cfg = lucidrains_config(state, **overrides)
+            state, _ = from_lucidrains(state, channels=cfg.channels)
+        else:
+            state = {"hf": from_hf, "mmaction2": from_mmaction, "official": from_official,
+                     "native": from_official}[format](state)
+            cfg = official_config(state, **overrides)
+    if cfg.labels is None and cfg.num_classes:
+        labels = _labels_beside(path)
+        if labels is not None:
+            cfg = cfg.replace(labels=labels)
+    model = TimeSformer(cfg)
+    check_state(model, state, str(path))
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def _native_config(data: dict, where: Path, overrides: dict) -> TimeSformerConfig:
+    fields = data.get("config")
+    if not isinstance(fields, dict):
+        raise ValueError(f"{where}: no 'config' object")
+    known = {f.name for f in dataclasses.fields(TimeSformerConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown config key(s) {unknown}")
+    return TimeSformerConfig(**{**fields, **overrides})
+
+
+# --- writing ----------------------------------------------------------------------------------------------
+def _write_atomic(path: Path, write) -> None:
+    """Write through a temp file in the same folder, fsync, then rename: a crash never leaves half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _save_folder(folder, state: dict, config: dict) -> Path:
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    _write_atomic(folder / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    _write_atomic(folder / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+    return folder
+
+
+def save_pretrained(model: TimeSformer, folder: str | os.PathLike) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` (our format; ``load_pretrained`` reads it back)."""
+    config = {"format": "timesformer", "version": 1, "config": dataclasses.asdict(model.config)}
+    return _save_folder(folder, model.state_dict(), config)
+
+
+def export_hf(model: TimeSformer, folder: str | os.PathLike) -> Path:
+    """Write a folder that ``TimesformerForVideoClassification.from_pretrained`` loads with the same logits
+    (for the official architecture; other settings raise ``ValueError`` naming what HF lacks). The
+    preprocessing travels in ``preprocessor_config.json``."""
+    cfg = model.config
+    folder = _save_folder(folder, to_hf(model.state_dict()), config_to_hf(cfg))
+    pre = {"image_processor_type": "VideoMAEImageProcessor", "image_mean": list(cfg.mean), "image_std": list(cfg.std),
+           "size": {"shortest_edge": cfg.image_size}, "crop_size": {"height": cfg.image_size, "width": cfg.image_size},
+           "do_center_crop": True, "do_normalize": True, "do_rescale": True, "rescale_factor": 1 / 255}
+    _write_atomic(folder / "preprocessor_config.json", lambda tmp: Path(tmp).write_text(json.dumps(pre, indent=2)))
+    return folder
+
+
+def init_from_image_vit(model: TimeSformer, source) -> TimeSformer:
+    """Initialise ``model`` from image ViT weights (a path, or a state dict in timm or HF ``ViTModel`` naming):
+    the paper's recipe. See ``convert/vit.py``. Returns the model (modified in place)."""
+    state = source if isinstance(source, dict) else _tensors(read_state(source), source)
+    full = from_image_vit(state, model)
+    check_state(model, full, str(source) if not isinstance(source, dict) else "image ViT state dict")
+    model.load_state_dict(full, strict=True)
+    return model

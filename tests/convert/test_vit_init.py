@@ -1,0 +1,43 @@
+"""Image-model initialisation: T identical frames give the image ViT's features for that frame."""
+import pytest
+import torch
+
+import timesformer as tf
+from timesformer.convert.vit import vit_to_timm
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.mark.parametrize("attention", ["divided", "joint", "space", "sparse", "axial"])
+def test_identical_frames_give_the_image_features(attention, tmp_path):
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(0)
+    vit = ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                             intermediate_size=128, layer_norm_eps=1e-6), add_pooling_layer=False).eval()
+    model = tf.TimeSformer(tf.TimeSformerConfig(num_classes=3, num_frames=4, image_size=32, patch_size=8, dim=32,
+                                                depth=2, heads=2, dim_head=16, attention=attention))
+    tf.init_from_image_vit(model, vit.state_dict())
+    model.eval()
+    if attention == "divided":
+        blk = model.blocks[0]
+        torch.testing.assert_close(blk.temporal_attn.qkv.weight, blk.attn.qkv.weight)
+        assert blk.temporal_fc.weight.abs().sum() == 0 and model.time_embed.abs().sum() == 0
+    frame = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        image_features = vit(frame).last_hidden_state[:, 0]  # final layernorm, cls token
+        video_features = model.forward_features(frame.unsqueeze(1).expand(2, 4, 3, 32, 32))
+    if attention in ("divided", "space"):  # exactly the image model, frame by frame
+        torch.testing.assert_close(video_features, image_features, atol=1e-5, rtol=1e-5)
+    else:  # joint/sparse/axial attend across frames from the first layer: finite, and not yet trained
+        assert torch.isfinite(video_features).all()
+
+
+def test_timm_and_hf_naming_agree():
+    from transformers import ViTConfig, ViTModel
+
+    vit = ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=64), add_pooling_layer=False)
+    timm = vit_to_timm(vit.state_dict())
+    assert timm["blocks.0.attn.qkv.weight"].shape == (96, 32)
+    assert vit_to_timm(timm).keys() == timm.keys()  # timm naming passes through
