@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -56,12 +57,15 @@ def peak_rss_mb() -> float:
 
 
 def timeit(fn, iters: int, warmup: int = 1) -> float:
+    """Median seconds per call (this 2-core machine is shared and noisy; the median resists outliers)."""
     for _ in range(warmup):
         fn()
-    start = time.perf_counter()
+    times = []
     for _ in range(iters):
+        start = time.perf_counter()
         fn()
-    return (time.perf_counter() - start) / iters
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def worker(name: str, task: str, quick: bool) -> dict:
@@ -79,7 +83,7 @@ def worker(name: str, task: str, quick: bool) -> dict:
                 def step():
                     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=dtype == "bf16"):
                         model(x)
-                iters = 1 if quick else (3 if batch == 1 else 2)
+                iters = 1 if quick else (5 if batch == 1 else 3)
                 out[f"infer_b{batch}_{dtype}"] = batch / timeit(step, iters)
     else:
         module.train()
@@ -98,7 +102,7 @@ def worker(name: str, task: str, quick: bool) -> dict:
             opt.zero_grad(set_to_none=True)
             torch.nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
-        out["train_s"] = timeit(step, 1 if quick else 2)
+        out["train_s"] = timeit(step, 1 if quick else 3)
         out["model_rss_mb"] = base
     out["peak_rss_mb"] = peak_rss_mb()
     return out

@@ -99,15 +99,29 @@ class Block(nn.Module):
             part = self.partitions[name]
             cls_in = norm(cls) if (final or glob) else None
             xo, co = self._attend(attn, part, cls_in, self._pre(norm(x), ctx), ctx)
-            # per token: fc(drop_path(proj(attn))) -- the official order -- on the grouped layout, then one
-            # ungroup back into the (dense) residual stream
-            groups = xo.shape[0] // b
-            x = x + part.ungroup(fc(self.drop_path.scale(attn.output(xo), keep, groups)), (b, t, h, w))
+            # per token, on the grouped layout, then one ungroup back into the (dense) residual stream
+            x = x + part.ungroup(self._project(attn, fc, xo, keep, xo.shape[0] // b), (b, t, h, w))
             if co is not None:
-                cls = cls + fc(self.drop_path.scale(attn.output(co), keep))
+                cls = cls + self._project(attn, fc, co, keep, 1)
         x = x + self.drop_path.scale(self.mlp(self._pre(self.norm2(x), ctx)), keep)
         cls = cls + self.drop_path.scale(self.mlp(self.norm2(cls)), keep)
         return cls, x
+
+    def _project(self, attn: Attention, fc: nn.Module, out: torch.Tensor, keep, groups: int) -> torch.Tensor:
+        """``fc(drop_path(proj(out)))``, the official order, for ``out: (b G) L (k e)``.
+
+        With a ``temporal_fc`` the two linear maps fold into one: ``W = W_fc W_proj``, ``c = W_fc b_proj``, and
+        ``fc(m * proj(o)) = m * (o W^T + c) + b_fc`` for the per-sample drop-path scale ``m``. Exact algebra that
+        saves one d x d matmul per token (and its stored activation) for a d x d x d one per block. Not when
+        output dropout sits between the two maps in training.
+        """
+        if not isinstance(fc, nn.Linear) or (self.training and attn.proj_drop.p > 0):
+            return fc(self.drop_path.scale(attn.output(out), keep, groups))
+        weight = fc.weight @ attn.proj.weight
+        inner = fc.weight @ attn.proj.bias
+        if keep is None:
+            return F.linear(out, weight, inner + fc.bias)
+        return self.drop_path.scale(F.linear(out, weight, inner), keep, groups) + fc.bias
 
     def _pre(self, x, ctx):
         return shift_tokens(x, ctx.valid) if self.shift else x

@@ -6,6 +6,49 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype in force for ``device_type``, or None."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no device argument
+        enabled = torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+    if not enabled:
+        return None
+    try:
+        return torch.get_autocast_dtype(device_type)
+    except AttributeError:  # torch < 2.4
+        return torch.get_autocast_cpu_dtype() if device_type == "cpu" else torch.get_autocast_gpu_dtype()
+
+
+class _GeluLinear(torch.autograd.Function):
+    """``linear(gelu(a), weight, bias)`` that keeps only ``a`` for the backward pass and recomputes the GELU
+    there: autograd would keep both ``a`` (for GELU) and ``gelu(a)`` (for the matmul) -- the two largest
+    activations of a transformer block. Honours autocast like ``F.linear``."""
+
+    @staticmethod
+    def forward(ctx, a, weight, bias):
+        dtype = _autocast_dtype(a.device.type)
+        ctx.dtypes = (a.dtype, weight.dtype, bias.dtype)
+        if dtype is not None:
+            a, weight, bias = a.to(dtype), weight.to(dtype), bias.to(dtype)
+        with torch.autocast(a.device.type, enabled=False):
+            out = F.linear(F.gelu(a), weight, bias)
+        ctx.save_for_backward(a, weight)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        a, weight = ctx.saved_tensors
+        grad_out = grad_out.to(a.dtype)
+        hidden = F.gelu(a)
+        grad_a = torch.ops.aten.gelu_backward(grad_out @ weight, a)
+        flat_grad, flat_hidden = grad_out.reshape(-1, grad_out.shape[-1]), hidden.reshape(-1, hidden.shape[-1])
+        grad_w = flat_grad.t() @ flat_hidden
+        grad_b = flat_grad.sum(0)
+        a_dt, w_dt, b_dt = ctx.dtypes
+        return grad_a.to(a_dt), grad_w.to(w_dt), grad_b.to(b_dt)
+
+
 class Mlp(nn.Module):
     """Two-layer feed-forward ``d -> hidden -> d``.
 
@@ -24,10 +67,10 @@ class Mlp(nn.Module):
         x = self.fc1(x)
         if self.kind == "geglu":
             x, gate = x.chunk(2, dim=-1)
-            x = x * F.gelu(gate)
-        else:
-            x = F.gelu(x)
-        return self.drop(self.fc2(self.drop(x)))
+            return self.drop(self.fc2(self.drop(x * F.gelu(gate))))
+        if torch.is_grad_enabled() and not (self.training and self.drop.p > 0):  # keep one activation, not two
+            return self.drop(_GeluLinear.apply(x, self.fc2.weight, self.fc2.bias))
+        return self.drop(self.fc2(self.drop(F.gelu(x))))
 
 
 class DropPath(nn.Module):
