@@ -30,6 +30,25 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    from pathlib import Path
+
+    from .pretrained import export_hf, load_pretrained, save_pretrained
+
+    dst = Path(args.dst)
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not args.overwrite:
+        raise ValueError(f"{dst} exists and is not empty; pass --overwrite to replace its files")
+    overrides = {k: v for k, v in dict(heads=args.heads, num_frames=args.num_frames,
+                                       image_size=args.image_size).items() if v is not None}
+    model = load_pretrained(args.src, format=args.format, **overrides)
+    (export_hf if args.to == "hf" else save_pretrained)(model, dst)
+    cfg = model.config
+    print(f"{args.src} -> {dst} ({args.to}): {cfg.attention} attention, dim {cfg.dim}, depth {cfg.depth}, "
+          f"{cfg.num_frames}x{cfg.image_size}, {cfg.num_classes} classes"
+          + ("" if cfg.labels else " (no class names)"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="timesformer", description="TimeSformer video models: run, convert.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -39,6 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     demo.set_defaults(func=cmd_demo)
+
+    conv = sub.add_parser("convert", help="convert weights: official / HF / mmaction2 / timesformer-pytorch -> "
+                                          "ours or HF")
+    conv.add_argument("src", help="checkpoint file, HF folder or hub id")
+    conv.add_argument("dst", help="output folder")
+    conv.add_argument("--to", choices=("native", "hf"), default="native", help="output format (default: native)")
+    conv.add_argument("--format", choices=("native", "hf", "official", "mmaction2", "lucidrains"),
+                      help="input format (default: detected)")
+    conv.add_argument("--heads", type=int, help="attention heads, where shapes can't tell (official: dim // 64)")
+    conv.add_argument("--num-frames", type=int, help="frames the checkpoint was built for, where shapes can't tell")
+    conv.add_argument("--image-size", type=int, help="image size the checkpoint was built for")
+    conv.add_argument("--overwrite", action="store_true", help="replace files in a non-empty output folder")
+    conv.set_defaults(func=cmd_convert)
     return parser
 
 

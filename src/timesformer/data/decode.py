@@ -1,0 +1,213 @@
+"""Decoding: a video file (PyAV) or a folder of frames -> uint8 frames at given times.
+
+Legend: ``t c H W`` frames x channels x pixels. Everything is addressed by time (seconds from the first
+frame), so variable-frame-rate videos sample correctly: the frame returned for time ``s`` is the one on screen
+then, i.e. the last frame whose timestamp is <= ``s``.
+"""
+from __future__ import annotations
+
+import bisect
+import os
+import re
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".ogv", ".flv", ".3gp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+_EPS = 1e-4  # seconds: a requested time within this of a frame's timestamp counts as that frame
+
+
+class DecodeError(ValueError):
+    """A file that can't be decoded; the message names the file and the reason."""
+
+
+def _av():
+    try:
+        import av
+    except ImportError:
+        raise ImportError("decoding video needs PyAV: pip install 'timesformer[video]'") from None
+    return av
+
+
+def _natural_key(name: str):
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def open_video(path: str | os.PathLike, *, frames_fps: float = 30.0) -> "VideoReader | FrameFolderReader":
+    """A reader for a video file, or for a folder of extracted frames (shown at ``frames_fps``)."""
+    path = Path(path)
+    if path.is_dir():
+        return FrameFolderReader(path, fps=frames_fps)
+    return VideoReader(path)
+
+
+class VideoReader:
+    """Frames of a video file by time, decoding only what a clip needs.
+
+    ``frames_at(times)`` seeks to the keyframe before the first time, decodes forward, converts to RGB only the
+    frames it returns, skips decoding non-reference frames while the next requested time is far ahead, seeks
+    again across long gaps, and stops after the last requested time.
+    """
+
+    SEEK_GAP = 2.0  # seconds: a longer gap to the next requested time is crossed by seeking
+
+    def __init__(self, path: str | os.PathLike):
+        av = _av()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DecodeError(f"{self.path}: no such file")
+        if self.path.stat().st_size == 0:
+            raise DecodeError(f"{self.path}: empty file")
+        try:
+            self.container = av.open(str(self.path))
+        except Exception as err:  # av.error.InvalidDataError and friends
+            raise DecodeError(f"{self.path}: not a readable video ({err})") from None
+        if not self.container.streams.video:
+            self.container.close()
+            raise DecodeError(f"{self.path}: no video stream")
+        self.stream = self.container.streams.video[0]
+        self.stream.thread_type = "AUTO"
+        self.time_base = self.stream.time_base or Fraction(1, 1_000_000)
+        self.start_pts = self.stream.start_time or 0
+        rate = self.stream.average_rate or self.stream.guessed_rate
+        self.fps = float(rate) if rate else 30.0
+        if self.stream.duration:
+            self.duration = float(self.stream.duration * self.time_base)
+        elif self.container.duration:
+            self.duration = self.container.duration / 1_000_000
+        else:
+            self.duration = (self.stream.frames or 0) / self.fps
+        self.num_frames = self.stream.frames or round(self.duration * self.fps)
+        self.frames_decoded = 0  # how many frames the decoder produced so far (tests and benchmarks read it)
+
+    def close(self):
+        self.container.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _time(self, frame) -> float:
+        return float((frame.pts - self.start_pts) * self.time_base) if frame.pts is not None else 0.0
+
+    def _seek(self, seconds: float):
+        target = int(seconds / self.time_base) + self.start_pts
+        self.container.seek(max(target, self.start_pts), stream=self.stream, backward=True, any_frame=False)
+
+    def frames_at(self, times) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames on screen at ``times`` (seconds, any order): ``(uint8 t c H W, bool t)``.
+
+        The bool says whether the time lies within the video; times past its end get its last frame.
+        """
+        times = [float(s) for s in times]
+        order = sorted(range(len(times)), key=times.__getitem__)
+        picked: list = [None] * len(times)
+        ctx = self.stream.codec_context
+        reorder = 16 / self.fps  # decoding runs ahead of display by the B-frame reorder depth: stay clear of it
+        j, prev, last, seeked = 0, None, None, 0
+        try:
+            self._seek(times[order[0]])
+            while j < len(order):
+                restart = False
+                for packet in self.container.demux(self.stream):
+                    for frame in packet.decode():
+                        self.frames_decoded += 1
+                        now = self._time(frame)
+                        while j < len(order) and times[order[j]] + _EPS < now:
+                            picked[order[j]] = prev if prev is not None else frame  # before the first frame: first
+                            j += 1
+                        prev = last = frame
+                        if j == len(order):
+                            break
+                        gap = times[order[j]] - now
+                        ctx.skip_frame = "NONREF" if gap > reorder else "DEFAULT"
+                        if gap > self.SEEK_GAP and seeked != j:  # once per target: a seek may land behind us
+                            self._seek(times[order[j]])
+                            # decode everything after a seek until a frame tells us how far the target is
+                            ctx.skip_frame = "DEFAULT"
+                            seeked, prev, restart = j, None, True
+                            break
+                    if j == len(order) or restart:
+                        break
+                if not restart:
+                    break  # end of stream
+        except Exception as err:
+            if last is None:
+                raise DecodeError(f"{self.path}: decoding failed ({err})") from None
+        finally:
+            ctx.skip_frame = "DEFAULT"
+        if last is None:
+            raise DecodeError(f"{self.path}: no frame could be decoded")
+        end = max(self.duration, self._time(last))
+        for k in order[j:]:  # past the end of the stream: repeat the last frame
+            picked[k] = last
+        arrays = {}
+        frames = [arrays.setdefault(id(f), f.to_ndarray(format="rgb24")) for f in picked]
+        video = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
+        valid = torch.tensor([s < end + _EPS for s in times])
+        return video, valid
+
+
+class FrameFolderReader:
+    """A folder of extracted frames (JPEG/PNG), in natural name order, shown at ``fps``: frame ``i`` is on
+    screen during ``[i / fps, (i + 1) / fps)``."""
+
+    def __init__(self, path: str | os.PathLike, *, fps: float = 30.0):
+        self.path = Path(path)
+        self.files = sorted((p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS),
+                            key=lambda p: _natural_key(p.name))
+        if not self.files:
+            raise DecodeError(f"{self.path}: a folder with no frames ({', '.join(IMAGE_EXTENSIONS)})")
+        self.fps = fps
+        self.num_frames = len(self.files)
+        self.duration = self.num_frames / fps
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def index_at(self, seconds: float) -> int:
+        return min(max(int((seconds + _EPS) * self.fps), 0), self.num_frames - 1)
+
+    def frames_at(self, times) -> tuple[torch.Tensor, torch.Tensor]:
+        av = _av()
+        cache = {}
+        frames = []
+        for s in times:
+            i = self.index_at(float(s))
+            if i not in cache:
+                try:
+                    with av.open(str(self.files[i])) as img:
+                        cache[i] = next(img.decode(video=0)).to_ndarray(format="rgb24")
+                except Exception as err:
+                    raise DecodeError(f"{self.files[i]}: not a readable image ({err})") from None
+            frames.append(cache[i])
+        video = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
+        valid = torch.tensor([float(s) < self.duration + _EPS for s in times])
+        return video, valid
+
+
+def decode_all(path: str | os.PathLike) -> tuple[torch.Tensor, list[float]]:
+    """Every frame and its time: the decode-everything baseline (benchmarks) and a test oracle."""
+    reader = VideoReader(path)
+    frames, stamps = [], []
+    with reader:
+        for frame in reader.container.decode(reader.stream):
+            frames.append(frame.to_ndarray(format="rgb24"))
+            stamps.append(reader._time(frame))
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2), stamps
+
+
+def frame_at(stamps: list[float], seconds: float) -> int:
+    """Index of the frame on screen at ``seconds`` given sorted frame times (the rule ``frames_at`` follows)."""
+    return max(bisect.bisect_right(stamps, seconds + _EPS) - 1, 0)
