@@ -57,15 +57,44 @@ def read_state(path: str | os.PathLike) -> dict:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:
-        text = str(err)
-        if "weights_only" in text or "Unsupported global" in text:
-            raise ValueError(f"{path}: refused: the file holds pickled Python objects beyond tensors, and loading "
-                             f"those could run arbitrary code. Re-save just the state dict, e.g. "
+        code = _pickled_globals(path, str(err))
+        if code:
+            raise ValueError(f"{path}: refused: the file holds pickled Python objects beyond tensors ({code}), and "
+                             f"loading those could run arbitrary code. Re-save just the state dict, e.g. "
                              f"torch.save(ckpt['model_state'], 'weights.pth'), with code you trust") from None
-        raise ValueError(f"{path}: not a readable checkpoint (truncated or corrupt?): {text.splitlines()[0]}") from None
+        import zipfile
+
+        if zipfile.is_zipfile(path):
+            first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            raise ValueError(f"{path}: not a readable checkpoint (corrupt?): {first[:160]}") from None
+        raise ValueError(f"{path}: not a readable checkpoint (truncated or corrupt?): neither a complete PyTorch zip "
+                         f"archive nor a pickle of tensors") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a dict of tensors (a state dict or checkpoint); got {type(obj).__name__}")
     return obj
+
+
+def _pickled_globals(path: Path, error: str) -> str:
+    """Why ``weights_only`` refused a file, if it is because of pickled code: the globals it names. Scans the
+    pickle's opcodes with ``pickletools`` (which parses, never executes); '' for a file that is simply corrupt."""
+    import pickletools
+    import zipfile
+
+    found = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", error)
+    if found or zipfile.is_zipfile(path):
+        return ", ".join(found)
+    try:
+        with open(path, "rb") as f:
+            ops = list(pickletools.genops(f))
+    except Exception:  # not a pickle at all
+        return ""
+    names = [str(arg) for op, arg, _ in ops if op.name in ("GLOBAL", "INST")]
+    strings = [str(arg) for op, arg, _ in ops if "UNICODE" in op.name or "STRING" in op.name]
+    if names:
+        return ", ".join(n.replace(" ", ".") for n in names)
+    if any(op.name == "STACK_GLOBAL" for op, _, _ in ops):
+        return "objects built from " + ", ".join(strings[:4])
+    return ""
 
 
 def _tensors(state: dict, source) -> dict:
