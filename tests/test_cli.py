@@ -44,3 +44,13 @@ def test_bad_checkpoint_exit_code_2(tmp_path):
     assert proc.returncode == 2
     assert "junk.pth: not a readable checkpoint" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_synth_writes_a_video_folder(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path), "--num", "13", "--split", "val"]) == 0
+    files = sorted((tmp_path / "val").glob("*/*.mp4"))
+    assert len(files) == 13 and {f.parent.name for f in files} >= {"move_left", "move_right", "still_square"}
+    from timesformer.data import VideoFolder
+
+    assert len(VideoFolder(tmp_path / "val")) == 13
+    assert main(["synth", "--out", str(tmp_path), "--num", "0"]) == 2

@@ -49,6 +49,48 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_synth(args) -> int:
+    from .data.synthetic import write_synthetic
+
+    if args.num < 1:
+        raise ValueError(f"--num must be at least 1; got {args.num}")
+    bar = Progress(args.num, f"synth {args.split}")
+    root = write_synthetic(args.out, args.num, split=args.split, seed=args.seed, num_frames=args.frames,
+                           size=args.size, fps=args.fps, progress=bar.update)
+    bar.close()
+    print(f"wrote {args.num} clips to {root}/<class>/*.mp4 ({args.frames} frames, {args.size}x{args.size}, "
+          f"{args.fps} fps)")
+    return 0
+
+
+class Progress:
+    """A one-line progress bar on stderr: count, rate, ETA, and any postfix (loss, lr ...)."""
+
+    def __init__(self, total: int, label: str, stream=None):
+        self.total, self.label, self.stream = total, label, stream or sys.stderr
+        self.start = self.last = time.perf_counter()
+        self.done, self.postfix = 0, ""
+
+    def update(self, done: int, postfix: str = ""):
+        self.done, self.postfix = done, postfix
+        now = time.perf_counter()
+        if now - self.last < 0.2 and done < self.total:
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else 0
+        width = 24
+        fill = int(width * done / max(self.total, 1))
+        self.stream.write(f"\r{self.label} [{'#' * fill}{'.' * (width - fill)}] {done}/{self.total} "
+                          f"{rate:.1f}/s ETA {eta:4.0f}s {postfix}  ")
+        self.stream.flush()
+
+    def close(self):
+        self.update(self.done, self.postfix) if self.done < self.total else None
+        self.stream.write("\n")
+        self.stream.flush()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="timesformer", description="TimeSformer video models: run, convert.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,6 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--image-size", type=int, help="image size the checkpoint was built for")
     conv.add_argument("--overwrite", action="store_true", help="replace files in a non-empty output folder")
     conv.set_defaults(func=cmd_convert)
+
+    synth = sub.add_parser("synth", help="write SyntheticMotion clips as mp4 files (VideoFolder layout)")
+    synth.add_argument("--out", required=True, help="output folder; clips go to OUT/<split>/<class>/")
+    synth.add_argument("--num", type=int, required=True, help="number of clips")
+    synth.add_argument("--split", choices=("train", "val", "test"), default="train")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--frames", type=int, default=8)
+    synth.add_argument("--size", type=int, default=32)
+    synth.add_argument("--fps", type=int, default=8)
+    synth.set_defaults(func=cmd_synth)
     return parser
 
 
