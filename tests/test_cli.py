@@ -11,10 +11,15 @@ from timesformer.cli import main
 from .conftest import small_model
 
 
-def test_demo_prints_class_shape_and_time(capsys):
-    assert main(["demo", "--threads", "1"]) == 0
+def test_demo_trains_both_models_and_prints_the_table(tmp_path, capsys):
+    """The demo's full path on a seconds-long budget (the real run is `make demo`)."""
+    assert main(["demo", "--minutes", "0.1", "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
-    assert "output     (1, 10) logits" in out and "predicted  class" in out and " ms " in out
+    assert "| divided space-time (T+S) |" in out and "| space-only (S) |" in out and "direction accuracy" in out
+    for name in ("loss_curves.png", "confusion_divided.png", "confusion_space.png", "results.json"):
+        assert (tmp_path / "demo" / name).stat().st_size > 0
+    results = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert set(results) == {"divided", "space"} and results["divided"]["videos"] == 1200
 
 
 def test_convert_native_to_hf_and_back(tmp_path, capsys):

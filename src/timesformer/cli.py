@@ -9,24 +9,96 @@ import time
 def cmd_demo(args) -> int:
     import torch
 
-    from .model import create_model
+    from .engine.demo import format_table, run_demo
 
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads) if args.threads else None
-    model = create_model("timesformer_tiny", attention=args.attention).eval()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"Training timesformer_tiny on SyntheticMotion twice, {args.minutes:g} min each: divided space-time "
+          f"attention, then space-only attention (same data, steps budget and optimiser).", flush=True)
+    results = run_demo(out=args.out, minutes_per_model=args.minutes, seed=args.seed,
+                       progress_factory=lambda name: Progress(1, f"{name:8s}"))
+    print()
+    print(format_table(results))
+    print(f"\nchance: top-1 8.3 %, direction 50 %. Loss curves and confusion matrices: {args.out}/")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .engine.config import load_run_config
+    from .engine.loop import fit
+
+    overrides = list(args.overrides)
+    if args.device:
+        overrides.append(f"optim.device={args.device}")
+    if getattr(args, "pretrained", None):
+        overrides += [f"pretrained={args.pretrained}"] + (["freeze_backbone=true"] if args.freeze_backbone else [])
+    cfg = load_run_config(args.config, overrides)
+    resume = False
+    if args.resume:
+        from pathlib import Path
+
+        run = Path(args.resume)
+        cfg.out, cfg.name, resume = str(run.parent), run.name, True
+    bar = Progress(1, f"train {cfg.name}")
+    result = fit(cfg, resume=resume, overwrite=args.overwrite, progress=bar.update)
+    bar.close()
+    m = result["metrics"]
+    shown = ", ".join(f"{k} {m[k]:.4f}" for k in ("top1", "top5", "mAP") if k in m)
+    print(f"{cfg.out}/{cfg.name}: {result['epoch']} epoch(s), {result['step']} steps" + (f"; val {shown}" if shown
+                                                                                          else ""))
+    return 0
+
+
+def parse_views(text: str) -> tuple[int, int]:
+    try:
+        clips, crops = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--views must be CLIPSxCROPS like 1x3; got {text!r}") from None
+    if clips < 1 or crops not in (1, 3):
+        raise ValueError(f"--views needs clips >= 1 and crops 1 or 3; got {text!r}")
+    return clips, crops
+
+
+def cmd_eval(args) -> int:
+    from pathlib import Path
+
+    from torch.utils.data import DataLoader
+
+    from .data import ClipSpec, VideoFolder, VideoList, collate
+    from .engine.checkpoint import write_json_atomic
+    from .engine.loop import pick_device, predict_views, summarise
+    from .pretrained import load_pretrained
+    from .viz import plot_confusion
+
+    clips, crops = parse_views(args.views)
+    model = load_pretrained(args.checkpoint)
     cfg = model.config
-    clip = torch.randn(1, cfg.num_frames, cfg.channels, cfg.image_size, cfg.image_size)
-    with torch.inference_mode():
-        model(clip)  # warm-up
-        start = time.perf_counter()
-        logits = model(clip)
-        took = time.perf_counter() - start
-    params = sum(p.numel() for p in model.parameters())
-    print(f"model      timesformer_tiny ({cfg.attention} attention, {cfg.pos_emb} embeddings, {params / 1e6:.2f}M params)")
-    print(f"input      {tuple(clip.shape)} (b t c H W), a random clip")
-    print(f"output     {tuple(logits.shape)} logits")
-    print(f"predicted  class {int(logits.argmax(-1))} (p={logits.softmax(-1).max().item():.3f}, untrained weights)")
-    print(f"time       {took * 1000:.1f} ms for one forward pass on {torch.get_num_threads()} CPU thread(s)")
+    device = pick_device(args.device)
+    spec = ClipSpec(num_frames=cfg.num_frames, sampling=args.sampling, sampling_rate=args.sampling_rate, fps=args.fps,
+                    crop_size=cfg.image_size, num_clips=clips, num_crops=crops, mean=cfg.mean, std=cfg.std)
+    data_path = Path(args.data)
+    data = (VideoFolder(data_path, spec=spec, train=False) if data_path.is_dir()
+            else VideoList(data_path, root=args.root, spec=spec, train=False, classes=list(cfg.labels or []) or None))
+    if data.num_classes != cfg.num_classes:
+        raise ValueError(f"{args.data} has {data.num_classes} classes but the checkpoint has {cfg.num_classes}")
+    loader = DataLoader(data, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate)
+    logits, labels, bad = predict_views(model.to(device), loader, device, "fp32")
+    summary = summarise(logits, labels, cfg.num_classes, data.multi_label, data.classes)
+    out = Path(args.out) if args.out else Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(".")
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"checkpoint": str(args.checkpoint), "data": str(args.data), "views": f"{clips}x{crops}", **summary,
+              "bad_files": sorted({p for p, _ in bad})}
+    write_json_atomic(out / "report.json", report)
+    if "confusion" in summary:
+        plot_confusion(summary["confusion"], data.classes, out / "confusion.png",
+                       title=f"top-1 {summary['top1']:.1%} ({clips}x{crops} views)")
+        print(f"{summary['videos']} videos, {clips}x{crops} views: top-1 {summary['top1']:.4f}, "
+              f"top-5 {summary['top5']:.4f}")
+    else:
+        print(f"{summary['videos']} videos: mAP {summary['mAP']:.4f}")
+    if bad:
+        print(f"skipped {len(report['bad_files'])} unreadable file(s): {', '.join(report['bad_files'])}")
+    print(f"report: {out / 'report.json'}")
     return 0
 
 
@@ -71,7 +143,11 @@ class Progress:
         self.start = self.last = time.perf_counter()
         self.done, self.postfix = 0, ""
 
-    def update(self, done: int, postfix: str = ""):
+    def update(self, done: int, total: int | None = None, postfix: str = ""):
+        if isinstance(total, str):  # update(done, postfix)
+            total, postfix = None, total
+        if total is not None:
+            self.total = total
         self.done, self.postfix = done, postfix
         now = time.perf_counter()
         if now - self.last < 0.2 and done < self.total:
@@ -95,11 +171,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="timesformer", description="TimeSformer video models: run, convert.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="build timesformer_tiny and classify a synthetic clip")
-    demo.add_argument("--attention", default="divided", help="divided | joint | space | sparse | axial")
+    demo = sub.add_parser("demo", help="the paper's finding on a laptop: divided vs space-only attention on "
+                                       "SyntheticMotion")
+    demo.add_argument("--minutes", type=float, default=4.0, help="training time per model (default 4)")
+    demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     demo.set_defaults(func=cmd_demo)
+
+    train = sub.add_parser("train", help="train a model from a YAML config (torchrun for several processes)")
+    train.add_argument("--config", help="YAML run config (see configs/)")
+    train.add_argument("overrides", nargs="*", help="section.key=value, e.g. optim.lr=3e-4 model_args.attention=space")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue runs/<name> exactly from its last checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    train.add_argument("--device", help="auto | cpu | cuda (overrides optim.device)")
+    train.set_defaults(func=cmd_train)
+
+    fine = sub.add_parser("finetune", help="fine-tune pretrained weights on new data (new head for its classes)")
+    fine.add_argument("--pretrained", required=True, help="anything load_pretrained reads")
+    fine.add_argument("--config", help="YAML run config")
+    fine.add_argument("overrides", nargs="*", help="section.key=value")
+    fine.add_argument("--freeze-backbone", action="store_true", help="train the new head only")
+    fine.add_argument("--resume", metavar="RUN_DIR")
+    fine.add_argument("--overwrite", action="store_true")
+    fine.add_argument("--device")
+    fine.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="multi-view evaluation: top-1/top-5, per-class accuracy, confusion matrix")
+    ev.add_argument("--checkpoint", required=True, help="a run checkpoint folder (runs/<name>/best) or any weights")
+    ev.add_argument("--data", required=True, help="a VideoFolder root or a list file")
+    ev.add_argument("--root", help="base folder of the paths in a list file")
+    ev.add_argument("--views", default="1x1", help="CLIPSxCROPS test views (the paper: 1x3)")
+    ev.add_argument("--sampling", choices=("dense", "segment"), default="dense")
+    ev.add_argument("--sampling-rate", type=int, default=8)
+    ev.add_argument("--fps", type=float, default=30.0)
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--workers", type=int, default=0)
+    ev.add_argument("--out", help="folder for report.json and confusion.png (default: beside the checkpoint)")
+    ev.add_argument("--device", default="auto")
+    ev.set_defaults(func=cmd_eval)
 
     conv = sub.add_parser("convert", help="convert weights: official / HF / mmaction2 / timesformer-pytorch -> "
                                           "ours or HF")
@@ -131,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ValueError as err:  # bad input: one clear line, exit code 2
-        print(f"timesformer {args.command}: error: {err}", file=sys.stderr)
+        print(f"timesformer {args.command}: error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
 
 

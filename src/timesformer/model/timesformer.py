@@ -56,6 +56,7 @@ class TimeSformerConfig:
     sparse_stride: int = 2  # L+G global step: stride 2 along T, H and W
     rotary_base: float = 10000.0
     time_embed_std: float = 0.0  # official: 0 (zeros). > 0 gives a from-scratch model a time signal at step 0
+    zero_temporal_fc: bool = True  # official: temporal_fc starts at zero (a fresh model ignores time at first)
     attn_impl: str = "sdpa"  # sdpa (fused) | math (reference)
     # preprocessing that goes with the weights
     mean: tuple = (0.45, 0.45, 0.45)
@@ -161,7 +162,7 @@ class TimeSformer(nn.Module):
         for block in self.blocks:
             for name in block.pre_stages:
                 fc = getattr(block, f"{name}_fc")
-                if isinstance(fc, nn.Linear):
+                if isinstance(fc, nn.Linear) and self.config.zero_temporal_fc:
                     nn.init.zeros_(fc.weight)
                     nn.init.zeros_(fc.bias)
 

@@ -1,0 +1,161 @@
+"""Run configuration: a YAML file plus ``key=value`` overrides, checked field by field.
+
+Unknown keys and wrong types are a ``ValueError`` naming the key (the CLI prints it as one line, exit 2).
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class DataConfig:
+    kind: str = "synthetic"  # synthetic | folder | list
+    train: str | None = None  # folder root or list file
+    val: str | None = None
+    root: str | None = None  # base folder of the paths in list files
+    num_frames: int = 8
+    sampling: str = "dense"  # dense (Kinetics) | segment (Something-Something)
+    sampling_rate: int = 8
+    fps: float = 30.0
+    crop_size: int = 224
+    scale: list = field(default_factory=lambda: [256, 320])
+    flip: bool = True  # set False when flipping changes the label (left/right classes)
+    num_clips: int = 1  # test views
+    num_crops: int = 1
+    workers: int = 0
+    synthetic_train: int = 4800  # SyntheticMotion clips per epoch (kind=synthetic)
+    synthetic_val: int = 600
+    synthetic_size: int = 32
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "adamw"  # adamw | sgd (momentum, Nesterov)
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05  # not on norms, biases, embeddings
+    momentum: float = 0.9
+    schedule: str = "cosine"  # cosine | constant (after warmup)
+    warmup_steps: int = 100
+    epochs: int = 10
+    batch_size: int = 32  # global batch: split across processes under torchrun
+    accum_steps: int = 1
+    clip_grad: float = 0.0  # max grad norm; 0 = off
+    label_smoothing: float = 0.0
+    precision: str = "bf16"  # fp32 | bf16 (autocast, CPU and GPU) | fp16 (CUDA, grad scaler)
+    grad_checkpointing: bool = False
+    ema_decay: float = 0.0  # 0 = no EMA of weights
+    seed: int = 0
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda
+    max_minutes: float = 0.0  # stop (and checkpoint) after this long; 0 = no limit
+    log_every: int = 10  # steps between metrics.jsonl loss lines
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    out: str = "runs"
+    model: str = "timesformer_tiny"
+    model_args: dict = field(default_factory=dict)  # TimeSformerConfig overrides
+    pretrained: str | None = None  # finetune: anything load_pretrained reads
+    freeze_backbone: bool = False  # finetune: train the new head only
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+def _check(value, annotation, key: str):
+    """Value against a field annotation; ints are accepted for floats."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {**vars(typing), "list": list, "dict": dict})  # our own annotations only
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            try:
+                return _check(value, option, key)
+            except ValueError:
+                pass
+        raise ValueError(f"config key {key}: expected {annotation}; got {value!r} ({type(value).__name__})")
+    if annotation is type(None):
+        if value is None:
+            return None
+    elif annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif annotation is float and isinstance(value, str) and _is_float(value):  # YAML 1.1 reads 3e-4 as a string
+        return float(value)
+    elif annotation in (list, dict, str, int, bool) and isinstance(value, annotation) and \
+            not (annotation is int and isinstance(value, bool)):
+        return value
+    elif annotation is list and isinstance(value, tuple):
+        return list(value)
+    raise ValueError(f"config key {key}: expected {getattr(annotation, '__name__', annotation)}; got {value!r} "
+                     f"({type(value).__name__})")
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    if not isinstance(data, dict):
+        raise ValueError(f"config key {prefix.rstrip('.') or '<root>'}: expected a mapping; got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown config key {prefix}{unknown[0]}; known in {prefix.rstrip('.') or 'the top level'}: "
+                         f"{sorted(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        f = fields[name]
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+            kwargs[name] = _build(f.default_factory, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check(value, f.type, prefix + name)
+    return cls(**kwargs)
+
+
+def _parse_value(text: str):
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """YAML file (optional) + ``section.key=value`` overrides -> a checked ``RunConfig``."""
+    import yaml
+
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"{path}: no such config file")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML ({err})") from None
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must be key=value (e.g. optim.lr=3e-4)")
+        key, _, text = item.partition("=")
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {key}: {part} is not a section")
+        node[parts[-1]] = _parse_value(text)
+    return _build(RunConfig, data)
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,92 @@
+"""torchrun / DDP plumbing: one process per device, gloo on CPU and NCCL on GPU."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def setup(device: torch.device) -> Dist:
+    """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, rendezvous env)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def teardown(d: Dist):
+    if d.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def mean_across(d: Dist, value: torch.Tensor) -> torch.Tensor:
+    if not d.enabled:
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value)
+    return value / d.world
+
+
+def gather_objects(d: Dist, obj) -> list:
+    if not d.enabled:
+        return [obj]
+    out = [None] * d.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """One global permutation per epoch (seeded by ``seed + epoch``), cut into global batches; rank ``r`` of
+    ``W`` takes the ``r``-th slice of every global batch. So W processes with per-rank batch B/W see, step for
+    step, exactly the batch one process with batch B sees (the DDP equality the tests check)."""
+
+    def __init__(self, n: int, *, global_batch: int, d: Dist, seed: int, shuffle: bool = True):
+        if global_batch % d.world:
+            raise ValueError(f"optim.batch_size {global_batch} must be divisible by the {d.world} processes")
+        self.n, self.global_batch, self.d, self.seed, self.shuffle, self.epoch = n, global_batch, d, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __len__(self):
+        return (self.n // self.global_batch) * (self.global_batch // self.d.world)
+
+    def __iter__(self):
+        order = (torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+                 if self.shuffle else torch.arange(self.n))
+        per = self.global_batch // self.d.world
+        for b in range(self.n // self.global_batch):
+            start = b * self.global_batch + self.d.rank * per
+            yield from order[start:start + per].tolist()
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Evaluation: rank ``r`` takes items ``r, r + W, ...`` (every item once across ranks)."""
+
+    def __init__(self, n: int, d: Dist):
+        self.n, self.d = n, d
+
+    def __len__(self):
+        return len(range(self.d.rank, self.n, self.d.world))
+
+    def __iter__(self):
+        return iter(range(self.d.rank, self.n, self.d.world))

@@ -1,0 +1,135 @@
+"""Predictions on real videos: top-k classes from multi-view testing, timelines along long videos, features.
+
+Legend: ``t c S S`` a clip; ``v`` views (clips x crops); ``d`` model dim.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from ..data import ClipSpec, open_video
+from ..data.decode import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from ..data.sampling import clip_start_times
+from ..data.transforms import EvalTransform
+from ..model import TimeSformer
+
+log = logging.getLogger(__name__)
+
+
+def expand_inputs(items: list[str]) -> list[Path]:
+    """Files, folders (their videos and frame folders, recursively) and glob patterns -> sorted paths."""
+    out: list[Path] = []
+    for item in items:
+        matches = [Path(m) for m in sorted(glob.glob(item, recursive=True))] if any(c in item for c in "*?[") else \
+            [Path(item)]
+        for path in matches:
+            if path.is_dir() and not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in path.iterdir()):
+                out += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+            else:
+                out.append(path)
+    return out
+
+
+class Predictor:
+    """Runs a model on video files with the preprocessing its weights travel with.
+
+    Args:
+        model: a ``TimeSformer`` (``load_pretrained`` output).
+        clips, crops: test views (``clips`` uniformly spaced dense clips x 1 or 3 crops); logits are averaged.
+        sampling_rate, fps: dense sampling: ``num_frames`` frames every ``sampling_rate`` frames at ``fps``.
+        sampling: ``"dense"`` or ``"segment"`` (one frame per segment of the whole video).
+    """
+
+    def __init__(self, model: TimeSformer, *, clips: int = 1, crops: int = 1, sampling: str = "dense",
+                 sampling_rate: int = 8, fps: float = 30.0, device: str | torch.device = "cpu",
+                 precision: str = "fp32"):
+        cfg = model.config
+        self.model = model.eval().to(device)
+        self.device, self.precision = torch.device(device), precision
+        self.spec = ClipSpec(num_frames=cfg.num_frames, sampling=sampling, sampling_rate=sampling_rate, fps=fps,
+                             crop_size=cfg.image_size, num_clips=clips, num_crops=crops, mean=cfg.mean, std=cfg.std)
+        self.transform = EvalTransform(crop_size=cfg.image_size, num_crops=crops, mean=cfg.mean, std=cfg.std)
+        self.labels = list(cfg.labels) if cfg.labels else None
+
+    def class_name(self, index: int) -> str:
+        return self.labels[index] if self.labels else str(index)
+
+    def _run(self, views: torch.Tensor, masks: torch.Tensor, features: bool = False) -> torch.Tensor:
+        """``views: v t c S S -> v classes`` (or ``v d`` features)."""
+        ctx = torch.autocast(self.device.type, torch.bfloat16) if self.precision == "bf16" else _null()
+        with torch.inference_mode(), ctx:
+            video, mask = views.to(self.device), masks.to(self.device)
+            mask = None if bool(mask.all()) else mask
+            out = self.model.forward_features(video, mask) if features else self.model(video, mask)
+        return out.float().cpu()
+
+    def views(self, path: str | os.PathLike, start: float | None = None, window: float | None = None):
+        """Normalised views of a video (or of ``[start, start + window)`` of it): ``(v t c S S, v t)``."""
+        with open_video(path, frames_fps=self.spec.frames_fps) as reader:
+            duration = reader.duration if window is None else min(window, reader.duration)
+            clips, masks = [], []
+            for k in range(self.spec.num_clips):
+                times = self.spec.times(duration, train=False, clip_index=k)
+                if start is not None:
+                    times = times + start
+                frames, valid = reader.frames_at(times)
+                for crop in range(self.spec.num_crops):
+                    clips.append(self.transform.view(frames, crop))
+                    masks.append(valid)
+        return torch.stack(clips), torch.stack(masks)
+
+    def logits(self, path) -> torch.Tensor:
+        """Multi-view averaged logits of one video: ``classes``."""
+        views, masks = self.views(path)
+        return self._run(views, masks).mean(0)
+
+    def predict(self, path, topk: int = 5) -> dict:
+        probs = self.logits(path).softmax(-1)
+        top = probs.topk(min(topk, len(probs)))
+        return {"path": str(path), "top": [{"class": self.class_name(i), "index": i, "prob": p}
+                                            for p, i in zip(top.values.tolist(), top.indices.tolist())]}
+
+    def timeline(self, path, *, window: float, stride: float, topk: int = 5) -> dict:
+        """Predictions along the whole video: one per window of ``window`` seconds every ``stride`` seconds
+        (the last window ends at the video's end; a video shorter than one window gets one prediction)."""
+        if window <= 0 or stride <= 0:
+            raise ValueError(f"--window and --stride must be positive seconds; got {window}, {stride}")
+        with open_video(path, frames_fps=self.spec.frames_fps) as reader:
+            duration = reader.duration
+        entries = []
+        for start in clip_start_times(duration, window=window, stride=stride).tolist():
+            views, masks = self.views(path, start=start, window=window)
+            probs = self._run(views, masks).mean(0).softmax(-1)
+            top = probs.topk(min(topk, len(probs)))
+            entries.append({"start": start, "end": min(start + window, duration), "probs": probs.tolist(),
+                            "top": [{"class": self.class_name(i), "prob": p}
+                                    for p, i in zip(top.values.tolist(), top.indices.tolist())]})
+        return {"path": str(path), "duration": duration, "window": window, "stride": stride, "entries": entries,
+                "classes": [self.class_name(i) for i in range(len(entries[0]["probs"]))]}
+
+    def features(self, path, kind: str = "pooled") -> torch.Tensor:
+        """Embeddings of one video (views averaged): ``pooled: d``; ``frames: t d`` (patch tokens averaged per
+        frame); ``patches: (1 + t*n) d`` (all normed tokens, cls first, then frame by frame)."""
+        views, masks = self.views(path)
+        if kind == "pooled":
+            return self._run(views, masks, features=True).mean(0)
+        if kind not in ("frames", "patches"):
+            raise ValueError(f"features kind must be pooled, frames or patches; got {kind!r}")
+        with torch.inference_mode():
+            tokens = self.model.forward_tokens(views.to(self.device)).float().cpu().mean(0)  # (1 + t n) d
+        if kind == "patches":
+            return tokens
+        t = views.shape[1]
+        return tokens[1:].reshape(t, -1, tokens.shape[-1]).mean(1)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

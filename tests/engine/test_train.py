@@ -1,0 +1,130 @@
+"""Training end to end on synthetic data: learning, exact resume, crash safety, DDP equality, finetune."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import timesformer as tf
+from timesformer.engine import checkpoint as ckpt_mod
+from timesformer.engine.loop import RunError, fit
+from timesformer.pretrained import read_state
+
+from .helpers import tiny_run
+
+
+def weights(run_dir, tag="last"):
+    return read_state(Path(run_dir) / tag / "model.safetensors")
+
+
+def test_tiny_run_learns_well_above_chance(tmp_path):
+    cfg = tiny_run(tmp_path, model_args=dict(dim=64, depth=2, heads=4), data=dict(synthetic_train=2048,
+                                                                                  synthetic_val=240),
+                   optim=dict(batch_size=32, epochs=3, precision="bf16", lr=2e-3, warmup_steps=10, log_every=10))
+    result = fit(cfg)
+    top1 = result["metrics"]["top1"]
+    assert top1 > 0.3, f"top-1 {top1:.3f} after 3 short epochs (chance 0.083)"
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} >= {"last", "best", "metrics.jsonl", "config.yaml", "classes.json"}
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines if "top1" in r] == [1, 2, 3]
+    model = tf.load_pretrained(run / "best")  # a run checkpoint is a load_pretrained folder, with class names
+    assert model.config.labels[0] == "move_left"
+
+
+def test_resume_is_exact(tmp_path):
+    fit(tiny_run(tmp_path, "straight", optim=dict(epochs=3)))
+    fit(tiny_run(tmp_path, "interrupted", optim=dict(epochs=3)), stop_after_epochs=1)
+    assert json.loads((tmp_path / "interrupted" / "metrics.jsonl").read_text().splitlines()[-1])["epoch"] == 1
+    fit(tiny_run(tmp_path, "interrupted", optim=dict(epochs=3)), resume=True)
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "interrupted")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+
+
+def test_crash_while_saving_resumes_from_previous_checkpoint(tmp_path, monkeypatch):
+    fit(tiny_run(tmp_path, "straight", optim=dict(epochs=3)))
+    real_replace, calls = os.replace, []
+
+    def crashing_replace(src, dst):
+        calls.append(dst)
+        if str(dst).endswith("last") and len([c for c in calls if str(c).endswith("last")]) == 2:
+            raise KeyboardInterrupt("killed while saving epoch 2")  # after last -> last.old, before tmp -> last
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(ckpt_mod.os, "replace", crashing_replace)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_run(tmp_path, "crashy", optim=dict(epochs=3)))
+    monkeypatch.setattr(ckpt_mod.os, "replace", real_replace)
+    run = tmp_path / "crashy"
+    assert not (run / "last").exists() and (run / "last.old").exists()  # only the previous good checkpoint
+    assert ckpt_mod.load_state(ckpt_mod.find_checkpoint(run))["epoch"] == 1
+    fit(tiny_run(tmp_path, "crashy", optim=dict(epochs=3)), resume=True)
+    a, b = weights(tmp_path / "straight"), weights(run)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+
+
+def test_existing_run_is_never_overwritten(tmp_path):
+    fit(tiny_run(tmp_path, optim=dict(epochs=1)))
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    with pytest.raises(RunError, match="already exists; pass --resume to continue it or --overwrite"):
+        fit(tiny_run(tmp_path, optim=dict(epochs=1)))
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
+
+
+def test_two_process_gloo_ddp_equals_one_process(tmp_path):
+    common = ["model=timesformer_tiny", "model_args.image_size=16", "model_args.patch_size=4", "model_args.dim=32",
+              "model_args.depth=1", "model_args.heads=2", "model_args.dim_head=16", "data.kind=synthetic",
+              "data.synthetic_train=64", "data.synthetic_val=24", "data.synthetic_size=16", "optim.batch_size=16",
+              "optim.epochs=2", "optim.precision=fp32", "optim.warmup_steps=2", "optim.log_every=1", f"out={tmp_path}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "timesformer",
+           "train", *common, "name=ddp"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from timesformer.engine.config import load_run_config
+
+    fit(load_run_config(None, common + ["name=single"]))
+    losses = {}
+    for name in ("ddp", "single"):
+        rows = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        losses[name] = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses["ddp"]) == len(losses["single"]) == 8
+    torch.testing.assert_close(torch.tensor(losses["ddp"]), torch.tensor(losses["single"]), atol=1e-5, rtol=0)
+    val = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines() if "top1" in x]
+    assert val[-1]["videos"] == 24  # evaluation gathered across both ranks
+
+
+def test_finetune_new_head_and_frozen_backbone(tmp_path):
+    base = tiny_run(tmp_path, "base", optim=dict(epochs=1))
+    fit(base)
+    # new data: 3 classes written as real video files
+    from timesformer.data import write_synthetic
+
+    root = write_synthetic(tmp_path / "files", 36, size=16, num_frames=8)
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    for name in ("grow", "shrink", "still_disc"):
+        (subset / name).symlink_to(root / name)
+    cfg = tiny_run(tmp_path, "ft", pretrained=str(tmp_path / "base" / "last"), freeze_backbone=True,
+                   data=dict(kind="folder", train=str(subset), val=str(subset), num_frames=8, sampling="segment",
+                             crop_size=16, scale=[16, 16], flip=False),
+                   optim=dict(epochs=1, batch_size=3))
+    result = fit(cfg)
+    model = result["model"]
+    assert model.head.out_features == 3 and model.config.labels == ("grow", "shrink", "still_disc")
+    before, after = weights(tmp_path / "base"), weights(tmp_path / "ft")
+    for k in before:
+        if not k.startswith("head."):
+            torch.testing.assert_close(before[k], after[k])  # the backbone did not move
+    assert after["head.weight"].shape == (3, 32)
+
+
+def test_checkpoint_of_another_architecture_is_refused_on_resume(tmp_path):
+    fit(tiny_run(tmp_path, optim=dict(epochs=1)))
+    with pytest.raises(ValueError, match="cannot load strictly|size mismatch|Error"):
+        fit(tiny_run(tmp_path, model_args=dict(dim=48, heads=3), optim=dict(epochs=2)), resume=True)
