@@ -102,6 +102,178 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _load_for_inference(args):
+    from .pretrained import load_pretrained
+
+    model = load_pretrained(args.checkpoint)
+    if not model.config.labels:
+        print(f"note: {args.checkpoint} names no classes; printing class indices", file=sys.stderr)
+    return model
+
+
+def _inputs(args):
+    from .inference import expand_inputs
+
+    paths = expand_inputs(args.videos)
+    if not paths:
+        raise ValueError(f"no videos found in {args.videos}")
+    return paths
+
+
+def cmd_predict(args) -> int:
+    import json
+    from pathlib import Path
+
+    from .data import DecodeError
+    from .inference import Predictor
+
+    clips, crops = parse_views(args.views)
+    model = _load_for_inference(args)
+    predictor = Predictor(model, clips=clips, crops=crops, sampling_rate=args.sampling_rate, fps=args.fps,
+                          device=_device(args.device), precision=args.precision)
+    paths = _inputs(args)
+    bar = Progress(len(paths), "predict", stream=sys.stderr)
+    failed, results = [], []
+    for k, path in enumerate(paths):
+        try:
+            if args.window:
+                out = Path(args.out or ".")
+                out.mkdir(parents=True, exist_ok=True)
+                tl = predictor.timeline(path, window=args.window, stride=args.stride or args.window, topk=args.topk)
+                from .engine.checkpoint import write_json_atomic
+                from .viz import plot_timeline
+
+                stem = Path(path).stem
+                write_json_atomic(out / f"{stem}.timeline.json", {k2: v for k2, v in tl.items()})
+                plot_timeline(tl, out / f"{stem}.timeline.png", top=args.topk)
+                results.append({"path": str(path), "windows": len(tl["entries"]), "duration": tl["duration"],
+                                "timeline": str(out / f"{stem}.timeline.json")})
+            else:
+                results.append(predictor.predict(path, topk=args.topk))
+        except (DecodeError, OSError) as err:
+            failed.append((str(path), str(err)))
+        bar.update(k + 1)
+    bar.close()
+    for r in results:
+        if args.json:
+            print(json.dumps(r))
+        elif "top" in r:
+            print(f"{r['path']}")
+            for entry in r["top"]:
+                print(f"  {entry['prob']:7.2%}  {entry['class']}")
+        else:
+            print(f"{r['path']}: {r['windows']} windows over {r['duration']:.1f} s -> {r['timeline']}")
+    for path, err in failed:
+        print(f"skipped {path}: {err}", file=sys.stderr)
+    return 0 if results or not failed else 2
+
+
+def cmd_extract(args) -> int:
+    from pathlib import Path
+
+    from .data import DecodeError
+    from .inference import Predictor
+
+    model = _load_for_inference(args)
+    clips, crops = parse_views(args.views)
+    predictor = Predictor(model, clips=clips, crops=crops, sampling_rate=args.sampling_rate, fps=args.fps,
+                          device=_device(args.device))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = _inputs(args)
+    bar = Progress(len(paths), "extract", stream=sys.stderr)
+    written = 0
+    for k, path in enumerate(paths):
+        try:
+            feats = {kind: predictor.features(path, kind) for kind in ["pooled"] + args.tokens}
+        except (DecodeError, OSError) as err:
+            print(f"\nskipped {path}: {err}", file=sys.stderr)
+            continue
+        stem = Path(path).stem
+        if args.format == "npy":
+            import numpy as np
+
+            for kind, tensor in feats.items():
+                np.save(out / f"{stem}.{kind}.npy", tensor.numpy())
+        else:
+            from safetensors.torch import save_file
+
+            save_file({kind: t.contiguous() for kind, t in feats.items()}, str(out / f"{stem}.safetensors"))
+        written += 1
+        bar.update(k + 1)
+    bar.close()
+    print(f"features of {written} video(s) in {out} (pooled: {model.config.dim} values"
+          + "".join(f"; {kind}" for kind in args.tokens) + ")")
+    return 0 if written else 2
+
+
+def cmd_explain(args) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from .data import ClipSpec, open_video
+    from .data.transforms import EvalTransform, center_crop, resize_short_side
+    from .engine.checkpoint import write_json_atomic
+    from .inference.explain import attention_rollout
+    from .viz import plot_explanation
+
+    model = _load_for_inference(args)
+    cfg = model.config
+    spec = ClipSpec(num_frames=cfg.num_frames, sampling_rate=args.sampling_rate, fps=args.fps)
+    with open_video(args.video) as reader:
+        frames, valid = reader.frames_at(spec.times(reader.duration, train=False))
+    view = EvalTransform(crop_size=cfg.image_size, mean=cfg.mean, std=cfg.std).view(frames, 0)
+    shown = center_crop(resize_short_side(frames, cfg.image_size), cfg.image_size).round().clamp(0, 255)
+    mask = None if bool(valid.all()) else valid[None]
+    result = attention_rollout(model, view[None], mask)
+    top = int(result["logits"].argmax())
+    name = cfg.labels[top] if cfg.labels else str(top)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = Path(args.video).stem
+    plot_explanation(shown.to(torch.uint8), result["maps"], result["frame_importance"], out / f"{stem}.explain.png",
+                     out / f"{stem}.explain.gif", title=f"{Path(args.video).name}: predicted {name}")
+    write_json_atomic(out / f"{stem}.explain.json", {"video": str(args.video), "predicted": name,
+                                                     "frame_importance": result["frame_importance"].tolist(),
+                                                     "maps": result["maps"].tolist()})
+    print(f"predicted {name}; attention rollout -> {out / (stem + '.explain.png')}, .gif, .json")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from .inference.export import check_onnx, export_onnx, export_program
+    from .pretrained import load_pretrained
+
+    model = load_pretrained(args.checkpoint)
+    cfg = model.config
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"{out} exists; pass --overwrite to replace it")
+    if args.format == "onnx":
+        export_onnx(model, out, opset=args.opset)
+        video = torch.randn(3, cfg.num_frames, cfg.channels, cfg.image_size, cfg.image_size)
+        diff = check_onnx(model, out, video)
+        print(f"wrote {out} (opset {args.opset}, dynamic batch); onnxruntime vs PyTorch on a batch of 3: "
+              f"max abs diff {diff:.2e}")
+        if diff > 1e-4:
+            raise ValueError(f"ONNX output differs from PyTorch by {diff:.2e} (> 1e-4)")
+    else:
+        export_program(model, out)
+        print(f"wrote {out} (torch.export ExportedProgram, dynamic batch)")
+    return 0
+
+
+def _device(name: str):
+    from .engine.loop import pick_device
+
+    return pick_device(name)
+
+
 def cmd_convert(args) -> int:
     from pathlib import Path
 
@@ -223,6 +395,50 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--image-size", type=int, help="image size the checkpoint was built for")
     conv.add_argument("--overwrite", action="store_true", help="replace files in a non-empty output folder")
     conv.set_defaults(func=cmd_convert)
+
+    pred = sub.add_parser("predict", help="top-k classes for videos (files, folders, globs); --window for timelines")
+    pred.add_argument("videos", nargs="+")
+    pred.add_argument("--checkpoint", required=True, help="anything load_pretrained reads")
+    pred.add_argument("--topk", type=int, default=5)
+    pred.add_argument("--views", default="1x1", help="CLIPSxCROPS, logits averaged (the paper: 1x3)")
+    pred.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    pred.add_argument("--window", type=float, help="seconds per window: predictions along the whole video")
+    pred.add_argument("--stride", type=float, help="seconds between windows (default: --window)")
+    pred.add_argument("--out", help="folder for timeline JSON and PNG (default: .)")
+    pred.add_argument("--sampling-rate", type=int, default=8)
+    pred.add_argument("--fps", type=float, default=30.0)
+    pred.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    pred.add_argument("--device", default="auto")
+    pred.set_defaults(func=cmd_predict)
+
+    ext = sub.add_parser("extract", help="pooled embeddings (and per-frame / per-patch tokens) per video")
+    ext.add_argument("videos", nargs="+")
+    ext.add_argument("--checkpoint", required=True)
+    ext.add_argument("--out", required=True)
+    ext.add_argument("--tokens", nargs="*", default=[], choices=("frames", "patches"),
+                     help="also per-frame (t d) and/or per-patch (1 + t*n, d) features")
+    ext.add_argument("--format", choices=("npy", "safetensors"), default="npy")
+    ext.add_argument("--views", default="1x1")
+    ext.add_argument("--sampling-rate", type=int, default=8)
+    ext.add_argument("--fps", type=float, default=30.0)
+    ext.add_argument("--device", default="auto")
+    ext.set_defaults(func=cmd_extract)
+
+    exp = sub.add_parser("explain", help="attention rollout through space and time: PNG grid, GIF, JSON")
+    exp.add_argument("video")
+    exp.add_argument("--checkpoint", required=True)
+    exp.add_argument("--out", required=True)
+    exp.add_argument("--sampling-rate", type=int, default=8)
+    exp.add_argument("--fps", type=float, default=30.0)
+    exp.set_defaults(func=cmd_explain)
+
+    xp = sub.add_parser("export", help="ONNX (checked against onnxruntime) or torch.export")
+    xp.add_argument("--checkpoint", required=True)
+    xp.add_argument("--format", choices=("onnx", "torch"), default="onnx")
+    xp.add_argument("--out", required=True)
+    xp.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17; default 18)")
+    xp.add_argument("--overwrite", action="store_true")
+    xp.set_defaults(func=cmd_export)
 
     synth = sub.add_parser("synth", help="write SyntheticMotion clips as mp4 files (VideoFolder layout)")
     synth.add_argument("--out", required=True, help="output folder; clips go to OUT/<split>/<class>/")

@@ -40,8 +40,10 @@ def _shape_alpha(kind: str, xx, yy, cx, cy, r, angle):
     elif kind == "triangle":  # equilateral, circumradius r
         k = math.sqrt(3.0)
         dist = torch.maximum(torch.maximum(k / 2 * u + v / 2, -k / 2 * u + v / 2), -v) - r / 2
-    elif kind == "bar":  # long thin rectangle: orientation is visible, so rotation is
-        dist = torch.maximum(u.abs() - r, v.abs() - r * 0.22)
+    elif kind == "bar":  # a long bar with a knob at one end: its orientation is unique over 360 degrees
+        bar = torch.maximum(u.abs() - r, v.abs() - r * 0.2)
+        knob = torch.sqrt((u - r) ** 2 + v ** 2) - r * 0.38
+        dist = torch.minimum(bar, knob)
     else:
         raise ValueError(kind)
     return (0.5 - dist).clamp(0, 1)
@@ -132,10 +134,9 @@ class SyntheticMotion(Dataset):
         elif name == "appear":
             onset = float(rand(1)) * (T - 2) / T
             alpha_scale = ((ramp - onset) * T / 2).clamp(0, 1)
-        elif name == "still_disc":
-            kind = "disc"
-        elif name == "still_square":
-            kind = "square"
+        elif name in ("still_disc", "still_square"):  # large shapes: the class is in every single frame
+            kind = "disc" if name == "still_disc" else "square"
+            r = torch.full((T,), S * (0.24 + 0.06 * float(rand(1))))
         else:
             raise ValueError(name)
         alpha = _shape_alpha(kind, xx, yy, cx, cy, r, angle) * alpha_scale[:, None, None]  # t S S

@@ -52,6 +52,14 @@ def attention(
     return torch.einsum("bkls,bkse->bkle", probs, v)
 
 
+def attention_probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The attention matrix ``softmax(q k^T / sqrt(e))``: ``B k L S`` (for explanations; fp32)."""
+    scores = torch.einsum("bkle,bkse->bkls", q.float() * q.shape[-1] ** -0.5, k.float())
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(dim=-1)
+
+
 def _matmul_is_faster(q: torch.Tensor, k: torch.Tensor) -> bool:
     """Whether matmul-softmax-matmul beats PyTorch's fused CPU kernel for this call.
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import Attention, attention
+from .attention import Attention, attention, attention_probs
 from .embeddings import apply_rotary
 from .layers import DropPath, Mlp
 from .partition import Partition, stages_for
@@ -44,6 +44,7 @@ class TokenContext:
 
     valid: torch.Tensor | None = None
     rope: dict | None = None
+    record: list | None = None  # when a list, every stage appends its head-averaged attention (explanations)
 
 
 def shift_tokens(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
@@ -166,7 +167,14 @@ class Block(nn.Module):
             key_ok = key_ok | ~key_ok.any(-1, keepdim=True)
             mask = key_ok[:, None, None, :]
         drop = attn.attn_drop if self.training else 0.0
-        out = attention(q, k, v, mask=mask, dropout_p=drop, impl=self.attn_impl)  # (b G) k Lq e
+        if ctx.record is not None:  # explicit probabilities, kept for attention rollout
+            probs = attention_probs(q, k, mask)
+            out = probs.to(v.dtype) @ v
+            mode = "none" if cls is None else ("global" if glob else "average")
+            ctx.record.append({"partition": part, "size": (b, t, h, w), "probs": probs.mean(1).float(), "cls": mode,
+                               "copies": 0 if cls is None else cls.shape[1], "real": real})
+        else:
+            out = attention(q, k, v, mask=mask, dropout_p=drop, impl=self.attn_impl)  # (b G) k Lq e
         out = out.transpose(1, 2).flatten(2)  # (b G) Lq (k e)
 
         cls_out = None
@@ -192,5 +200,10 @@ class Block(nn.Module):
             n = qkv.shape[2] * qkv.shape[3]
             keys = F.pad(ctx.valid.repeat_interleave(n, dim=1), (1, 0), value=True)
             mask = keys[:, None, None, :]
-        out = attention(q[:, :, :1], k, v, mask=mask, dropout_p=drop, impl=self.attn_impl)
+        if ctx.record is not None:
+            probs = attention_probs(q[:, :, :1], k, mask)
+            out = probs.to(v.dtype) @ v
+            ctx.record.append({"global_cls": probs.mean(1)[:, 0].float()})  # b (1 + t h w)
+        else:
+            out = attention(q[:, :, :1], k, v, mask=mask, dropout_p=drop, impl=self.attn_impl)
         return out.transpose(1, 2).flatten(2)  # b 1 (k e)

@@ -67,3 +67,74 @@ def plot_confusion(confusion, classes: list[str], out: str | os.PathLike, title:
     ax.set_title(title)
     _save(fig, out)
     plt.close(fig)
+
+
+def plot_timeline(timeline: dict, out: str | os.PathLike, top: int = 5):
+    """Probabilities of the ``top`` classes (by peak probability) along the video."""
+    import torch
+
+    plt = _pyplot()
+    entries = timeline["entries"]
+    probs = torch.tensor([e["probs"] for e in entries])  # windows x classes
+    centres = [(e["start"] + e["end"]) / 2 for e in entries]
+    best = probs.max(0).values.topk(min(top, probs.shape[1])).indices.tolist()
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    for c in best:
+        ax.plot(centres, probs[:, c].tolist(), marker="o", ms=3, label=timeline["classes"][c])
+    ax.set_xlim(0, timeline["duration"])
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("probability")
+    ax.set_title(f"{Path(timeline['path']).name}: {timeline['window']:g} s windows every {timeline['stride']:g} s")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right")
+    _save(fig, out)
+    plt.close(fig)
+
+
+def _overlays(frames, maps):
+    """uint8 ``t c H W`` frames and ``t h w`` maps -> list of ``H W 3`` uint8 heat-map overlays."""
+    import torch
+    import torch.nn.functional as F
+
+    plt = _pyplot()
+    t, _, H, W = frames.shape
+    up = F.interpolate(maps[:, None].float(), size=(H, W), mode="bilinear", align_corners=False)[:, 0]
+    up = up / up.amax((1, 2), keepdim=True).clamp(min=1e-12)
+    heat = torch.from_numpy(plt.get_cmap("jet")(up.numpy())[..., :3]).float()  # t H W 3
+    base = frames.permute(0, 2, 3, 1).float() / 255
+    return [((0.55 * base[i] + 0.45 * heat[i]).clamp(0, 1) * 255).round().to(torch.uint8).numpy() for i in range(t)]
+
+
+def plot_explanation(frames, maps, importance, out_png: str | os.PathLike, out_gif: str | os.PathLike,
+                     title: str = ""):
+    """A PNG grid (frames, attention overlays, per-frame importance bars) and an animated GIF of the overlays
+    (one GIF frame per input frame)."""
+    from PIL import Image
+
+    plt = _pyplot()
+    overlays = _overlays(frames, maps)
+    t = len(overlays)
+    fig = plt.figure(figsize=(1.5 * t, 4.6))
+    grid = fig.add_gridspec(3, t, height_ratios=[1, 1, 0.8])
+    for i in range(t):
+        ax = fig.add_subplot(grid[0, i])
+        ax.imshow(frames[i].permute(1, 2, 0).numpy())
+        ax.set_title(f"frame {i}", fontsize=7)
+        ax.axis("off")
+        ax = fig.add_subplot(grid[1, i])
+        ax.imshow(overlays[i])
+        ax.axis("off")
+    ax = fig.add_subplot(grid[2, :])
+    ax.bar(range(t), [float(v) for v in importance], color="tab:orange")
+    ax.set_xticks(range(t))
+    ax.set_ylabel("frame importance", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    _save(fig, out_png)
+    plt.close(fig)
+    out_gif = Path(out_gif)
+    tmp = out_gif.with_name(f".{out_gif.stem}.tmp.gif")
+    images = [Image.fromarray(o) for o in overlays]
+    images[0].save(tmp, save_all=True, append_images=images[1:], duration=250, loop=0, disposal=2)
+    os.replace(tmp, out_gif)

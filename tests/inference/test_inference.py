@@ -1,0 +1,149 @@
+"""Using a model on real videos the tests encode: predict, timelines, features, explanations, export."""
+import json
+
+import pytest
+import torch
+
+import timesformer as tf
+from timesformer.cli import main
+from timesformer.inference import Predictor
+from timesformer.inference.explain import attention_rollout
+
+from ..data.videos import write_video
+
+pytest.importorskip("av")
+
+TINY = dict(image_size=32, patch_size=8, dim=32, depth=2, heads=2, dim_head=16, num_frames=4)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    model = tf.create_model("timesformer_tiny", num_classes=3, labels=("cat", "dog", "eel"), **TINY)
+    tf.save_pretrained(model, root / "named")
+    tf.save_pretrained(tf.create_model("timesformer_tiny", num_classes=3, **TINY), root / "anonymous")
+    return root
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    write_video(root / "a.mp4", 90, fps=30, size=64)  # 3 s
+    write_video(root / "b.webm", 45, fps=30, size=64, codec="libvpx-vp9")  # 1.5 s
+    (root / "notes.mp4").write_text("this is not a video")
+    return root
+
+
+def test_predict_table_json_and_bad_file(ckpt, videos, capsys):
+    rc = main(["predict", str(videos / "a.mp4"), str(videos / "notes.mp4"), str(videos / "b.webm"), "--checkpoint",
+               str(ckpt / "named"), "--topk", "2", "--views", "2x3", "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["path"].split("/")[-1] for r in rows] == ["a.mp4", "b.webm"]  # the bad file skipped, the rest done
+    assert all(len(r["top"]) == 2 and r["top"][0]["class"] in ("cat", "dog", "eel") for r in rows)
+    assert abs(sum(e["prob"] for e in rows[0]["top"])) <= 1.0 + 1e-6
+    assert "skipped" in err and "notes.mp4" in err
+
+
+def test_predict_globs_folders_and_unnamed_classes(ckpt, videos, capsys):
+    assert main(["predict", str(videos / "*.mp4"), "--checkpoint", str(ckpt / "anonymous"), "--topk", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert "names no classes; printing class indices" in err
+    assert "a.mp4" in out and out.strip().splitlines()[1].strip().split()[-1] in ("0", "1", "2")
+
+
+def test_multi_view_logits_are_the_mean_of_views(ckpt, videos):
+    model = tf.load_pretrained(ckpt / "named")
+    predictor = Predictor(model, clips=2, crops=3)
+    views, masks = predictor.views(videos / "a.mp4")
+    assert views.shape == (6, 4, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(views).mean(0)
+    torch.testing.assert_close(predictor.logits(videos / "a.mp4"), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_timeline_covers_the_video(ckpt, videos, tmp_path, capsys):
+    assert main(["predict", str(videos / "a.mp4"), "--checkpoint", str(ckpt / "named"), "--window", "1",
+                 "--stride", "0.75", "--out", str(tmp_path)]) == 0
+    tl = json.loads((tmp_path / "a.timeline.json").read_text())
+    starts = [e["start"] for e in tl["entries"]]
+    assert starts[0] == 0 and tl["entries"][-1]["end"] == pytest.approx(tl["duration"]) and tl["duration"] == \
+        pytest.approx(3.0, abs=0.05)
+    assert all(b - a <= 0.75 + 1e-9 for a, b in zip(starts, starts[1:]))
+    assert (tmp_path / "a.timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a video shorter than one window still gets one prediction
+    predictor = Predictor(tf.load_pretrained(ckpt / "named"))
+    short = predictor.timeline(videos / "b.webm", window=5, stride=2)
+    assert len(short["entries"]) == 1
+
+
+def test_extract_feature_shapes(ckpt, videos, tmp_path, capsys):
+    assert main(["extract", str(videos / "a.mp4"), "--checkpoint", str(ckpt / "named"), "--out", str(tmp_path),
+                 "--tokens", "frames", "patches"]) == 0
+    import numpy as np
+
+    assert np.load(tmp_path / "a.pooled.npy").shape == (32,)
+    assert np.load(tmp_path / "a.frames.npy").shape == (4, 32)
+    assert np.load(tmp_path / "a.patches.npy").shape == (1 + 4 * 16, 32)
+    assert main(["extract", str(videos / "b.webm"), "--checkpoint", str(ckpt / "named"), "--out", str(tmp_path),
+                 "--format", "safetensors"]) == 0
+    from safetensors.torch import load_file
+
+    assert load_file(str(tmp_path / "b.safetensors"))["pooled"].shape == (32,)
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(cls_attention="average", temporal_fc=True),
+                                       dict(attention="space", cls_attention="average"),
+                                       dict(attention="sparse"), dict(attention="axial"), dict(attention="joint")])
+def test_rollout_maps_sum_to_one_per_frame(overrides):
+    torch.manual_seed(0)
+    model = tf.create_model("timesformer_tiny", num_classes=3, **{**TINY, **overrides})
+    result = attention_rollout(model, torch.randn(1, 4, 3, 32, 32))
+    maps = result["maps"]
+    assert maps.shape == (4, 4, 4) and (maps >= 0).all()
+    torch.testing.assert_close(maps.sum((1, 2)), torch.ones(4))
+    torch.testing.assert_close(result["frame_importance"].sum(), torch.tensor(1.0))
+
+
+def test_rollout_logits_equal_the_forward_pass():
+    torch.manual_seed(0)
+    model = tf.create_model("timesformer_tiny", num_classes=3, **TINY).eval()
+    video = torch.randn(1, 4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(attention_rollout(model, video)["logits"], model(video)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_explain_writes_png_gif_and_json(ckpt, videos, tmp_path, capsys):
+    assert main(["explain", str(videos / "a.mp4"), "--checkpoint", str(ckpt / "named"), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "a.explain.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    gif = Image.open(tmp_path / "a.explain.gif")
+    assert gif.n_frames == 4  # one per input frame
+    data = json.loads((tmp_path / "a.explain.json").read_text())
+    assert all(abs(sum(map(sum, frame)) - 1) < 1e-4 for frame in data["maps"])
+
+
+def test_onnx_export_matches_onnxruntime(ckpt, videos, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from timesformer.inference.export import check_onnx
+
+    out = tmp_path / "model.onnx"
+    assert main(["export", "--checkpoint", str(ckpt / "named"), "--format", "onnx", "--out", str(out)]) == 0
+    model = tf.load_pretrained(ckpt / "named")
+    assert check_onnx(model, out, torch.randn(5, 4, 3, 32, 32)) <= 1e-4  # dynamic batch: 5 != the traced 2
+    views, _ = Predictor(model).views(videos / "a.mp4")  # a real decoded clip
+    assert check_onnx(model, out, views) <= 1e-4
+    assert main(["export", "--checkpoint", str(ckpt / "named"), "--out", str(out)]) == 2  # no silent overwrite
+
+
+def test_torch_export(ckpt, tmp_path, capsys):
+    out = tmp_path / "model.pt2"
+    assert main(["export", "--checkpoint", str(ckpt / "named"), "--format", "torch", "--out", str(out)]) == 0
+    program = torch.export.load(str(out))
+    model = tf.load_pretrained(ckpt / "named")
+    video = torch.randn(3, 4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(video), model(video), atol=1e-5, rtol=1e-5)
