@@ -54,7 +54,7 @@ def test_bad_checkpoint_exit_code_2(tmp_path):
 def test_synth_writes_a_video_folder(tmp_path, capsys):
     assert main(["synth", "--out", str(tmp_path), "--num", "13", "--split", "val"]) == 0
     files = sorted((tmp_path / "val").glob("*/*.mp4"))
-    assert len(files) == 13 and {f.parent.name for f in files} >= {"move_left", "move_right", "still_square"}
+    assert len(files) == 13 and {f.parent.name for f in files} >= {"move_left", "move_right", "still_cross"}
     from timesformer.data import VideoFolder
 
     assert len(VideoFolder(tmp_path / "val")) == 13

@@ -2,7 +2,7 @@
 
 Clips of a shape on a textured, noisy background. Ten motion classes come in time-reversed pairs -- moving
 left/right, up/down, rotating clockwise/counter-clockwise, growing/shrinking, appearing/disappearing -- and two
-classes are still shapes. Sample ``i`` of the second class of a pair is *exactly* the time reversal of the
+classes are still shapes (a disc, a cross). Sample ``i`` of the second class of a pair is *exactly* the time reversal of the
 matching sample of the first class (same seed), so a pair has identical single frames and identical unordered
 sets of frames: a model that ignores frame order (space-only attention) can't beat chance on them, while a
 space-time model can. That is the paper's central claim (SSv2: space-only 36.6 vs divided 59.5) in miniature.
@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from .transforms import normalize
 
 CLASSES = ("move_left", "move_right", "move_up", "move_down", "rotate_cw", "rotate_ccw", "grow", "shrink",
-           "appear", "disappear", "still_disc", "still_square")
+           "appear", "disappear", "still_disc", "still_cross")
 REVERSED_PAIRS = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9))  # (canonical, its time reversal)
 _SPLIT_OFFSET = {"train": 0, "val": 1_000_003, "test": 2_000_003}
 
@@ -40,6 +40,8 @@ def _shape_alpha(kind: str, xx, yy, cx, cy, r, angle):
     elif kind == "triangle":  # equilateral, circumradius r
         k = math.sqrt(3.0)
         dist = torch.maximum(torch.maximum(k / 2 * u + v / 2, -k / 2 * u + v / 2), -v) - r / 2
+    elif kind == "cross":  # a plus sign: tells itself from a disc in any single frame
+        dist = torch.minimum(torch.maximum(u.abs() - r, v.abs() - r * 0.3), torch.maximum(v.abs() - r, u.abs() - r * 0.3))
     elif kind == "bar":  # a long bar with a knob at one end: its orientation is unique over 360 degrees
         bar = torch.maximum(u.abs() - r, v.abs() - r * 0.2)
         knob = torch.sqrt((u - r) ** 2 + v ** 2) - r * 0.38
@@ -134,8 +136,8 @@ class SyntheticMotion(Dataset):
         elif name == "appear":
             onset = float(rand(1)) * (T - 2) / T
             alpha_scale = ((ramp - onset) * T / 2).clamp(0, 1)
-        elif name in ("still_disc", "still_square"):  # large shapes: the class is in every single frame
-            kind = "disc" if name == "still_disc" else "square"
+        elif name in ("still_disc", "still_cross"):  # large shapes: the class is in every single frame
+            kind = "disc" if name == "still_disc" else "cross"
             r = torch.full((T,), S * (0.24 + 0.06 * float(rand(1))))
         else:
             raise ValueError(name)
