@@ -13,11 +13,11 @@ import argparse
 import statistics
 import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
+from timing import median_seconds
 
 
 def write_test_video(path: Path, seconds: int = 10, fps: int = 30, width: int = 568, height: int = 320):
@@ -41,13 +41,7 @@ def write_test_video(path: Path, seconds: int = 10, fps: int = 30, width: int = 
 
 
 def clips_per_s(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1.0 / statistics.median(times)
+    return 1.0 / median_seconds(fn, reps)
 
 
 def main():

@@ -13,10 +13,10 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
-import time
+
+from timing import median_seconds
 
 MODELS = ("ours", "hf", "seed")
 
@@ -56,35 +56,26 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def timeit(fn, iters: int, warmup: int = 1) -> float:
-    """Median seconds per call (this 2-core machine is shared and noisy; the median resists outliers)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def worker(name: str, task: str, quick: bool) -> dict:
+def worker(name: str, task: str, quick: bool, device: str = "cpu") -> dict:
     import torch
 
     torch.manual_seed(0)
     model = build(name)
     module = model.hf if isinstance(model, _Logits) else model
+    module.to(device)
     out = {"params_m": sum(p.numel() for p in module.parameters()) / 1e6}
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     if task == "infer":
         module.eval()
         for batch in (1, 4):
-            x = torch.randn(batch, 8, 3, 224, 224)
+            x = torch.randn(batch, 8, 3, 224, 224, device=device)
             for dtype in ("fp32", "bf16"):
                 def step():
-                    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=dtype == "bf16"):
+                    with torch.no_grad(), torch.autocast(device, torch.bfloat16, enabled=dtype == "bf16"):
                         model(x)
+                    sync()
                 iters = 1 if quick else (5 if batch == 1 else 3)
-                out[f"infer_b{batch}_{dtype}"] = batch / timeit(step, iters)
+                out[f"infer_b{batch}_{dtype}"] = batch / median_seconds(step, iters)
     else:
         module.train()
         if task == "train_ckpt":
@@ -95,22 +86,27 @@ def worker(name: str, task: str, quick: bool) -> dict:
             else:
                 raise ValueError("the seed has no gradient checkpointing")
         opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
-        x, y = torch.randn(2, 8, 3, 224, 224), torch.tensor([1, 2])
-        base = peak_rss_mb()
+        x, y = torch.randn(2, 8, 3, 224, 224, device=device), torch.tensor([1, 2], device=device)
+        base = peak_rss_mb() if device == "cpu" else torch.cuda.memory_allocated() / 2**20
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
 
         def step():
             opt.zero_grad(set_to_none=True)
             torch.nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
-        out["train_s"] = timeit(step, 1 if quick else 3)
+            sync()
+        out["train_s"] = median_seconds(step, 1 if quick else 3)
         out["model_rss_mb"] = base
-    out["peak_rss_mb"] = peak_rss_mb()
+    # on CUDA "rss" is the GPU allocator's peak (weights, grads, optimizer state and activations)
+    out["peak_rss_mb"] = peak_rss_mb() if device == "cpu" else torch.cuda.max_memory_allocated() / 2**20
     return out
 
 
-def run(name: str, task: str, threads: int, quick: bool) -> dict:
+def run(name: str, task: str, threads: int, quick: bool, device: str = "cpu") -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    cmd = [sys.executable, __file__, "--worker", name, task, "--threads", str(threads)] + (["--quick"] if quick else [])
+    cmd = [sys.executable, __file__, "--worker", name, task, "--threads", str(threads), "--device", device] + \
+        (["--quick"] if quick else [])
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"{name} {task} failed:\n{proc.stderr[-3000:]}")
@@ -121,21 +117,24 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="one timed iteration per cell")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda")
+    ap.add_argument("--models", default=",".join(MODELS), help="which of ours,hf,seed")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         import torch
 
         torch.set_num_threads(args.threads)
-        print(json.dumps(worker(*args.worker, quick=args.quick)))
+        print(json.dumps(worker(*args.worker, quick=args.quick, device=args.device)))
         return
 
     import torch
 
+    models = [m for m in args.models.split(",") if m]
     res = {m: {} for m in MODELS}
-    for m in MODELS:
+    for m in models:
         for task in ("infer", "train") + (("train_ckpt",) if m != "seed" else ()):
-            r = run(m, task, args.threads, args.quick)
+            r = run(m, task, args.threads, args.quick, args.device)
             res[m]["params_m"] = r["params_m"]
             if task == "infer":
                 res[m].update({k: v for k, v in r.items() if k.startswith("infer")})
@@ -158,7 +157,8 @@ def main():
         ("train peak RSS, grad checkpointing (MiB)", "train_ckpt_peak_mb", "{:.0f}", "down"),
         ("train RSS above the built model, checkpointing (MiB)", "train_ckpt_extra_mb", "{:.0f}", "down"),
     ]
-    print(f"\ntorch {torch.__version__}, {args.threads} threads, input 8x3x224x224; ratio = ours / HF "
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{args.threads} CPU threads"
+    print(f"\ntorch {torch.__version__}, {where}, input 8x3x224x224; ratio = ours / HF "
           f"(throughput: higher is better; time, memory: lower is better)\n")
     print("| metric | ours | HF transformers | timesformer-pytorch | ours / HF |")
     print("|---|---|---|---|---|")
