@@ -16,8 +16,9 @@ def imported_modules(path: Path, package: str):
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                yield package if not node.module else f"{package}.{node.module}"
+            if node.level:  # from .x (level 1) is package.x; from ..x (level 2) is parent(package).x
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+                yield base if not node.module else f"{base}.{node.module}"
             else:
                 yield node.module
 
@@ -29,3 +30,28 @@ def test_model_imports_only_torch_einops_and_itself():
             root = mod.split(".")[0]
             assert root in std or any(mod == a or mod.startswith(a + ".") for a in ALLOWED["model"]), \
                 f"{path.name} imports {mod}"
+
+
+def package_imports(sub: str):
+    for path in (PKG / sub).rglob("*.py"):
+        rel = path.relative_to(PKG).with_suffix("")
+        package = "timesformer." + ".".join(rel.parts[:-1]) if len(rel.parts) > 1 else "timesformer"
+        for mod in imported_modules(path, package):
+            if mod and mod.startswith("timesformer"):
+                yield path.name, mod
+
+
+def test_layers_import_one_way():
+    """data never imports model; convert imports only model; nothing imports the CLI."""
+    forbidden = {
+        "data": ("timesformer.model", "timesformer.engine", "timesformer.convert", "timesformer.cli",
+                 "timesformer.inference", "timesformer.pretrained"),
+        "convert": ("timesformer.data", "timesformer.engine", "timesformer.cli", "timesformer.inference",
+                    "timesformer.pretrained"),
+        "engine": ("timesformer.cli", "timesformer.inference"),
+        "inference": ("timesformer.cli", "timesformer.engine"),
+        "viz": ("timesformer.cli", "timesformer.engine", "timesformer.inference"),
+    }
+    for sub, bad in forbidden.items():
+        for name, mod in package_imports(sub):
+            assert not mod.startswith(bad), f"{sub}/{name} imports {mod}"
