@@ -59,3 +59,47 @@ def test_synth_writes_a_video_folder(tmp_path, capsys):
 
     assert len(VideoFolder(tmp_path / "val")) == 13
     assert main(["synth", "--out", str(tmp_path), "--num", "0"]) == 2
+
+
+def _one_error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("timesformer ")
+    return err[0]
+
+
+def test_train_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["train", "optim.lrate=1"]) == 2
+    assert "unknown config key optim.lrate" in _one_error_line(capsys)
+    assert main(["train", "optim.epochs=ten"]) == 2
+    assert "config key optim.epochs: expected int; got 'ten'" in _one_error_line(capsys)
+    (tmp_path / "empty" / "cls").mkdir(parents=True)
+    assert main(["train", "data.kind=folder", f"data.train={tmp_path / 'empty'}", f"out={tmp_path}"]) == 2
+    assert "no videos found" in _one_error_line(capsys)
+    tiny = ["model_args.image_size=16", "model_args.patch_size=4", "model_args.dim=32", "model_args.depth=1",
+            "model_args.heads=2", "model_args.dim_head=16", "data.synthetic_train=32", "data.synthetic_val=12",
+            "data.synthetic_size=16", "optim.batch_size=16", "optim.epochs=1", "optim.precision=fp32", f"out={tmp_path}"]
+    assert main(["train", *tiny, "model_args.num_classes=5"]) == 2
+    assert "contradicts the data, which has 12 classes" in _one_error_line(capsys)
+    assert main(["train", *tiny, "name=r"]) == 0
+    capsys.readouterr()
+    assert main(["train", *tiny, "name=r"]) == 2  # never overwritten silently
+    assert "already exists; pass --resume" in _one_error_line(capsys)
+    assert main(["train", "--resume", str(tmp_path / "r"), *tiny, "model_args.dim=48", "model_args.heads=3"]) == 2
+    assert "cannot load strictly" in _one_error_line(capsys)  # a checkpoint of another architecture
+
+
+def test_eval_multi_view_report_and_confusion(tmp_path, capsys):
+    from timesformer.data import write_synthetic
+
+    root = write_synthetic(tmp_path / "files", 24, size=32, num_frames=8)
+    model = tf.create_model("timesformer_tiny", num_frames=8, image_size=32, depth=1, dim=32, heads=2, dim_head=16,
+                            labels=tuple(sorted(__import__("timesformer").data.CLASSES)))
+    tf.save_pretrained(model, tmp_path / "ckpt")
+    assert main(["eval", "--checkpoint", str(tmp_path / "ckpt"), "--data", str(root), "--views", "2x3",
+                 "--sampling-rate", "1", "--fps", "8", "--out", str(tmp_path / "report")]) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["videos"] == 24 and report["views"] == "2x3" and 0 <= report["top1"] <= report["top5"] <= 1
+    assert len(report["per_class"]) == 12 and sum(map(sum, report["confusion"])) == 24
+    assert (tmp_path / "report" / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["eval", "--checkpoint", str(tmp_path / "ckpt"), "--data", str(root), "--views", "2x2"]) == 2
+    assert "crops 1 or 3" in _one_error_line(capsys)
