@@ -146,12 +146,14 @@ def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, main: bool):
         run_dir.mkdir(parents=True, exist_ok=True)
 
 
-def build_model(cfg: RunConfig, classes: list[str]) -> TimeSformer:
+def build_model(cfg: RunConfig, classes: list[str], pretrained: TimeSformer | None = None) -> TimeSformer:
+    """The run's model: ``pretrained`` (already loaded from ``cfg.pretrained``) with a head for ``classes``, or a
+    fresh preset."""
     labels = tuple(classes)
     if cfg.pretrained:
         from ..pretrained import load_pretrained
 
-        model = load_pretrained(cfg.pretrained, **cfg.model_args)
+        model = pretrained if pretrained is not None else load_pretrained(cfg.pretrained, **cfg.model_args)
         if model.config.num_classes != len(labels) or model.config.labels != labels:
             model.reset_classifier(len(labels), labels=labels)
         if cfg.freeze_backbone:
@@ -190,13 +192,14 @@ def fit(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, progre
         if d.enabled:
             torch.distributed.barrier()
         torch.manual_seed(o.seed)
-        model_cfg_for_data = _pretrained_config(cfg) if cfg.pretrained else _preset_config(cfg)
+        loaded = _load_pretrained(cfg) if cfg.pretrained else None  # once: its config shapes the data too
+        model_cfg_for_data = loaded.config if loaded is not None else _preset_config(cfg)
         train_set, val_set = build_datasets(cfg, model_cfg_for_data)
         classes = list(train_set.classes)
         if len(train_set) < o.batch_size:
             raise RunError(f"data.train has {len(train_set)} clips, fewer than one batch of {o.batch_size}")
         torch.manual_seed(o.seed)
-        model = build_model(cfg, classes).to(device)
+        model = build_model(cfg, classes, loaded).to(device)
         model.set_grad_checkpointing(o.grad_checkpointing)
         multi = bool(getattr(train_set, "multi_label", False))
         optimizer = build_optimizer(model, name=o.optimizer, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum)
@@ -355,10 +358,10 @@ def _preset_config(cfg: RunConfig):
         raise RunError(f"model: {err}") from None
 
 
-def _pretrained_config(cfg: RunConfig):
+def _load_pretrained(cfg: RunConfig) -> TimeSformer:
     from ..pretrained import load_pretrained
 
-    return load_pretrained(cfg.pretrained, **cfg.model_args).config
+    return load_pretrained(cfg.pretrained, **cfg.model_args)
 
 
 def _yaml(data: dict) -> str:
