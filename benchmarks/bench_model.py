@@ -22,8 +22,6 @@ MODELS = ("ours", "hf", "seed")
 
 
 def build(name: str):
-    import torch
-
     if name == "ours":
         import timesformer
 

@@ -125,7 +125,9 @@ def cmd_predict(args) -> int:
     from pathlib import Path
 
     from .data import DecodeError
+    from .engine.checkpoint import write_json_atomic
     from .inference import Predictor
+    from .viz import plot_timeline
 
     clips, crops = parse_views(args.views)
     model = _load_for_inference(args)
@@ -140,11 +142,8 @@ def cmd_predict(args) -> int:
                 out = Path(args.out or ".")
                 out.mkdir(parents=True, exist_ok=True)
                 tl = predictor.timeline(path, window=args.window, stride=args.stride or args.window, topk=args.topk)
-                from .engine.checkpoint import write_json_atomic
-                from .viz import plot_timeline
-
                 stem = Path(path).stem
-                write_json_atomic(out / f"{stem}.timeline.json", {k2: v for k2, v in tl.items()})
+                write_json_atomic(out / f"{stem}.timeline.json", tl)
                 plot_timeline(tl, out / f"{stem}.timeline.png", top=args.topk)
                 results.append({"path": str(path), "windows": len(tl["entries"]), "duration": tl["duration"],
                                 "timeline": str(out / f"{stem}.timeline.json")})

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..pretrained import _save_folder
+from ..pretrained import _save_folder, _write_atomic
 
 
 def _fsync(path: Path):
@@ -52,7 +52,4 @@ def load_state(folder: Path) -> dict:
 
 
 def write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    _fsync(tmp)
-    os.replace(tmp, path)
+    _write_atomic(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))

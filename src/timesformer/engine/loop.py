@@ -6,7 +6,6 @@ import json
 import logging
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -14,7 +13,6 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from ..data import ClipSpec, SyntheticMotion, VideoFolder, VideoList, collate
-from ..data.synthetic import REVERSED_PAIRS
 from ..convert.common import check_state
 from ..model import TimeSformer, create_model, get_config
 from . import distributed as distr

@@ -4,6 +4,7 @@ Legend: ``t c S S`` a clip; ``v`` views (clips x crops); ``d`` model dim.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
@@ -60,7 +61,7 @@ class Predictor:
 
     def _run(self, views: torch.Tensor, masks: torch.Tensor, features: bool = False) -> torch.Tensor:
         """``views: v t c S S -> v classes`` (or ``v d`` features)."""
-        ctx = torch.autocast(self.device.type, torch.bfloat16) if self.precision == "bf16" else _null()
+        ctx = torch.autocast(self.device.type, torch.bfloat16) if self.precision == "bf16" else contextlib.nullcontext()
         with torch.inference_mode(), ctx:
             video, mask = views.to(self.device), masks.to(self.device)
             mask = None if bool(mask.all()) else mask
@@ -87,11 +88,14 @@ class Predictor:
         views, masks = self.views(path)
         return self._run(views, masks).mean(0)
 
+    def top(self, probs: torch.Tensor, k: int) -> list[dict]:
+        """The ``k`` most probable classes: ``[{"class", "index", "prob"}]``."""
+        top = probs.topk(min(k, len(probs)))
+        return [{"class": self.class_name(i), "index": i, "prob": p}
+                for p, i in zip(top.values.tolist(), top.indices.tolist())]
+
     def predict(self, path, topk: int = 5) -> dict:
-        probs = self.logits(path).softmax(-1)
-        top = probs.topk(min(topk, len(probs)))
-        return {"path": str(path), "top": [{"class": self.class_name(i), "index": i, "prob": p}
-                                            for p, i in zip(top.values.tolist(), top.indices.tolist())]}
+        return {"path": str(path), "top": self.top(self.logits(path).softmax(-1), topk)}
 
     def timeline(self, path, *, window: float, stride: float, topk: int = 5) -> dict:
         """Predictions along the whole video: one per window of ``window`` seconds every ``stride`` seconds
@@ -104,10 +108,8 @@ class Predictor:
         for start in clip_start_times(duration, window=window, stride=stride).tolist():
             views, masks = self.views(path, start=start, window=window)
             probs = self._run(views, masks).mean(0).softmax(-1)
-            top = probs.topk(min(topk, len(probs)))
             entries.append({"start": start, "end": min(start + window, duration), "probs": probs.tolist(),
-                            "top": [{"class": self.class_name(i), "prob": p}
-                                    for p, i in zip(top.values.tolist(), top.indices.tolist())]})
+                            "top": self.top(probs, topk)})
         return {"path": str(path), "duration": duration, "window": window, "stride": stride, "entries": entries,
                 "classes": [self.class_name(i) for i in range(len(entries[0]["probs"]))]}
 
@@ -125,11 +127,3 @@ class Predictor:
             return tokens
         t = views.shape[1]
         return tokens[1:].reshape(t, -1, tokens.shape[-1]).mean(1)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

@@ -43,18 +43,15 @@ def attention(
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
     if impl != "math":
         raise ValueError(f"attention impl must be one of {IMPLS}; got {impl!r}")
-    scores = torch.einsum("bkle,bkse->bkls", q * q.shape[-1] ** -0.5, k)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    probs = scores.softmax(dim=-1)
+    probs = attention_probs(q, k, mask)
     if dropout_p > 0.0:
         probs = F.dropout(probs, p=dropout_p)
     return torch.einsum("bkls,bkse->bkle", probs, v)
 
 
 def attention_probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """The attention matrix ``softmax(q k^T / sqrt(e))``: ``B k L S`` (for explanations; fp32)."""
-    scores = torch.einsum("bkle,bkse->bkls", q.float() * q.shape[-1] ** -0.5, k.float())
+    """The attention matrix ``softmax(q k^T / sqrt(e))``: ``B k L S`` (the reference path; explanations)."""
+    scores = torch.einsum("bkle,bkse->bkls", q * q.shape[-1] ** -0.5, k)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     return scores.softmax(dim=-1)

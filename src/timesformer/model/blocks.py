@@ -167,14 +167,10 @@ class Block(nn.Module):
             key_ok = key_ok | ~key_ok.any(-1, keepdim=True)
             mask = key_ok[:, None, None, :]
         drop = attn.attn_drop if self.training else 0.0
-        if ctx.record is not None:  # explicit probabilities, kept for attention rollout
-            probs = attention_probs(q, k, mask)
-            out = probs.to(v.dtype) @ v
+        out, probs = self._attention(q, k, v, mask, drop, ctx)  # (b G) k Lq e
+        if probs is not None:
             mode = "none" if cls is None else ("global" if glob else "average")
-            ctx.record.append({"partition": part, "size": (b, t, h, w), "probs": probs.mean(1).float(), "cls": mode,
-                               "copies": 0 if cls is None else cls.shape[1], "real": real})
-        else:
-            out = attention(q, k, v, mask=mask, dropout_p=drop, impl=self.attn_impl)  # (b G) k Lq e
+            ctx.record.append({"partition": part, "size": (b, t, h, w), "probs": probs, "cls": mode, "real": real})
         out = out.transpose(1, 2).flatten(2)  # (b G) Lq (k e)
 
         cls_out = None
@@ -200,10 +196,14 @@ class Block(nn.Module):
             n = qkv.shape[2] * qkv.shape[3]
             keys = F.pad(ctx.valid.repeat_interleave(n, dim=1), (1, 0), value=True)
             mask = keys[:, None, None, :]
-        if ctx.record is not None:
-            probs = attention_probs(q[:, :, :1], k, mask)
-            out = probs.to(v.dtype) @ v
-            ctx.record.append({"global_cls": probs.mean(1)[:, 0].float()})  # b (1 + t h w)
-        else:
-            out = attention(q[:, :, :1], k, v, mask=mask, dropout_p=drop, impl=self.attn_impl)
+        out, probs = self._attention(q[:, :, :1], k, v, mask, drop, ctx)
+        if probs is not None:
+            ctx.record.append({"global_cls": probs[:, 0]})  # b (1 + t h w)
         return out.transpose(1, 2).flatten(2)  # b 1 (k e)
+
+    def _attention(self, q, k, v, mask, drop: float, ctx: TokenContext):
+        """``(out: B k L e, head-averaged fp32 probabilities B L S`` when ``ctx`` records, else None)."""
+        if ctx.record is None:
+            return attention(q, k, v, mask=mask, dropout_p=drop, impl=self.attn_impl), None
+        probs = attention_probs(q, k, mask)  # explicit probabilities, kept for attention rollout
+        return probs @ v, probs.mean(1).float()
