@@ -36,6 +36,14 @@ def test_video_folder_samples(tree):
     assert [read_index(f.round().to(torch.uint8)) for f in sample["video"]] == [11, 13, 15, 18]
 
 
+def test_video_folder_takes_a_class_order_by_name(tree):
+    data = VideoFolder(tree, spec=SPEC, train=False, classes=["walking", "running", "jumping"])
+    assert data.classes == ["walking", "running", "jumping"]
+    assert [label for _, label in data.items] == [2, 2, 1] and data[2]["label"] == 1
+    with pytest.raises(ValueError, match=r"class folder 'jumping' .* not among the 2 classes"):
+        VideoFolder(tree, spec=SPEC, train=False, classes=["running", "walking"])
+
+
 def test_test_views_clips_times_crops(tree):
     spec = ClipSpec(**{**SPEC.__dict__, "num_clips": 2, "num_crops": 3, "crop_size": 48, "scale": (48, 48)})
     data = VideoFolder(tree, spec=spec, train=False)

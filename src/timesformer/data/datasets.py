@@ -149,15 +149,31 @@ def _is_video(p: Path) -> bool:
 
 
 class VideoFolder(VideoDataset):
-    """``root/<class>/<video file or frame folder>``; classes are the sub-folder names, sorted."""
+    """``root/<class>/<video file or frame folder>``.
 
-    def __init__(self, root: str | os.PathLike, **kwargs):
+    Args:
+        classes: the class order to label by name (a checkpoint's ``config.labels``): a folder's videos get the
+            index of its name there; a folder with videos whose name is not among them is an error. Default: the
+            sub-folder names, sorted.
+    """
+
+    def __init__(self, root: str | os.PathLike, *, classes: list[str] | None = None, **kwargs):
         root = Path(root)
         if not root.is_dir():
             raise ValueError(f"{root}: not a folder; expected root/<class>/<video>")
-        classes = sorted((d.name for d in root.iterdir() if d.is_dir()), key=_natural_key)
-        items = [(p, c) for c, name in enumerate(classes)
-                 for p in sorted((root / name).iterdir(), key=lambda p: _natural_key(p.name)) if _is_video(p)]
+        folders = sorted((d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")),
+                         key=_natural_key)
+        videos = {name: [p for p in sorted((root / name).iterdir(), key=lambda p: _natural_key(p.name)) if _is_video(p)]
+                  for name in folders}
+        if classes is None:
+            classes = folders
+        classes = list(classes)
+        index = {name: i for i, name in enumerate(classes)}
+        unknown = [name for name in folders if videos[name] and name not in index]
+        if unknown:
+            raise ValueError(f"{root}: class folder {unknown[0]!r} ({len(videos[unknown[0]])} videos) is not among "
+                             f"the {len(classes)} classes {classes[:12]}{' ...' if len(classes) > 12 else ''}")
+        items = [(p, index[name]) for name in folders if name in index for p in videos[name]]
         if not items:
             raise ValueError(f"{root}: no videos found; expected root/<class>/<video> with one of "
                              f"{', '.join(VIDEO_EXTENSIONS)} or folders of frames")
