@@ -84,8 +84,8 @@ def test_train_errors_are_one_line_and_exit_2(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", *tiny, "name=r"]) == 2  # never overwritten silently
     assert "already exists; pass --resume" in _one_error_line(capsys)
-    assert main(["train", "--resume", str(tmp_path / "r"), *tiny, "model_args.dim=48", "model_args.heads=3"]) == 2
-    assert "cannot load strictly" in _one_error_line(capsys)  # a checkpoint of another architecture
+    assert main(["train", "--resume", str(tmp_path / "r"), "model_args.dim=48", "model_args.heads=3"]) == 2
+    assert "model_args.dim: the run has 32, this resume asks for 48" in _one_error_line(capsys)
 
 
 def test_eval_multi_view_report_and_confusion(tmp_path, capsys):
@@ -103,3 +103,46 @@ def test_eval_multi_view_report_and_confusion(tmp_path, capsys):
     assert (tmp_path / "report" / "confusion.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["eval", "--checkpoint", str(tmp_path / "ckpt"), "--data", str(root), "--views", "2x2"]) == 2
     assert "crops 1 or 3" in _one_error_line(capsys)
+
+
+def test_resume_continues_the_run_as_it_was_configured(tmp_path, capsys):
+    import yaml
+
+    tiny = ["model_args.image_size=16", "model_args.patch_size=4", "model_args.dim=32", "model_args.depth=1",
+            "model_args.heads=2", "model_args.dim_head=16", "data.synthetic_train=32", "data.synthetic_val=12",
+            "data.synthetic_size=16", "optim.batch_size=16", "optim.epochs=1", "optim.lr=3e-3",
+            "optim.precision=fp32", f"out={tmp_path}", "name=r"]
+    run = tmp_path / "r"
+    assert main(["train", *tiny]) == 0
+    capsys.readouterr()
+    # no --config, no model args: the run's own config.yaml, with the one override printed
+    assert main(["train", "--resume", str(run), "optim.epochs=2"]) == 0
+    shown = capsys.readouterr()
+    assert "override optim.epochs: 1 -> 2" in shown.out and "resuming" in shown.err
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["optim"]["lr"] == 3e-3 and saved["optim"]["epochs"] == 2 and saved["model_args"]["dim"] == 32
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if "top1" in r] == [1, 2]
+    assert main(["train", "--resume", str(run), "data.synthetic_size=32"]) == 2
+    assert "data.synthetic_size: the run has 16, this resume asks for 32" in _one_error_line(capsys)
+    assert main(["train", "--resume", str(run), "--config", "x.yaml"]) == 2
+    assert "--resume continues the run with its own config.yaml" in _one_error_line(capsys)
+
+
+def test_eval_pairs_classes_by_name_in_the_checkpoints_order(tmp_path, capsys):
+    """The checkpoint knows the classes in SyntheticMotion's order; the folder sorts them by name."""
+    from timesformer.data import CLASSES, write_synthetic
+
+    root = write_synthetic(tmp_path / "files", 14, size=32, num_frames=8)  # 2 clips of move_left, move_right
+    model = tf.create_model("timesformer_tiny", depth=1, dim=32, heads=2, dim_head=16, labels=CLASSES)
+    tf.save_pretrained(model, tmp_path / "ckpt")
+    assert main(["eval", "--checkpoint", str(tmp_path / "ckpt"), "--data", str(root), "--sampling-rate", "1",
+                 "--fps", "8", "--out", str(tmp_path / "report")]) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert list(report["per_class"]) == list(CLASSES)
+    assert [sum(row) for row in report["confusion"]] == [2, 2] + [1] * 10  # rows in the checkpoint's order
+    # a class the checkpoint does not have is an error naming it
+    tf.save_pretrained(tf.create_model("timesformer_tiny", depth=1, dim=32, heads=2, dim_head=16, num_classes=11,
+                                       labels=CLASSES[:11]), tmp_path / "eleven")
+    assert main(["eval", "--checkpoint", str(tmp_path / "eleven"), "--data", str(root)]) == 2
+    assert "still_cross" in _one_error_line(capsys)

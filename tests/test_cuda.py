@@ -49,3 +49,36 @@ def test_training_on_cuda(tmp_path, precision):
     result = fit(cfg)
     assert next(result["model"].parameters()).is_cuda
     assert result["metrics"]["top1"] > 0.3
+
+
+def test_train_resume_eval_and_demo_evaluation_on_cuda(tmp_path):
+    """Where the model is, everything runs: a CUDA run with an EMA, stopped mid-epoch and resumed (the EMA and the
+    CUDA RNG come back onto the GPU), `eval --device cuda` on its checkpoint, and the demo's evaluation."""
+    from timesformer.cli import main
+    from timesformer.data import write_synthetic
+    from timesformer.engine import checkpoint as ckpt
+    from timesformer.engine.demo import evaluate_demo
+    from timesformer.engine.loop import fit
+
+    from .engine.helpers import tiny_run
+
+    cfg = tiny_run(tmp_path, model_args=dict(drop_path_rate=0.1),
+                   optim=dict(device="cuda", precision="bf16", ema_decay=0.9, batch_size=8, max_minutes=1e-9))
+    result = fit(cfg)
+    assert result["step"] == 1 and next(result["model"].parameters()).is_cuda
+    state = ckpt.load_state(tmp_path / "run" / "last")
+    assert state["rng"][0]["cuda"] is not None
+    cfg.optim.max_minutes = 0
+    result = fit(cfg, resume=True)
+    assert result["epoch"] == 2 and result["step"] == 16
+    root = write_synthetic(tmp_path / "files", 24, size=16, num_frames=8)
+    assert main(["eval", "--checkpoint", str(tmp_path / "run" / "best"), "--data", str(root), "--device", "cuda",
+                 "--sampling-rate", "1", "--fps", "8", "--out", str(tmp_path / "eval")]) == 0
+    res = evaluate_demo(result["model"], cfg)
+    assert res["videos"] == cfg.data.synthetic_val
+
+
+def test_demo_runs_on_cuda(tmp_path):
+    from timesformer.cli import main
+
+    assert main(["demo", "--minutes", "0.05", "--out", str(tmp_path / "demo")]) == 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 
@@ -24,7 +25,9 @@ def cmd_demo(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .engine.config import load_run_config
+    from pathlib import Path
+
+    from .engine.config import changes, load_run_config
     from .engine.loop import fit
 
     overrides = list(args.overrides)
@@ -32,20 +35,31 @@ def cmd_train(args) -> int:
         overrides.append(f"optim.device={args.device}")
     if getattr(args, "pretrained", None):
         overrides += [f"pretrained={args.pretrained}"] + (["freeze_backbone=true"] if args.freeze_backbone else [])
-    cfg = load_run_config(args.config, overrides)
-    resume = False
     if args.resume:
-        from pathlib import Path
-
+        # the run continues as it was configured: its own config.yaml, with the overrides on top
+        if args.config:
+            raise ValueError("--resume continues the run with its own config.yaml; give changes as key=value "
+                             "overrides, not --config")
         run = Path(args.resume)
-        cfg.out, cfg.name, resume = str(run.parent), run.name, True
+        if not (run / "config.yaml").is_file():
+            raise ValueError(f"{run}: no config.yaml; --resume takes a run folder (runs/<name>)")
+        saved = load_run_config(run / "config.yaml")
+        cfg = load_run_config(run / "config.yaml", overrides)
+        saved.out = cfg.out = str(run.parent)
+        saved.name = cfg.name = run.name
+        for key, was, now in changes(saved, cfg):
+            print(f"override {key}: {was} -> {now}")
+    else:
+        cfg = load_run_config(args.config, overrides)
     bar = Progress(1, f"train {cfg.name}")
-    result = fit(cfg, resume=resume, overwrite=args.overwrite, progress=bar.update)
+    result = fit(cfg, resume=bool(args.resume), overwrite=args.overwrite, progress=bar.update)
     bar.close()
     m = result["metrics"]
     shown = ", ".join(f"{k} {m[k]:.4f}" for k in ("top1", "top5", "mAP") if k in m)
     print(f"{cfg.out}/{cfg.name}: {result['epoch']} epoch(s), {result['step']} steps" + (f"; val {shown}" if shown
                                                                                           else ""))
+    if result["stopped"]:
+        print(f"stopped before the end; continue with: timesformer train --resume {cfg.out}/{cfg.name}")
     return 0
 
 
@@ -66,7 +80,8 @@ def cmd_eval(args) -> int:
 
     from .data import ClipSpec, VideoFolder, VideoList, collate
     from .engine.checkpoint import write_json_atomic
-    from .engine.loop import pick_device, predict_views, summarise
+    from .engine.device import pick_device
+    from .engine.evaluate import predict_views, summarise
     from .pretrained import load_pretrained
     from .viz import plot_confusion
 
@@ -77,10 +92,12 @@ def cmd_eval(args) -> int:
     spec = ClipSpec(num_frames=cfg.num_frames, sampling=args.sampling, sampling_rate=args.sampling_rate, fps=args.fps,
                     crop_size=cfg.image_size, num_clips=clips, num_crops=crops, mean=cfg.mean, std=cfg.std)
     data_path = Path(args.data)
-    data = (VideoFolder(data_path, spec=spec, train=False) if data_path.is_dir()
-            else VideoList(data_path, root=args.root, spec=spec, train=False, classes=list(cfg.labels or []) or None))
+    labels = list(cfg.labels) if cfg.labels else None  # the checkpoint's class order: the data is labelled by name
+    data = (VideoFolder(data_path, spec=spec, train=False, classes=labels) if data_path.is_dir()
+            else VideoList(data_path, root=args.root, spec=spec, train=False, classes=labels))
     if data.num_classes != cfg.num_classes:
-        raise ValueError(f"{args.data} has {data.num_classes} classes but the checkpoint has {cfg.num_classes}")
+        raise ValueError(f"{args.data} has {data.num_classes} classes but the checkpoint has {cfg.num_classes} "
+                         f"(and names none to match them by)")
     loader = DataLoader(data, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate)
     logits, labels, bad = predict_views(model.to(device), loader, device, "fp32")
     summary = summarise(logits, labels, cfg.num_classes, data.multi_label, data.classes)
@@ -268,7 +285,7 @@ def cmd_export(args) -> int:
 
 
 def _device(name: str):
-    from .engine.loop import pick_device
+    from .engine.device import pick_device
 
     return pick_device(name)
 
@@ -353,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model from a YAML config (torchrun for several processes)")
     train.add_argument("--config", help="YAML run config (see configs/)")
     train.add_argument("overrides", nargs="*", help="section.key=value, e.g. optim.lr=3e-4 model_args.attention=space")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue runs/<name> exactly from its last checkpoint")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue runs/<name> exactly from its last checkpoint, "
+                                                           "with its own config.yaml (overrides apply on top)")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     train.add_argument("--device", help="auto | cpu | cuda (overrides optim.device)")
     train.set_defaults(func=cmd_train)
@@ -451,8 +469,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """The library's warnings and notices (resumed runs, bad files), one plain line each on the current stderr."""
+
+    def emit(self, record):
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _log_to_stderr():
+    root = logging.getLogger("timesformer")
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        root.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _log_to_stderr()
     try:
         return args.func(args)
     except ValueError as err:  # bad input: one clear line, exit code 2

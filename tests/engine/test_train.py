@@ -33,6 +33,15 @@ def test_tiny_run_learns_well_above_chance(tmp_path):
     assert [r["epoch"] for r in lines if "top1" in r] == [1, 2, 3]
     model = tf.load_pretrained(run / "best")  # a run checkpoint is a load_pretrained folder, with class names
     assert model.config.labels[0] == "move_left"
+    # the same classes as mp4 files in a folder (sorted by name there): eval pairs them by name, not position
+    from timesformer.cli import main
+    from timesformer.data import write_synthetic
+
+    root = write_synthetic(tmp_path / "files", 120, split="val", size=16, num_frames=8)
+    assert main(["eval", "--checkpoint", str(run / "best"), "--data", str(root), "--sampling-rate", "1", "--fps", "8",
+                 "--out", str(tmp_path / "eval")]) == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["top1"] > 0.3, f"top-1 {report['top1']:.3f} on the same classes written as files"
 
 
 def test_resume_is_exact(tmp_path):
@@ -66,6 +75,18 @@ def test_crash_while_saving_resumes_from_previous_checkpoint(tmp_path, monkeypat
     a, b = weights(tmp_path / "straight"), weights(run)
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+
+
+def test_accumulation_equals_a_twice_larger_batch_and_leaves_nothing_over(tmp_path):
+    """56 clips: 7 micro-batches of 8 an epoch, 3 steps of 2; the 7th micro-batch must not leak into epoch 2."""
+    data = dict(synthetic_train=56)
+    fit(tiny_run(tmp_path, "accum", data=data, optim=dict(batch_size=8, accum_steps=2, epochs=2)))
+    fit(tiny_run(tmp_path, "batch", data=data, optim=dict(batch_size=16, epochs=2)))
+    a, b = weights(tmp_path / "accum"), weights(tmp_path / "batch")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "accum" / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 6
 
 
 def test_existing_run_is_never_overwritten(tmp_path):
@@ -124,7 +145,10 @@ def test_finetune_new_head_and_frozen_backbone(tmp_path):
     assert after["head.weight"].shape == (3, 32)
 
 
-def test_checkpoint_of_another_architecture_is_refused_on_resume(tmp_path):
+def test_resume_refuses_another_architecture_classes_or_data_naming_the_field(tmp_path):
     fit(tiny_run(tmp_path, optim=dict(epochs=1)))
-    with pytest.raises(ValueError, match="cannot load strictly|size mismatch|Error"):
+    with pytest.raises(RunError, match=r"model_args.dim: the run has 32, this resume asks for 48"):
         fit(tiny_run(tmp_path, model_args=dict(dim=48, heads=3), optim=dict(epochs=2)), resume=True)
+    with pytest.raises(RunError, match=r"data.synthetic_train: the run has 64, this resume asks for 32"):
+        fit(tiny_run(tmp_path, data=dict(synthetic_train=32), optim=dict(epochs=2)), resume=True)
+    fit(tiny_run(tmp_path, optim=dict(epochs=2, lr=5e-4)), resume=True)  # optimiser settings may change

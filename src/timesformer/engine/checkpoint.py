@@ -1,9 +1,10 @@
 """Run checkpoints: ``<run>/<tag>/`` holds ``model.safetensors`` + ``config.json`` (what ``load_pretrained``
-reads) and ``state.pt`` (optimizer, EMA, RNG states, epoch, step, best metric).
+reads) and ``state.pt`` (the run's position -- epoch, micro-batch inside it, step, best score --, optimizer,
+grad scaler, EMA, the RNG states of every rank; plain tensors and numbers, read with ``weights_only=True``).
 
 A checkpoint is written into ``<tag>.tmp/`` (every file fsynced), then swapped in by renames: the old folder
 becomes ``<tag>.old``, the new one ``<tag>``, then the old one is removed. A crash at any point leaves either
-the new checkpoint or the previous good one (``<tag>`` or ``<tag>.old``), which ``load_checkpoint`` finds.
+the new checkpoint or the previous good one (``<tag>`` or ``<tag>.old``), which ``find_checkpoint`` finds.
 """
 from __future__ import annotations
 
@@ -23,6 +24,14 @@ def _fsync(path: Path):
         os.fsync(f.fileno())
 
 
+def _fsync_dir(path: Path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(run_dir: Path, tag: str, model, state: dict) -> Path:
     run_dir = Path(run_dir)
     final, tmp, old = run_dir / tag, run_dir / f"{tag}.tmp", run_dir / f"{tag}.old"
@@ -35,6 +44,7 @@ def save_checkpoint(run_dir: Path, tag: str, model, state: dict) -> Path:
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
     os.replace(tmp, final)
+    _fsync_dir(run_dir)  # the renames themselves survive a power cut
     shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -51,5 +61,24 @@ def load_state(folder: Path) -> dict:
     return torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    _write_atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
 def write_json_atomic(path: Path, data) -> None:
-    _write_atomic(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def rng_state(device: torch.device) -> dict:
+    """This process's generators that a resumed run needs: the CPU one and, on a GPU, its CUDA one (dropout and
+    drop path draw from them; data order and augmentation have seeded generators of their own)."""
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def set_rng_state(state, device: torch.device) -> None:
+    if isinstance(state, torch.Tensor):  # checkpoints written before CUDA states were kept
+        state = {"cpu": state, "cuda": None}
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)

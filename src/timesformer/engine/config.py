@@ -1,6 +1,7 @@
 """Run configuration: a YAML file plus ``key=value`` overrides, checked field by field.
 
 Unknown keys and wrong types are a ``ValueError`` naming the key (the CLI prints it as one line, exit 2).
+A resumed run keeps its model, classes and data: ``check_resume`` names the field a resume may not change.
 """
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+
+
+class RunError(ValueError):
+    """Bad run set-up (existing folder, data/model mismatch ...): the CLI prints it and exits 2."""
 
 
 @dataclass
@@ -26,7 +31,7 @@ class DataConfig:
     flip: bool = True  # set False when flipping changes the label (left/right classes)
     num_clips: int = 1  # test views
     num_crops: int = 1
-    workers: int = 0
+    workers: int = 0  # DataLoader processes decoding in parallel
     synthetic_train: int = 4800  # SyntheticMotion clips per epoch (kind=synthetic)
     synthetic_val: int = 600
     synthetic_size: int = 32
@@ -51,7 +56,9 @@ class OptimConfig:
     ema_decay: float = 0.0  # 0 = no EMA of weights
     seed: int = 0
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda
-    max_minutes: float = 0.0  # stop (and checkpoint) after this long; 0 = no limit
+    max_minutes: float = 0.0  # stop (and checkpoint, mid-epoch too) after this long; 0 = no limit
+    save_every_steps: int = 0  # also write `last` every this many steps inside an epoch; 0 = at epoch ends only
+    skip_nonfinite: int = 0  # steps with a non-finite loss the run may skip (each logged); 0 = stop at the first
     log_every: int = 10  # steps between metrics.jsonl loss lines
 
 
@@ -159,3 +166,39 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -
 
 def to_dict(cfg: RunConfig) -> dict:
     return dataclasses.asdict(cfg)
+
+
+# A resumed run keeps what its weights and its position mean: the model, its classes, the data and the seed that
+# orders it. The optimiser's settings, epochs, the device, precision, time limits and loader workers may change.
+_FIXED_ON_RESUME = ("model", "model_args", "pretrained", "freeze_backbone", "data", "optim.seed")
+_FREE_ON_RESUME = ("data.workers",)
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):  # model_args: each key on its own; an empty one adds nothing
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changes(old: RunConfig, new: RunConfig) -> list[tuple[str, object, object]]:
+    """``(key, old value, new value)`` for every field that differs, in the config's order; a ``model_args`` key set
+    on one side only shows ``"unset"`` on the other. Name and out are left aside: they say where the run is."""
+    a, b = _flatten(to_dict(old)), _flatten(to_dict(new))
+    keys = list(a) + [k for k in b if k not in a]
+    return [(k, a.get(k, "unset"), b.get(k, "unset")) for k in keys
+            if k not in ("name", "out") and a.get(k, "unset") != b.get(k, "unset")]
+
+
+def check_resume(saved: RunConfig, cfg: RunConfig) -> list[tuple[str, object, object]]:
+    """The changes ``cfg`` makes to a run's ``saved`` config; ``RunError`` naming the first field a resume can't
+    change (architecture, classes, data)."""
+    diff = changes(saved, cfg)
+    for key, was, now in diff:
+        if key not in _FREE_ON_RESUME and any(key == f or key.startswith(f + ".") for f in _FIXED_ON_RESUME):
+            raise RunError(f"{key}: the run has {was}, this resume asks for {now}; a resumed run keeps its model, "
+                           f"classes and data (start a new run, or finetune from its checkpoint)")
+    return diff

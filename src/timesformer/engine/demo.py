@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 from ..data import collate
 from ..data.synthetic import REVERSED_PAIRS
 from .config import DataConfig, OptimConfig, RunConfig
-from .loop import fit, predict_views
+from .evaluate import predict_views
+from .loop import fit
 from .metrics import confusion_matrix, direction_accuracy, topk_accuracy
 
 MODEL_ARGS = {}  # the timesformer_tiny preset as it is (see registry.py for why it is built that way)
@@ -31,9 +32,12 @@ def demo_config(attention: str, *, out: str, minutes: float, seed: int = 0) -> R
                           epochs=1, batch_size=32, precision="bf16", seed=seed, max_minutes=minutes, log_every=10))
 
 
-def evaluate_demo(model, cfg: RunConfig, device=torch.device("cpu")) -> dict:
+def evaluate_demo(model, cfg: RunConfig) -> dict:
+    """Top-1, top-1 on the reversed pairs, direction accuracy and the confusion matrix on held-out clips,
+    computed wherever the model is (the CPU, or the GPU it was trained on)."""
     from ..data import SyntheticMotion
 
+    device = next(model.parameters()).device
     val = SyntheticMotion(cfg.data.synthetic_val, num_frames=cfg.data.num_frames, size=cfg.data.synthetic_size,
                           seed=cfg.optim.seed, split="val", mean=model.config.mean, std=model.config.std)
     logits, labels, _ = predict_views(model, DataLoader(val, batch_size=100, collate_fn=collate), device, "bf16")

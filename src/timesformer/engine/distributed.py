@@ -1,4 +1,8 @@
-"""torchrun / DDP plumbing: one process per device, gloo on CPU and NCCL on GPU."""
+"""torchrun / DDP plumbing: one process per device, gloo on CPU and NCCL on GPU.
+
+Every collective here is called by all ranks at the same point of the loop; ``any_across`` is how ranks agree on
+a decision (skip a batch, stop), so none of them ever waits alone in a collective the others have left.
+"""
 from __future__ import annotations
 
 import os
@@ -46,6 +50,26 @@ def mean_across(d: Dist, value: torch.Tensor) -> torch.Tensor:
     return value / d.world
 
 
+def any_across(d: Dist, *flags: bool, device: torch.device | None = None) -> list[bool]:
+    """Each flag, true if it is true on any rank: one all-reduce, the same answer everywhere."""
+    if not d.enabled:
+        return [bool(f) for f in flags]
+    t = torch.tensor([float(bool(f)) for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
+def average_gradients(d: Dist, params) -> None:
+    """What DDP's backward would have done: the mean of every gradient across ranks (for gradients accumulated
+    under ``no_sync`` whose final, synchronising micro-batch was skipped on every rank)."""
+    if not d.enabled:
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad.div_(d.world)
+
+
 def gather_objects(d: Dist, obj) -> list:
     if not d.enabled:
         return [obj]
@@ -55,26 +79,35 @@ def gather_objects(d: Dist, obj) -> list:
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """One global permutation per epoch (seeded by ``seed + epoch``), cut into global batches; rank ``r`` of
-    ``W`` takes the ``r``-th slice of every global batch. So W processes with per-rank batch B/W see, step for
-    step, exactly the batch one process with batch B sees (the DDP equality the tests check)."""
+    """One global permutation per epoch (seeded by ``seed + epoch``), cut into ``batches`` global batches; rank
+    ``r`` of ``W`` takes the ``r``-th slice of every global batch. So W processes with per-rank batch B/W see,
+    step for step, exactly the batch one process with batch B sees (the DDP equality the tests check), and
+    ``set_epoch(e, start_batch=k)`` continues epoch ``e`` at its ``k``-th global batch (a resumed run).
 
-    def __init__(self, n: int, *, global_batch: int, d: Dist, seed: int, shuffle: bool = True):
+    Args:
+        batches: global batches an epoch (default: all full ones); the loop passes a multiple of ``accum_steps``
+            so that no micro-batch is left over at the end of an epoch.
+    """
+
+    def __init__(self, n: int, *, global_batch: int, d: Dist, seed: int, shuffle: bool = True,
+                 batches: int | None = None):
         if global_batch % d.world:
             raise ValueError(f"optim.batch_size {global_batch} must be divisible by the {d.world} processes")
-        self.n, self.global_batch, self.d, self.seed, self.shuffle, self.epoch = n, global_batch, d, seed, shuffle, 0
+        self.n, self.global_batch, self.d, self.seed, self.shuffle = n, global_batch, d, seed, shuffle
+        self.batches = n // global_batch if batches is None else min(batches, n // global_batch)
+        self.epoch, self.start = 0, 0
 
-    def set_epoch(self, epoch: int):
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0):
+        self.epoch, self.start = epoch, start_batch
 
     def __len__(self):
-        return (self.n // self.global_batch) * (self.global_batch // self.d.world)
+        return (self.batches - self.start) * (self.global_batch // self.d.world)
 
     def __iter__(self):
         order = (torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
                  if self.shuffle else torch.arange(self.n))
         per = self.global_batch // self.d.world
-        for b in range(self.n // self.global_batch):
+        for b in range(self.start, self.batches):
             start = b * self.global_batch + self.d.rank * per
             yield from order[start:start + per].tolist()
 

@@ -1,11 +1,26 @@
-"""Training and evaluation loops: ``fit(run_config)`` and ``evaluate(model, loader)``."""
+"""Training: ``fit(cfg)``, in four parts that read top to bottom.
+
+- ``build_run``: the run folder, data, model, optimiser, grad scaler, EMA and loaders; on resume, everything the
+  ``last`` checkpoint holds, down to the micro-batch inside the epoch and the RNG state of every rank.
+- ``train_one_epoch``: micro-batches from ``run.pos`` to the end of the epoch, an optimiser step every
+  ``accum_steps``; or to the time limit, after saving ``last`` there.
+- ``validate``: the epoch's metrics on the validation data.
+- ``end_epoch`` / ``save_run``: the epoch's log line and a checkpoint a resumed run continues bit for bit.
+
+Under torchrun every rank takes the same decision at the same micro-batch -- skip a batch that some rank has no
+data for, skip or stop at a non-finite loss, stop at the time limit, save -- so no rank ever waits alone in a
+collective that the others have left.
+"""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
+import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -13,44 +28,201 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from ..data import ClipSpec, SyntheticMotion, VideoFolder, VideoList, collate
-from ..convert.common import check_state
 from ..model import TimeSformer, create_model, get_config
 from . import distributed as distr
-from .checkpoint import find_checkpoint, load_state, save_checkpoint, write_json_atomic
-from .config import RunConfig, to_dict
-from .metrics import confusion_matrix, mean_average_precision, per_class_accuracy, topk_accuracy
+from .checkpoint import (find_checkpoint, load_state, rng_state, save_checkpoint, set_rng_state, write_json_atomic,
+                         write_text_atomic)
+from .config import RunConfig, RunError, check_resume, load_run_config, to_dict
+from .device import autocast, pick_device
+from .evaluate import predict_views, summarise
 from .optim import EMA, build_optimizer, lr_at
 
 log = logging.getLogger(__name__)
 
-
-class RunError(ValueError):
-    """Bad run set-up (existing folder, data/model mismatch ...): the CLI prints it and exits 2."""
+__all__ = ["Position", "Run", "RunError", "build_run", "fit", "save_run", "train_one_epoch", "validate"]
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RunError("optim.device=cuda but no CUDA device is available")
-    if name not in ("cpu", "cuda"):
-        raise RunError(f"optim.device must be auto, cpu or cuda; got {name!r}")
-    return torch.device(name)
+@dataclass
+class Position:
+    """Where a run stands; every checkpoint saves it. ``batch`` counts the global micro-batches of ``epoch`` done
+    (0-based epoch); the loss sums and bad files are the epoch's so far."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    best: float = -math.inf
+    skipped: int = 0  # steps skipped for a non-finite loss, in the whole run
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    bad: list = field(default_factory=list)  # (path, error) of unreadable files
+    elapsed_s: float = 0.0  # training time before this process started
 
 
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if precision == "fp16":
-        if device.type != "cuda":
-            raise RunError("optim.precision=fp16 needs CUDA (use bf16 on CPU)")
-        return torch.autocast("cuda", dtype=torch.float16)
-    raise RunError(f"optim.precision must be fp32, bf16 or fp16; got {precision!r}")
+@dataclass
+class Run:
+    """Everything ``train_one_epoch``, ``validate`` and ``save_run`` work on."""
+
+    cfg: RunConfig
+    d: distr.Dist
+    device: torch.device
+    folder: Path
+    classes: list
+    model: TimeSformer  # the module itself; ``train_model`` is it, wrapped in DDP under torchrun
+    train_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    ema: EMA | None
+    sampler: distr.EpochSampler
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    multi_label: bool
+    steps_per_epoch: int
+    pos: Position = field(default_factory=Position)
+    last_saved: tuple | None = None  # (folder, step) of the newest complete `last`
+    started: float = field(default_factory=time.time)
+    board: object = None  # a TensorBoard writer, when installed (rank 0)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.cfg.optim.epochs
+
+    def elapsed(self) -> float:
+        return self.pos.elapsed_s + time.time() - self.started
 
 
-# --- data --------------------------------------------------------------------------------------------------
+def fit(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, progress=None,
+        stop_after_epochs: int | None = None) -> dict:
+    """Train (and validate every epoch) as ``cfg`` says; returns the last validation metrics.
+
+    Args:
+        resume: continue ``<out>/<name>`` from its last checkpoint, exactly (also mid-epoch).
+        overwrite: replace an existing run folder.
+        progress: ``callable(step, total, postfix)`` for a progress bar (rank 0 only).
+        stop_after_epochs: end after this many epochs of this call (tests simulate an interruption).
+
+    Returns:
+        ``{"epoch", "step", "metrics", "model", "classes", "stopped"}``; ``stopped`` is True when the time limit
+        ended the call before the last epoch (``train --resume`` continues it).
+    """
+    device = pick_device(cfg.optim.device)
+    d = distr.setup(device)
+    if d.enabled and device.type == "cuda":
+        device = torch.device("cuda", d.local_rank)
+        torch.cuda.set_device(device)
+    try:
+        run = build_run(cfg, d, device, resume=resume, overwrite=overwrite)
+        o = cfg.optim
+        deadline = run.started + o.max_minutes * 60 if o.max_minutes else None
+        metrics, epochs, stopped = {}, 0, False
+        while run.pos.epoch < o.epochs:
+            if not train_one_epoch(run, progress=progress, deadline=deadline):
+                stopped = True  # inside the epoch: `last` holds the position there
+                break
+            metrics = validate(run) if run.val_loader is not None else {}
+            end_epoch(run, metrics)
+            epochs += 1
+            out_of_time = distr.any_across(d, deadline is not None and time.time() > deadline, device=device)[0]
+            if (stop_after_epochs and epochs >= stop_after_epochs) or out_of_time:
+                stopped = run.pos.epoch < o.epochs
+                break
+        return {"epoch": run.pos.epoch, "step": run.pos.step, "metrics": metrics, "model": run.model,
+                "classes": run.classes, "stopped": stopped}
+    finally:
+        distr.teardown(d)
+
+
+# --- building the run --------------------------------------------------------------------------------------
+def build_run(cfg: RunConfig, d: distr.Dist, device: torch.device, *, resume: bool = False,
+              overwrite: bool = False) -> Run:
+    """The run's state: fresh, or restored from ``<out>/<name>/last`` with the position inside its epoch."""
+    o = cfg.optim
+    folder = Path(cfg.out) / cfg.name
+    resume, overwrite = _elastic_restart(folder, cfg, resume, overwrite, d)
+    _prepare_run_dir(folder, resume, overwrite, d.main)
+    if d.enabled:
+        torch.distributed.barrier()
+    checkpoint = find_checkpoint(folder) if resume else None
+    if checkpoint is not None:
+        _check_resume(folder, cfg)
+        from ..pretrained import load_pretrained
+
+        model = load_pretrained(checkpoint)  # the run's own architecture and class order, strictly loaded
+        classes = list(model.config.labels)
+        train_set, val_set = build_datasets(cfg, model.config, classes)
+    else:
+        torch.manual_seed(o.seed)  # the same initial weights on every rank
+        loaded = _load_pretrained(cfg) if cfg.pretrained else None  # once: its config shapes the data too
+        model_cfg = loaded.config if loaded is not None else _preset_config(cfg)
+        train_set, val_set = build_datasets(cfg, model_cfg)
+        labels = list(loaded.config.labels or []) if loaded is not None else []
+        if labels and set(labels) == set(train_set.classes) and labels != train_set.classes:
+            train_set, val_set = build_datasets(cfg, model_cfg, labels)  # same classes: keep the pretrained head
+        classes = list(train_set.classes)
+        model = build_model(cfg, classes, loaded)
+
+    model = model.to(device)
+    model.set_grad_checkpointing(o.grad_checkpointing)
+    per_rank = o.batch_size // d.world
+    batches = len(train_set) // o.batch_size // o.accum_steps * o.accum_steps  # whole steps only
+    if batches == 0:
+        raise RunError(f"data.train has {len(train_set)} clips, fewer than one step of optim.batch_size "
+                       f"{o.batch_size} x optim.accum_steps {o.accum_steps}")
+    sampler = distr.EpochSampler(len(train_set), global_batch=o.batch_size, d=d, seed=o.seed, batches=batches)
+    # Not persistent: workers are started each epoch, so they see the dataset's epoch (its augmentation seed).
+    # The loaders' own generators keep them from drawing on the global RNG that dropout uses.
+    loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler, num_workers=cfg.data.workers,
+                        collate_fn=collate, generator=torch.Generator().manual_seed(o.seed + d.rank))
+    val_loader = None
+    if val_set is not None:
+        val_loader = DataLoader(val_set, batch_size=max(per_rank, 1), sampler=distr.ShardSampler(len(val_set), d),
+                                num_workers=cfg.data.workers, collate_fn=collate,
+                                generator=torch.Generator().manual_seed(o.seed))
+    ddp_args = dict(device_ids=[device.index]) if device.type == "cuda" else {}
+    run = Run(cfg=cfg, d=d, device=device, folder=folder, classes=classes, model=model,
+              train_model=torch.nn.parallel.DistributedDataParallel(model, **ddp_args) if d.enabled else model,
+              optimizer=build_optimizer(model, name=o.optimizer, lr=o.lr, weight_decay=o.weight_decay,
+                                        momentum=o.momentum),
+              scaler=torch.amp.GradScaler("cuda") if o.precision == "fp16" else None,
+              ema=EMA(model, o.ema_decay) if o.ema_decay > 0 else None, sampler=sampler, train_loader=loader,
+              val_loader=val_loader, multi_label=bool(getattr(train_set, "multi_label", False)),
+              steps_per_epoch=batches // o.accum_steps)
+    if d.main:
+        write_text_atomic(folder / "config.yaml", _yaml(to_dict(cfg)))
+        write_json_atomic(folder / "classes.json", classes)
+        (folder / "metrics.jsonl").touch()  # there, even for a run stopped before its first log line
+    if checkpoint is not None:
+        restore_run(run, checkpoint, load_state(checkpoint))
+    else:
+        torch.manual_seed(o.seed + d.rank)  # dropout and drop path draw differently on each rank
+    if d.main:
+        run.board = _tensorboard(folder, purge_step=run.pos.step + 1 if checkpoint is not None else None)
+    return run
+
+
+def build_datasets(cfg: RunConfig, model_cfg, classes: list[str] | None = None):
+    """Training and validation data; ``classes`` (a checkpoint's order) labels them by class name."""
+    d = cfg.data
+    if d.kind == "synthetic":
+        kw = dict(num_frames=d.num_frames, size=d.synthetic_size, seed=cfg.optim.seed, mean=model_cfg.mean,
+                  std=model_cfg.std)
+        if classes is not None:
+            kw["classes"] = tuple(classes)
+        return (SyntheticMotion(d.synthetic_train, split="train", **kw),
+                SyntheticMotion(d.synthetic_val, split="val", **kw))
+    if d.kind not in ("folder", "list"):
+        raise RunError(f"data.kind must be synthetic, folder or list; got {d.kind!r}")
+    if not d.train:
+        raise RunError(f"data.kind={d.kind} needs data.train (a folder or a list file)")
+    spec = clip_spec(cfg, model_cfg)
+
+    def make(path, train, classes):
+        if d.kind == "folder":
+            return VideoFolder(path, spec=spec, train=train, seed=cfg.optim.seed, classes=classes)
+        return VideoList(path, root=d.root, spec=spec, train=train, seed=cfg.optim.seed, classes=classes)
+    train = make(d.train, True, classes)
+    return train, make(d.val, False, train.classes) if d.val else None  # val: labelled by train's class names
+
+
 def clip_spec(cfg: RunConfig, model_cfg) -> ClipSpec:
     d = cfg.data
     return ClipSpec(num_frames=d.num_frames, sampling=d.sampling, sampling_rate=d.sampling_rate, fps=d.fps,
@@ -58,100 +230,12 @@ def clip_spec(cfg: RunConfig, model_cfg) -> ClipSpec:
                     num_crops=d.num_crops, mean=tuple(model_cfg.mean), std=tuple(model_cfg.std))
 
 
-def build_datasets(cfg: RunConfig, model_cfg):
-    d = cfg.data
-    if d.kind == "synthetic":
-        kw = dict(num_frames=d.num_frames, size=d.synthetic_size, seed=cfg.optim.seed, mean=model_cfg.mean,
-                  std=model_cfg.std)
-        return SyntheticMotion(d.synthetic_train, split="train", **kw), SyntheticMotion(d.synthetic_val, split="val",
-                                                                                         **kw)
-    spec = clip_spec(cfg, model_cfg)
-    if d.kind not in ("folder", "list"):
-        raise RunError(f"data.kind must be synthetic, folder or list; got {d.kind!r}")
-    if not d.train:
-        raise RunError(f"data.kind={d.kind} needs data.train (a folder or a list file)")
-
-    def make(path, train):
-        if d.kind == "folder":
-            return VideoFolder(path, spec=spec, train=train, seed=cfg.optim.seed)
-        return VideoList(path, root=d.root, spec=spec, train=train, seed=cfg.optim.seed)
-    train = make(d.train, True)
-    val = make(d.val, False) if d.val else None
-    if val is not None and val.classes != train.classes:
-        raise RunError(f"{d.val}: its classes differ from {d.train}'s ({len(val.classes)} vs {len(train.classes)})")
-    return train, val
-
-
-# --- evaluation --------------------------------------------------------------------------------------------
-@torch.no_grad()
-def predict_views(model, loader, device, precision: str, d: distr.Dist = distr.Dist()):
-    """Logits of every view, aggregated per video (mean over views), gathered across ranks:
-    ``(index -> logits), (index -> label)``, plus the bad files met."""
-    model.eval()
-    sums, counts, labels, bad = {}, {}, {}, []
-    for batch in loader:
-        bad += batch["bad"]
-        if batch["video"] is None:
-            continue
-        video, mask = batch["video"].to(device), batch["mask"].to(device)
-        with autocast(device, precision):
-            logits = model(video, None if bool(mask.all()) else mask).float().cpu()
-        for i, idx in enumerate(batch["index"].tolist()):
-            sums[idx] = sums.get(idx, 0) + logits[i]
-            counts[idx] = counts.get(idx, 0) + 1
-            labels[idx] = batch["label"][i]
-    parts = distr.gather_objects(d, (sums, counts, labels, bad))
-    sums, counts, labels, bad = {}, {}, {}, []
-    for s, c, lab, b in parts:
-        for k in s:
-            sums[k] = sums.get(k, 0) + s[k]
-            counts[k] = counts.get(k, 0) + c[k]
-            labels[k] = lab[k]
-        bad += b
-    return {k: sums[k] / counts[k] for k in sums}, labels, bad
-
-
-def summarise(logits: dict, labels: dict, num_classes: int, multi_label: bool, class_names=None) -> dict:
-    keys = sorted(logits)
-    if not keys:
-        return {"videos": 0}
-    scores = torch.stack([logits[k] for k in keys])
-    if multi_label:
-        targets = torch.stack([torch.as_tensor(labels[k]) for k in keys])
-        return {"videos": len(keys), "mAP": mean_average_precision(scores.sigmoid(), targets)}
-    y = torch.tensor([int(labels[k]) for k in keys])
-    cm = confusion_matrix(scores.argmax(1), y, num_classes)
-    out = {"videos": len(keys), "top1": topk_accuracy(scores, y, 1), "top5": topk_accuracy(scores, y, 5),
-           "per_class": dict(zip(class_names or range(num_classes), per_class_accuracy(cm))),
-           "confusion": cm.tolist()}
-    return out
-
-
-# --- training ----------------------------------------------------------------------------------------------
-def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, main: bool):
-    if resume:
-        if find_checkpoint(run_dir) is None:
-            raise RunError(f"{run_dir}: nothing to resume (no complete 'last' checkpoint)")
-        return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise RunError(f"{run_dir} already exists; pass --resume to continue it or --overwrite to start over")
-        if main:
-            import shutil
-
-            shutil.rmtree(run_dir)
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-
-
 def build_model(cfg: RunConfig, classes: list[str], pretrained: TimeSformer | None = None) -> TimeSformer:
     """The run's model: ``pretrained`` (already loaded from ``cfg.pretrained``) with a head for ``classes``, or a
     fresh preset."""
     labels = tuple(classes)
     if cfg.pretrained:
-        from ..pretrained import load_pretrained
-
-        model = pretrained if pretrained is not None else load_pretrained(cfg.pretrained, **cfg.model_args)
+        model = pretrained if pretrained is not None else _load_pretrained(cfg)
         if model.config.num_classes != len(labels) or model.config.labels != labels:
             model.reset_classifier(len(labels), labels=labels)
         if cfg.freeze_backbone:
@@ -168,184 +252,295 @@ def build_model(cfg: RunConfig, classes: list[str], pretrained: TimeSformer | No
     return model
 
 
-def fit(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, progress=None,
-        stop_after_epochs: int | None = None) -> dict:
-    """Train (and validate every epoch) as ``cfg`` says; returns the last validation metrics.
-
-    Args:
-        resume: continue ``<out>/<name>`` from its last checkpoint, exactly.
-        overwrite: replace an existing run folder.
-        progress: ``callable(step, total, postfix)`` for a progress bar (rank 0 only).
-        stop_after_epochs: end after this many epochs of this call (tests simulate an interruption).
-    """
-    o = cfg.optim
-    device = pick_device(o.device)
-    d = distr.setup(device)
-    if d.enabled and device.type == "cuda":
-        torch.cuda.set_device(d.local_rank)
-        device = torch.device("cuda", d.local_rank)
-    run_dir = Path(cfg.out) / cfg.name
-    try:
-        _prepare_run_dir(run_dir, resume, overwrite, d.main)
-        if d.enabled:
-            torch.distributed.barrier()
-        torch.manual_seed(o.seed)
-        loaded = _load_pretrained(cfg) if cfg.pretrained else None  # once: its config shapes the data too
-        model_cfg_for_data = loaded.config if loaded is not None else _preset_config(cfg)
-        train_set, val_set = build_datasets(cfg, model_cfg_for_data)
-        classes = list(train_set.classes)
-        if len(train_set) < o.batch_size:
-            raise RunError(f"data.train has {len(train_set)} clips, fewer than one batch of {o.batch_size}")
-        torch.manual_seed(o.seed)
-        model = build_model(cfg, classes, loaded).to(device)
-        model.set_grad_checkpointing(o.grad_checkpointing)
-        multi = bool(getattr(train_set, "multi_label", False))
-        optimizer = build_optimizer(model, name=o.optimizer, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum)
-        ema = EMA(model, o.ema_decay) if o.ema_decay > 0 else None
-        scaler = torch.amp.GradScaler("cuda") if o.precision == "fp16" else None
-        train_model = torch.nn.parallel.DistributedDataParallel(model) if d.enabled else model
-
-        sampler = distr.EpochSampler(len(train_set), global_batch=o.batch_size, d=d, seed=o.seed)
-        loader = DataLoader(train_set, batch_size=o.batch_size // d.world, sampler=sampler, num_workers=cfg.data.workers,
-                            collate_fn=collate, persistent_workers=cfg.data.workers > 0)
-        val_loader = None
-        if val_set is not None:
-            val_loader = DataLoader(val_set, batch_size=max(o.batch_size // d.world, 1),
-                                    sampler=distr.ShardSampler(len(val_set), d), num_workers=cfg.data.workers,
-                                    collate_fn=collate)
-        steps_per_epoch = len(sampler) // (o.batch_size // d.world) // o.accum_steps
-        total_steps = steps_per_epoch * o.epochs
-
-        epoch, step, best = 0, 0, -math.inf
-        if resume:
-            folder = find_checkpoint(run_dir)
-            from ..pretrained import read_state
-
-            saved = read_state(folder / "model.safetensors")
-            check_state(model, saved, str(folder))  # another architecture: one clear error, nothing loaded
-            model.load_state_dict(saved)
-            state = load_state(folder)
-            optimizer.load_state_dict(state["optimizer"])
-            epoch, step, best = state["epoch"], state["step"], state["best"]
-            if ema is not None and "ema" in state:
-                ema.shadow = state["ema"]
-            torch.set_rng_state(state["rng"][d.rank] if d.rank < len(state["rng"]) else state["rng"][0])
+def restore_run(run: Run, folder: Path, state: dict) -> None:
+    """Optimiser, scaler, EMA, position and this rank's RNG from a checkpoint's ``state.pt`` (the weights came
+    with the model); metrics logged after that checkpoint are dropped, so none is repeated."""
+    d = run.d
+    run.optimizer.load_state_dict(state["optimizer"])
+    if run.scaler is not None and state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    if run.ema is not None and state.get("ema"):
+        run.ema.load_state_dict(state["ema"])
+    run.pos = Position(**{f.name: state[f.name] for f in dataclasses.fields(Position) if f.name in state})
+    run.last_saved = (folder, run.pos.step)
+    if d.main:
+        _truncate(run.folder / "metrics.jsonl", state.get("metrics_bytes"))
+        log.warning("resuming %s from %s (epoch %d, step %d of %d)", run.folder, folder.name, run.pos.epoch + 1,
+                    run.pos.step, run.total_steps)
+    saved = state.get("rng", [])
+    if state.get("world", len(saved)) == d.world and d.rank < len(saved):
+        set_rng_state(saved[d.rank], run.device)  # the last thing: nothing draws from the RNG after it
+    else:
         if d.main:
-            (run_dir / "config.yaml").write_text(_yaml(to_dict(cfg)))
-            write_json_atomic(run_dir / "classes.json", classes)
-        metrics_path = run_dir / "metrics.jsonl"
-        board = _tensorboard(run_dir) if d.main else None
-
-        def log_line(record):
-            if d.main:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                    f.flush()
-                if board is not None:
-                    for key, value in record.items():
-                        if isinstance(value, (int, float)) and key not in ("step", "epoch"):
-                            board.add_scalar(key, value, record.get("step", 0))
-
-        start_time, last = time.time(), {}
-        epochs_run = 0
-        while epoch < o.epochs:
-            sampler.set_epoch(epoch)
-            if hasattr(train_set, "set_epoch"):
-                train_set.set_epoch(epoch)
-            train_model.train()
-            bad, seen, t0 = [], 0, time.time()
-            running = []
-            for i, batch in enumerate(loader):
-                bad += batch["bad"]
-                if batch["video"] is None:
-                    continue
-                video, mask, label = batch["video"].to(device), batch["mask"].to(device), batch["label"].to(device)
-                with autocast(device, o.precision):
-                    logits = train_model(video, None if bool(mask.all()) else mask)
-                logits = logits.float()
-                if multi:
-                    loss = F.binary_cross_entropy_with_logits(logits, label.float())
-                else:
-                    loss = F.cross_entropy(logits, label, label_smoothing=o.label_smoothing)
-                (scaler.scale(loss / o.accum_steps) if scaler else loss / o.accum_steps).backward()
-                running.append(distr.mean_across(d, loss).item())
-                seen += len(label) * d.world
-                if (i + 1) % o.accum_steps:
-                    continue
-                lr = lr_at(step, base=o.lr, total=total_steps, warmup=o.warmup_steps, min_lr=o.min_lr,
-                           schedule=o.schedule)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                if scaler:
-                    scaler.unscale_(optimizer)
-                if o.clip_grad > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_grad)
-                (scaler.step(optimizer), scaler.update()) if scaler else optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                if ema is not None:
-                    ema.update(model)
-                step += 1
-                loss_now = sum(running[-o.accum_steps:]) / min(len(running), o.accum_steps)
-                if step % o.log_every == 0:
-                    log_line({"step": step, "epoch": epoch, "loss": loss_now, "lr": lr})
-                if progress and d.main:
-                    progress(step, total_steps, f"loss {loss_now:.3f} lr {lr:.2e} "
-                                                f"{seen / max(time.time() - t0, 1e-9):.1f} clips/s")
-                if o.max_minutes and time.time() - start_time > o.max_minutes * 60:
-                    break
-            epoch += 1
-            epochs_run += 1
-            record = {"epoch": epoch, "step": step, "train_loss": sum(running) / max(len(running), 1),
-                      "time_s": time.time() - start_time}
-            if bad:
-                record["bad_files"] = sorted({p for p, _ in bad})
-                if d.main:
-                    log.warning("epoch %d: skipped %d bad file(s): %s", epoch, len(record["bad_files"]),
-                                ", ".join(record["bad_files"]))
-            eval_model = model
-            if val_loader is not None:
-                if ema is not None:
-                    eval_model = _with_weights(model, ema.shadow)
-                logits, labels, vbad = predict_views(eval_model, val_loader, device, o.precision, d)
-                summary = summarise(logits, labels, len(classes), multi, classes)
-                record.update({k: v for k, v in summary.items() if k in ("top1", "top5", "mAP", "videos")})
-                last = summary
-                if vbad:
-                    record["val_bad_files"] = sorted({p for p, _ in vbad})
-            log_line(record)
-            if d.main:
-                score = record.get("top1", record.get("mAP", -record["train_loss"]))
-                state = {"optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
-                         "best": max(best, score), "rng": [torch.get_rng_state()]}
-                if ema is not None:
-                    state["ema"] = ema.shadow
-                save_checkpoint(run_dir, "last", model, state)
-                if score > best:
-                    save_checkpoint(run_dir, "best", eval_model, state)
-                best = max(best, score)
-            if d.enabled:
-                torch.distributed.barrier()
-            if (stop_after_epochs and epochs_run >= stop_after_epochs) or \
-                    (o.max_minutes and time.time() - start_time > o.max_minutes * 60):
-                break
-        return {"epoch": epoch, "step": step, "metrics": last, "model": model, "classes": classes}
-    finally:
-        distr.teardown(d)
+            log.warning("the run was saved by %s process(es), resumed by %d: dropout draws differ from an "
+                        "uninterrupted run", state.get("world", len(saved)), d.world)
+        torch.manual_seed(run.cfg.optim.seed + d.rank + run.pos.step)
 
 
-def _tensorboard(run_dir: Path):
-    """A TensorBoard writer when ``tensorboard`` is installed (metrics.jsonl is always written)."""
+# --- one training epoch ------------------------------------------------------------------------------------
+@dataclass
+class _Accumulated:
+    """The micro-batches of one optimiser step."""
+
+    contributed: int = 0  # micro-batches that reached backward
+    synced: bool = False  # the last of them all-reduced the gradients (DDP)
+    losses: list = field(default_factory=list)
+    nonfinite: float | None = None  # a non-finite loss among them
+
+
+def train_one_epoch(run: Run, *, progress=None, deadline: float | None = None) -> bool:
+    """Micro-batches from ``run.pos.batch`` to the end of the epoch; an optimiser step every ``accum_steps``.
+
+    Returns False when the time limit stopped it inside the epoch, after saving ``last`` there.
+    """
+    o, pos, d = run.cfg.optim, run.pos, run.d
+    run.sampler.set_epoch(pos.epoch, start_batch=pos.batch)
+    if hasattr(run.train_loader.dataset, "set_epoch"):
+        run.train_loader.dataset.set_epoch(pos.epoch)
+    run.train_model.train()
+    acc, clips, t0 = _Accumulated(), 0, time.time()
+    for batch in run.train_loader:
+        pos.bad += batch["bad"]
+        final = (pos.batch + 1) % o.accum_steps == 0
+        empty, late = distr.any_across(d, batch["video"] is None, final and deadline is not None and
+                                       time.time() > deadline, device=run.device)
+        if empty:  # on some rank: every rank skips it, or the others would wait in backward's all-reduce
+            acc.synced = False
+        else:
+            loss = _forward_backward(run, batch, sync=final)
+            acc.contributed, acc.synced = acc.contributed + 1, final
+            if math.isfinite(loss):
+                acc.losses.append(loss)
+                pos.loss_sum, pos.loss_count = pos.loss_sum + loss, pos.loss_count + 1
+            elif acc.nonfinite is None:
+                acc.nonfinite = loss
+            clips += len(batch["label"]) * d.world
+        pos.batch += 1
+        if not final:
+            continue
+        lr = _optimizer_step(run, acc)
+        acc = _Accumulated()
+        if progress and d.main:
+            loss_text = f"loss {pos.loss_sum / max(pos.loss_count, 1):.3f} " if pos.loss_count else ""
+            progress(pos.step, run.total_steps, f"{loss_text}lr {lr:.2e} {clips / max(time.time() - t0, 1e-9):.1f} "
+                                                f"clips/s")
+        if pos.batch < run.sampler.batches:  # the epoch's last step is saved by end_epoch
+            if late:
+                save_run(run)
+                return False
+            if o.save_every_steps and pos.step % o.save_every_steps == 0:
+                save_run(run)
+    return True
+
+
+def _forward_backward(run: Run, batch: dict, *, sync: bool) -> float:
+    """Loss of one micro-batch (its mean across ranks), gradients added to ``.grad``; DDP all-reduces them only
+    when ``sync`` (the step's last micro-batch)."""
+    o = run.cfg.optim
+    video, mask, label = (batch[k].to(run.device, non_blocking=True) for k in ("video", "mask", "label"))
+    no_sync = run.train_model.no_sync() if run.d.enabled and not sync else contextlib.nullcontext()
+    with no_sync:
+        with autocast(run.device, o.precision):
+            logits = run.train_model(video, None if bool(mask.all()) else mask)
+        logits = logits.float()
+        if run.multi_label:
+            loss = F.binary_cross_entropy_with_logits(logits, label.float())
+        else:
+            loss = F.cross_entropy(logits, label, label_smoothing=o.label_smoothing)
+        scaled = loss / o.accum_steps
+        (run.scaler.scale(scaled) if run.scaler else scaled).backward()
+    return distr.mean_across(run.d, loss.detach()).item()
+
+
+def _optimizer_step(run: Run, acc: _Accumulated) -> float:
+    """Apply the accumulated gradients (or skip a step with a non-finite loss); returns the step's lr."""
+    o, pos, d = run.cfg.optim, run.pos, run.d
+    lr = lr_at(pos.step, base=o.lr, total=run.total_steps, warmup=o.warmup_steps, min_lr=o.min_lr,
+               schedule=o.schedule)
+    if acc.nonfinite is not None:
+        pos.skipped += 1
+        _log(run, {"step": pos.step + 1, "epoch": pos.epoch + 1, "skipped": f"non-finite loss ({acc.nonfinite})"})
+        if pos.skipped > o.skip_nonfinite:
+            raise RunError(f"non-finite loss ({acc.nonfinite}) at step {pos.step + 1} (epoch {pos.epoch + 1}); "
+                           f"last good checkpoint: {_last_good(run)}. Lower optim.lr, set optim.clip_grad, or let "
+                           f"optim.skip_nonfinite=N skip up to N such steps")
+    elif acc.contributed:
+        if d.enabled and not acc.synced:
+            distr.average_gradients(d, run.model.parameters())
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        if run.scaler:
+            run.scaler.unscale_(run.optimizer)
+        if acc.contributed < o.accum_steps:  # each micro-batch's loss was divided by accum_steps
+            for p in run.model.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(o.accum_steps / acc.contributed)
+        if o.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), o.clip_grad)
+        if run.scaler:
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+        else:
+            run.optimizer.step()
+        if run.ema is not None:
+            run.ema.update(run.model)
+    run.optimizer.zero_grad(set_to_none=True)
+    pos.step += 1
+    if acc.losses and pos.step % o.log_every == 0:
+        _log(run, {"step": pos.step, "epoch": pos.epoch + 1, "loss": sum(acc.losses) / len(acc.losses), "lr": lr})
+    return lr
+
+
+# --- validation, the end of an epoch, checkpoints ----------------------------------------------------------
+def validate(run: Run) -> dict:
+    """Multi-view metrics on ``data.val``, with the EMA weights when there is an EMA, gathered across ranks."""
+    model = run.ema.module if run.ema is not None else run.model
+    logits, labels, bad = predict_views(model, run.val_loader, run.device, run.cfg.optim.precision, run.d)
+    summary = summarise(logits, labels, len(run.classes), run.multi_label, run.classes)
+    if bad:
+        summary["bad_files"] = sorted({p for p, _ in bad})
+    return summary
+
+
+def end_epoch(run: Run, metrics: dict) -> None:
+    """Log the epoch (loss, validation metrics, the bad files of every rank), move to the next epoch and save
+    ``last``, and ``best`` when the score improved."""
+    pos = run.pos
+    pos.bad = _merge_bad(distr.gather_objects(run.d, pos.bad))  # every rank's
+    record = {"epoch": pos.epoch + 1, "step": pos.step, "train_loss": pos.loss_sum / max(pos.loss_count, 1),
+              "time_s": round(run.elapsed(), 3)}
+    if pos.bad:
+        record["bad_files"] = sorted({p for p, _ in pos.bad})
+        if run.d.main:
+            log.warning("epoch %d: skipped %d bad file(s): %s", pos.epoch + 1, len(record["bad_files"]),
+                        ", ".join(record["bad_files"]))
+    record.update({k: v for k, v in metrics.items() if k in ("top1", "top5", "mAP", "videos")})
+    if "bad_files" in metrics:
+        record["val_bad_files"] = metrics["bad_files"]
+    _log(run, record)
+    score = record.get("top1", record.get("mAP", -record["train_loss"]))
+    improved = score > pos.best  # a NaN score never is
+    run.pos = Position(epoch=pos.epoch + 1, step=pos.step, best=score if improved else pos.best,
+                       skipped=pos.skipped, elapsed_s=pos.elapsed_s)
+    save_run(run, ("last", "best") if improved else ("last",))
+
+
+def save_run(run: Run, tags=("last",)) -> None:
+    """Checkpoint the run as ``tags`` (``best`` holds the EMA weights when there is an EMA). Every rank calls it:
+    it gathers each rank's RNG state and bad files; rank 0 writes. Non-finite weights are never written."""
+    d, pos = run.d, run.pos
+    models = {"last": run.model, "best": run.ema.module if run.ema is not None else run.model}
+    for tag in tags:
+        bad = _nonfinite_tensor(models[tag])
+        if bad is not None:  # the same on every rank: their weights are equal
+            epoch = pos.epoch + 1 if pos.batch else pos.epoch
+            raise RunError(f"non-finite weights ({bad}) after step {pos.step} (epoch {epoch}); last good "
+                           f"checkpoint: {_last_good(run)}. Lower optim.lr or set optim.clip_grad")
+    parts = distr.gather_objects(d, (rng_state(run.device), pos.bad))
+    rngs, pos.bad = [rng for rng, _ in parts], _merge_bad(bad for _, bad in parts)
+    if d.main:
+        metrics = run.folder / "metrics.jsonl"
+        state = {**dataclasses.asdict(pos), "elapsed_s": run.elapsed(), "optimizer": run.optimizer.state_dict(),
+                 "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+                 "ema": run.ema.state_dict() if run.ema is not None else None, "rng": rngs, "world": d.world,
+                 "metrics_bytes": metrics.stat().st_size if metrics.exists() else 0}
+        for tag in tags:
+            save_checkpoint(run.folder, tag, models[tag], state)
+    run.last_saved = (run.folder / "last", pos.step)
+
+
+def _nonfinite_tensor(model: torch.nn.Module) -> str | None:
+    """The name of the first weight or buffer holding a NaN or an inf, or None (one sync on a GPU)."""
+    tensors = {name: t for name, t in model.state_dict().items() if t.is_floating_point()}
+    if bool(torch.stack([torch.isfinite(t).all() for t in tensors.values()]).all()):
+        return None
+    return next(name for name, t in tensors.items() if not torch.isfinite(t).all())
+
+
+def _merge_bad(parts) -> list:
+    """Bad files from several ranks, each once: sorted ``(path, error)``."""
+    merged = {}
+    for part in parts:
+        merged.update({path: error for path, error in part})
+    return sorted(merged.items())
+
+
+def _last_good(run: Run) -> str:
+    return f"{run.last_saved[0]} (step {run.last_saved[1]})" if run.last_saved else "none yet"
+
+
+def _log(run: Run, record: dict):
+    """A line of ``metrics.jsonl`` (and TensorBoard scalars), from rank 0."""
+    if not run.d.main:
+        return
+    with open(run.folder / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    if run.board is not None:
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and key not in ("step", "epoch"):
+                run.board.add_scalar(key, value, record.get("step", 0))
+
+
+# --- the run folder ----------------------------------------------------------------------------------------
+def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, main: bool):
+    if resume:
+        if find_checkpoint(run_dir) is None:
+            raise RunError(f"{run_dir}: nothing to resume (no complete 'last' checkpoint)")
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise RunError(f"{run_dir} already exists; pass --resume to continue it or --overwrite to start over")
+        if main:
+            import shutil
+
+            shutil.rmtree(run_dir)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _check_resume(run_dir: Path, cfg: RunConfig):
+    """The resumed config against the run's own ``config.yaml``: the model, classes and data can't change."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        log.warning("%s has no config.yaml: the resumed config can't be checked against the run's", run_dir)
+        return
+    check_resume(load_run_config(path), cfg)
+
+
+def _elastic_restart(run_dir: Path, cfg: RunConfig, resume: bool, overwrite: bool, d: distr.Dist):
+    """``(resume, overwrite)`` for a worker group that ``torchrun --max-restarts`` restarted after a failure. It
+    runs the same command again: continue the run that command started, from ``last`` -- only when the folder's
+    config is this command's (another run is never taken over) -- or start it over if it died before its first
+    checkpoint."""
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if restart == 0 or resume or overwrite or not (run_dir / "config.yaml").is_file():
+        return resume, overwrite
+    saved = load_run_config(run_dir / "config.yaml")
+    saved.out, saved.name = cfg.out, cfg.name
+    if saved != cfg:
+        return resume, overwrite  # not this command's run: the usual "already exists" error follows
+    if find_checkpoint(run_dir) is not None:
+        if d.main:
+            log.warning("elastic restart %d: resuming %s", restart, run_dir)
+        return True, False
+    return False, True
+
+
+def _truncate(path: Path, size: int | None):
+    """Cut ``path`` back to ``size`` bytes (atomically), dropping lines logged after a checkpoint."""
+    if size is None or not path.exists() or path.stat().st_size <= size:
+        return
+    write_text_atomic(path, path.read_bytes()[:size].decode())
+
+
+def _tensorboard(run_dir: Path, purge_step: int | None = None):
+    """A TensorBoard writer when ``tensorboard`` is installed (metrics.jsonl is always written); a resumed run
+    purges the events logged after its checkpoint."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
-
-
-def _with_weights(model: TimeSformer, state: dict) -> TimeSformer:
-    twin = TimeSformer(model.config).to(next(model.parameters()).device)
-    twin.load_state_dict(state)
-    return twin
+    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
 
 
 def _preset_config(cfg: RunConfig):

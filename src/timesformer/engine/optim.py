@@ -1,6 +1,7 @@
 """Parameter groups, optimizers and the learning-rate schedule."""
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -41,16 +42,24 @@ def lr_at(step: int, *, base: float, total: int, warmup: int, min_lr: float = 0.
 
 
 class EMA:
-    """Exponential moving average of the weights (and buffers), kept on the model's device."""
+    """Exponential moving average of the weights (and buffers): ``module``, a frozen copy of the model on its
+    device, evaluated and saved as the run's ``best``."""
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
 
     @torch.no_grad()
     def update(self, model: nn.Module):
-        for k, v in model.state_dict().items():
-            if v.dtype.is_floating_point:
-                self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
+        for mine, theirs in zip(self.module.state_dict().values(), model.state_dict().values()):
+            if mine.dtype.is_floating_point:
+                mine.mul_(self.decay).add_(theirs.detach(), alpha=1 - self.decay)
             else:
-                self.shadow[k].copy_(v)
+                mine.copy_(theirs)
+
+    def state_dict(self) -> dict:
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict):
+        """Loads onto the module's device, wherever ``state`` was read to."""
+        self.module.load_state_dict(state)

@@ -1,0 +1,52 @@
+"""``python -m tests.engine.hang_in_save {write|swap} N MARKER <timesformer args...>``
+
+Runs the ``timesformer`` CLI, but its N-th save of the ``last`` checkpoint stops halfway -- ``write``: the weights
+are in ``last.tmp`` but ``state.pt`` is not; ``swap``: ``last`` has been renamed to ``last.old`` and ``last.tmp``
+not yet to ``last`` -- touches MARKER and sleeps, so that a test can SIGKILL the process exactly there.
+"""
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from timesformer.cli import main
+
+
+def hang(marker: Path):
+    marker.write_text(str(os.getpid()))
+    while True:
+        time.sleep(1)
+
+
+def install(where: str, n: int, marker: Path):
+    seen = []
+    if where == "write":
+        real_save = torch.save
+
+        def save(obj, f, *args, **kwargs):
+            if Path(f).name == "state.pt" and Path(f).parent.name == "last.tmp":
+                seen.append(f)
+                if len(seen) == n:
+                    hang(marker)
+            return real_save(obj, f, *args, **kwargs)
+        torch.save = save
+    elif where == "swap":
+        real_replace = os.replace
+
+        def replace(src, dst):
+            real_replace(src, dst)
+            if Path(dst).name == "last.old":
+                seen.append(dst)
+                if len(seen) == n:
+                    hang(marker)
+        os.replace = replace
+    else:
+        raise SystemExit(f"where must be write or swap; got {where!r}")
+
+
+if __name__ == "__main__":
+    where, n, marker, *args = sys.argv[1:]
+    install(where, int(n), Path(marker))
+    sys.exit(main(args))

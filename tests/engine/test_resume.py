@@ -1,0 +1,128 @@
+"""Resume at any step: a run stopped by its time limit or killed (SIGKILL, also mid-checkpoint) and resumed ends
+with the weights of a run that was never interrupted."""
+import random
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from timesformer.engine import checkpoint as ckpt
+from timesformer.engine.loop import fit
+from timesformer.pretrained import read_state
+
+from .helpers import cli, metrics, run, start, stop, tiny_run, wait_for, write_config
+
+# dropout, drop path and an EMA: a resume that lost an RNG state or the EMA would show in the weights
+NOISY = dict(model_args=dict(drop_rate=0.1, drop_path_rate=0.2, depth=2),
+             optim=dict(epochs=2, ema_decay=0.9, batch_size=8, log_every=1))  # 64 clips / 8 = 8 steps an epoch
+
+
+def noisy(tmp_path, name, **optim):
+    return tiny_run(tmp_path, name, model_args=NOISY["model_args"], optim={**NOISY["optim"], **optim})
+
+
+def assert_same_weights(a: Path, b: Path, tags=("last", "best")):
+    for tag in tags:
+        x, y = read_state(a / tag / "model.safetensors"), read_state(b / tag / "model.safetensors")
+        assert x.keys() == y.keys()
+        for k in x:
+            torch.testing.assert_close(x[k], y[k], atol=1e-6, rtol=0, msg=f"{tag}/{k}")
+
+
+def assert_logged_once(run_dir: Path, steps: int, epochs: int):
+    """metrics.jsonl has every step and every epoch exactly once: lines written after the checkpoint that a
+    resumed run started from were dropped, not repeated."""
+    rows = metrics(run_dir)
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, steps + 1))
+    assert [r["epoch"] for r in rows if "train_loss" in r] == list(range(1, epochs + 1))
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight")
+    fit(noisy(out, "straight"))
+    return out / "straight"
+
+
+def test_time_limit_mid_epoch_then_resume_is_exact(tmp_path, straight):
+    """max_minutes stops after the first step of every call: 16 calls, each resuming inside an epoch."""
+    cfg = noisy(tmp_path, "stopped", max_minutes=1e-9)
+    result = fit(cfg)
+    assert result["step"] == 1 and result["epoch"] == 0  # stopped inside the first epoch, which is not done
+    state = ckpt.load_state(ckpt.find_checkpoint(tmp_path / "stopped"))
+    assert (state["epoch"], state["batch"], state["step"]) == (0, 1, 1)
+    assert not any("train_loss" in r for r in metrics(tmp_path / "stopped"))  # no epoch was logged as done
+    calls = 1
+    while result["epoch"] < 2:
+        result = fit(cfg, resume=True)
+        calls += 1
+    assert calls == 16 and result["step"] == 16
+    fit(noisy(tmp_path, "quiet", max_minutes=1e-9, log_every=10))  # stopped before its first log line
+    assert (tmp_path / "quiet" / "metrics.jsonl").read_text() == ""
+    assert_same_weights(straight, tmp_path / "stopped")
+    assert_logged_once(tmp_path / "stopped", 16, 2)
+
+
+def hang_and_kill(tmp_path, where: str, n: int, args: list[str]):
+    """Run the CLI until its n-th save of `last` hangs at `where`, then SIGKILL it there."""
+    marker = tmp_path / f"hung-{where}"
+    proc = start([sys.executable, "-m", "tests.engine.hang_in_save", where, str(n), str(marker), *args])
+    try:
+        wait_for(marker.exists, 120, f"the checkpoint write to hang ({where})", proc)
+    finally:
+        stop(proc)
+
+
+def test_sigkill_inside_checkpoint_writes_then_resume_is_exact(tmp_path, straight):
+    cfg = noisy(tmp_path, "killed", save_every_steps=1)
+    args = ["train", "--config", str(write_config(cfg, tmp_path / "cfg.yaml"))]
+    run_dir = tmp_path / "killed"
+    # killed while writing its 3rd checkpoint: the weights are in last.tmp, state.pt is not; last is step 2
+    hang_and_kill(tmp_path, "write", 3, args)
+    assert (run_dir / "last.tmp" / "model.safetensors").exists() and not (run_dir / "last.tmp" / "state.pt").exists()
+    assert ckpt.load_state(ckpt.find_checkpoint(run_dir))["step"] == 2
+    # resumed, then killed between the two renames of its 4th save: only last.old (step 5) is complete
+    hang_and_kill(tmp_path, "swap", 4, ["train", "--resume", str(run_dir)])
+    assert not (run_dir / "last").exists() and ckpt.find_checkpoint(run_dir) == run_dir / "last.old"
+    assert ckpt.load_state(run_dir / "last.old")["step"] == 5
+    proc = run(cli("train", "--resume", str(run_dir)), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "from last.old (epoch 1, step 5 of 16)" in proc.stderr
+    assert_same_weights(straight, run_dir)
+    assert_logged_once(run_dir, 16, 2)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path):
+    """Kill -9 at seeded random moments -- during startup, or 1 to 8 steps further on plus up to one step's time
+    (inside a step, validation or a checkpoint write) -- eight times, then let the run get to the end."""
+    def longer(name, **optim):  # 192 clips: 24 steps an epoch, 48 in all
+        cfg = noisy(tmp_path, name, **optim)
+        cfg.data.synthetic_train = 192
+        return cfg
+    fit(longer("straight"))
+    config = str(write_config(longer("random", save_every_steps=1), tmp_path / "cfg.yaml"))
+    run_dir, rng, kills = tmp_path / "random", random.Random(0), 0
+
+    def logged():
+        return max((r["step"] for r in metrics(run_dir) if "loss" in r), default=0)
+    while True:
+        resumable = ckpt.find_checkpoint(run_dir) is not None
+        proc = start(cli("train", "--resume", str(run_dir)) if resumable else
+                     cli("train", "--config", config, "--overwrite"))
+        if kills == 8:
+            break
+        if rng.random() < 0.2:
+            time.sleep(rng.uniform(0.2, 1.5))  # starting up, maybe writing config.yaml
+        else:
+            target = logged() + rng.randint(1, 8)
+            wait_for(lambda: logged() >= target or proc.poll() is not None, 120, f"step {target}")
+            time.sleep(rng.uniform(0, 0.06))
+        stop(proc)
+        kills += 1
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert_same_weights(tmp_path / "straight", run_dir)
+    assert_logged_once(run_dir, 48, 2)
