@@ -1,8 +1,9 @@
-"""``python -m tests.engine.hang_in_save {write|swap} N MARKER <timesformer args...>``
+"""``python -m tests.engine.hang_in_save {write|swap}[:TAG] N MARKER <timesformer args...>``
 
-Runs the ``timesformer`` CLI, but its N-th save of the ``last`` checkpoint stops halfway -- ``write``: the weights
-are in ``last.tmp`` but ``state.pt`` is not; ``swap``: ``last`` has been renamed to ``last.old`` and ``last.tmp``
-not yet to ``last`` -- touches MARKER and sleeps, so that a test can SIGKILL the process exactly there.
+Runs the ``timesformer`` CLI, but its N-th save of the ``TAG`` checkpoint (default ``last``) stops halfway --
+``write``: the weights are in ``TAG.tmp`` but ``state.pt`` is not; ``swap``: ``TAG`` has been renamed to
+``TAG.old`` and ``TAG.tmp`` not yet to ``TAG`` -- touches MARKER and sleeps, so that a test can SIGKILL the
+process exactly there.
 """
 import os
 import sys
@@ -21,12 +22,14 @@ def hang(marker: Path):
 
 
 def install(where: str, n: int, marker: Path):
+    where, _, tag = where.partition(":")
+    tag = tag or "last"
     seen = []
     if where == "write":
         real_save = torch.save
 
         def save(obj, f, *args, **kwargs):
-            if Path(f).name == "state.pt" and Path(f).parent.name == "last.tmp":
+            if Path(f).name == "state.pt" and Path(f).parent.name == f"{tag}.tmp":
                 seen.append(f)
                 if len(seen) == n:
                     hang(marker)
@@ -37,7 +40,7 @@ def install(where: str, n: int, marker: Path):
 
         def replace(src, dst):
             real_replace(src, dst)
-            if Path(dst).name == "last.old":
+            if Path(dst).name == f"{tag}.old":
                 seen.append(dst)
                 if len(seen) == n:
                     hang(marker)

@@ -1,5 +1,6 @@
 """A non-finite loss stops the run naming the step and the last good checkpoint (or is skipped, N times, on
 request); non-finite weights are never saved."""
+import math
 import re
 
 import pytest
@@ -71,3 +72,19 @@ def test_nonfinite_weights_are_never_saved_as_best_or_last(tmp_path, monkeypatch
                                        r"checkpoint: none yet"):
         fit(tiny_run(tmp_path))
     assert ckpt.find_checkpoint(tmp_path / "run") is None and ckpt.find_checkpoint(tmp_path / "run", "best") is None
+
+
+def test_nonfinite_gradients_with_a_finite_loss_are_caught_too(tmp_path, monkeypatch):
+    real = loop.build_optimizer
+
+    def build(model, **kwargs):  # the head's gradient is inf in the 3rd backward pass
+        calls = []
+        model.head.weight.register_hook(
+            lambda g: (calls.append(1), g if len(calls) != 3 else torch.full_like(g, float("inf")))[1])
+        return real(model, **kwargs)
+    monkeypatch.setattr(loop, "build_optimizer", build)
+    fit(tiny_run(tmp_path, optim=dict(skip_nonfinite=1)))
+    skipped = [r for r in metrics(tmp_path / "run") if "skipped" in r]
+    assert skipped == [{"step": 3, "epoch": 1, "skipped": "non-finite gradients (norm inf)"}]
+    assert all_finite(tmp_path / "run" / "last")
+    assert all(math.isfinite(r["grad_norm"]) for r in metrics(tmp_path / "run") if "grad_norm" in r)

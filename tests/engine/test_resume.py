@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from timesformer.engine import checkpoint as ckpt
-from timesformer.engine.loop import fit
+from timesformer.engine.loop import RunError, fit
 from timesformer.pretrained import read_state
 
 from .helpers import cli, metrics, run, start, stop, tiny_run, wait_for, write_config
@@ -65,6 +65,36 @@ def test_time_limit_mid_epoch_then_resume_is_exact(tmp_path, straight):
     assert_logged_once(tmp_path / "stopped", 16, 2)
 
 
+def test_resume_with_another_batch_size_continues_at_the_same_clip(tmp_path, straight):
+    """Stopped 16 clips into epoch 1 at batch 8; resumed with steps of 4 clips x accum 4."""
+    fit(noisy(tmp_path, "rebatched", max_minutes=1e-9))
+    fit(noisy(tmp_path, "rebatched", max_minutes=1e-9), resume=True)
+    with pytest.raises(RunError, match=r"optim.batch_size/accum_steps: the run stopped 16 clips into epoch 1, not a "
+                                       r"whole number of steps of 12 x 1"):
+        fit(noisy(tmp_path, "rebatched", batch_size=12), resume=True)
+    assert "batch_size: 8" in (tmp_path / "rebatched" / "config.yaml").read_text()  # a refused resume changes nothing
+    result = fit(noisy(tmp_path, "rebatched", batch_size=4, accum_steps=4), resume=True)
+    assert result["step"] == 2 + 3 + 4  # the other 48 clips of epoch 1 in steps of 16, then epoch 2's 64
+    rows = metrics(tmp_path / "rebatched")
+    assert [r["step"] for r in rows if "train_loss" in r] == [5, 9]
+
+
+def test_mid_epoch_resume_with_loader_workers_and_augmentation_is_exact(tmp_path):
+    """Real files decoded by 2 DataLoader workers, with scale jitter, random crops and flips."""
+    from timesformer.data import write_synthetic
+
+    root = write_synthetic(tmp_path / "files", 24, size=32, num_frames=8)
+    data = dict(kind="folder", train=str(root), num_frames=8, sampling="segment", crop_size=16, scale=[18, 28],
+                flip=True, workers=2)
+
+    def cfg(name, **optim):
+        return tiny_run(tmp_path, name, data=data, optim=dict(batch_size=4, epochs=2, **optim))
+    fit(cfg("straight"))
+    fit(cfg("stopped", max_minutes=1e-9))  # after step 1 of 6
+    fit(cfg("stopped"), resume=True)
+    assert_same_weights(tmp_path / "straight", tmp_path / "stopped", tags=("last",))
+
+
 def hang_and_kill(tmp_path, where: str, n: int, args: list[str]):
     """Run the CLI until its n-th save of `last` hangs at `where`, then SIGKILL it there."""
     marker = tmp_path / f"hung-{where}"
@@ -87,9 +117,13 @@ def test_sigkill_inside_checkpoint_writes_then_resume_is_exact(tmp_path, straigh
     hang_and_kill(tmp_path, "swap", 4, ["train", "--resume", str(run_dir)])
     assert not (run_dir / "last").exists() and ckpt.find_checkpoint(run_dir) == run_dir / "last.old"
     assert ckpt.load_state(run_dir / "last.old")["step"] == 5
+    # resumed from last.old, then killed writing `best` at the end of epoch 1: `best` is written before `last`,
+    # so `last` (step 7) does not yet claim the epoch's best score
+    hang_and_kill(tmp_path, "write:best", 1, ["train", "--resume", str(run_dir)])
+    assert not (run_dir / "best").exists() and ckpt.load_state(ckpt.find_checkpoint(run_dir))["step"] == 7
     proc = run(cli("train", "--resume", str(run_dir)), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "from last.old (epoch 1, step 5 of 16)" in proc.stderr
+    assert "from last (epoch 1, step 7 of 16)" in proc.stderr
     assert_same_weights(straight, run_dir)
     assert_logged_once(run_dir, 16, 2)
 
@@ -126,3 +160,17 @@ def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path):
     assert proc.returncode == 0, err[-3000:]
     assert_same_weights(tmp_path / "straight", run_dir)
     assert_logged_once(run_dir, 48, 2)
+
+
+def test_elastic_restart_resumes_only_the_run_its_job_started(tmp_path, monkeypatch):
+    """A restarted torchrun worker group reruns its command: with --overwrite it must not wipe the run it started,
+    and it must not take over a folder that another job left."""
+    cfg = noisy(tmp_path, "job", max_minutes=1e-9)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-a")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    fit(cfg, overwrite=True)  # attempt 0: one step, then it "fails"
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert fit(cfg, overwrite=True)["step"] == 2  # the restart resumed instead of starting over
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-b")
+    with pytest.raises(RunError, match="already exists"):
+        fit(cfg)

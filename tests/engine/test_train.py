@@ -134,8 +134,9 @@ def test_finetune_new_head_and_frozen_backbone(tmp_path):
     cfg = tiny_run(tmp_path, "ft", pretrained=str(tmp_path / "base" / "last"), freeze_backbone=True,
                    data=dict(kind="folder", train=str(subset), val=str(subset), num_frames=8, sampling="segment",
                              crop_size=16, scale=[16, 16], flip=False),
-                   optim=dict(epochs=1, batch_size=3))
-    result = fit(cfg)
+                   optim=dict(epochs=2, batch_size=3))
+    fit(cfg, stop_after_epochs=1)
+    result = fit(cfg, resume=True)  # a resumed fine-tune keeps its backbone frozen
     model = result["model"]
     assert model.head.out_features == 3 and model.config.labels == ("grow", "shrink", "still_disc")
     before, after = weights(tmp_path / "base"), weights(tmp_path / "ft")
@@ -151,4 +152,13 @@ def test_resume_refuses_another_architecture_classes_or_data_naming_the_field(tm
         fit(tiny_run(tmp_path, model_args=dict(dim=48, heads=3), optim=dict(epochs=2)), resume=True)
     with pytest.raises(RunError, match=r"data.synthetic_train: the run has 64, this resume asks for 32"):
         fit(tiny_run(tmp_path, data=dict(synthetic_train=32), optim=dict(epochs=2)), resume=True)
-    fit(tiny_run(tmp_path, optim=dict(epochs=2, lr=5e-4)), resume=True)  # optimiser settings may change
+    with pytest.raises(RunError, match=r"optim.optimizer: the run has adamw, this resume asks for sgd"):
+        fit(tiny_run(tmp_path, optim=dict(epochs=2, optimizer="sgd")), resume=True)
+    # optimiser settings may change, and do: loading the optimiser's state does not bring the old ones back
+    from timesformer.engine.distributed import Dist
+    from timesformer.engine.loop import build_run
+
+    run = build_run(tiny_run(tmp_path, optim=dict(epochs=2, weight_decay=0.3)), Dist(), torch.device("cpu"),
+                    resume=True)
+    assert [g["weight_decay"] for g in run.optimizer.param_groups] == [0.3, 0.0]
+    assert run.optimizer.state  # ... while its moments are the run's

@@ -168,9 +168,10 @@ def to_dict(cfg: RunConfig) -> dict:
     return dataclasses.asdict(cfg)
 
 
-# A resumed run keeps what its weights and its position mean: the model, its classes, the data and the seed that
-# orders it. The optimiser's settings, epochs, the device, precision, time limits and loader workers may change.
-_FIXED_ON_RESUME = ("model", "model_args", "pretrained", "freeze_backbone", "data", "optim.seed")
+# A resumed run keeps what its weights, its optimiser state and its position mean: the model, its classes, the data,
+# the seed that orders it and the optimiser. The optimiser's settings, epochs, batch size, the device, precision,
+# time limits and loader workers may change.
+_FIXED_ON_RESUME = ("model", "model_args", "pretrained", "freeze_backbone", "data", "optim.seed", "optim.optimizer")
 _FREE_ON_RESUME = ("data.workers",)
 
 
@@ -200,5 +201,5 @@ def check_resume(saved: RunConfig, cfg: RunConfig) -> list[tuple[str, object, ob
     for key, was, now in diff:
         if key not in _FREE_ON_RESUME and any(key == f or key.startswith(f + ".") for f in _FIXED_ON_RESUME):
             raise RunError(f"{key}: the run has {was}, this resume asks for {now}; a resumed run keeps its model, "
-                           f"classes and data (start a new run, or finetune from its checkpoint)")
+                           f"classes, data, seed and optimiser (start a new run, or finetune from its checkpoint)")
     return diff

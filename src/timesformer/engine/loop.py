@@ -109,6 +109,7 @@ def fit(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, progre
     if d.enabled and device.type == "cuda":
         device = torch.device("cuda", d.local_rank)
         torch.cuda.set_device(device)
+    run = None
     try:
         run = build_run(cfg, d, device, resume=resume, overwrite=overwrite)
         o = cfg.optim
@@ -125,9 +126,12 @@ def fit(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, progre
             if (stop_after_epochs and epochs >= stop_after_epochs) or out_of_time:
                 stopped = run.pos.epoch < o.epochs
                 break
+        distr.barrier(d)  # every rank done with every collective (not on errors: a rank may be inside one)
         return {"epoch": run.pos.epoch, "step": run.pos.step, "metrics": metrics, "model": run.model,
                 "classes": run.classes, "stopped": stopped}
     finally:
+        if run is not None:
+            run.train_model = run.model  # DDP and the gloo work it holds go before the process group does
         distr.teardown(d)
 
 
@@ -137,16 +141,13 @@ def build_run(cfg: RunConfig, d: distr.Dist, device: torch.device, *, resume: bo
     """The run's state: fresh, or restored from ``<out>/<name>/last`` with the position inside its epoch."""
     o = cfg.optim
     folder = Path(cfg.out) / cfg.name
-    resume, overwrite = _elastic_restart(folder, cfg, resume, overwrite, d)
-    _prepare_run_dir(folder, resume, overwrite, d.main)
-    if d.enabled:
-        torch.distributed.barrier()
-    checkpoint = find_checkpoint(folder) if resume else None
+    checkpoint = _open_run_dir(folder, cfg, resume, overwrite, d)
     if checkpoint is not None:
-        _check_resume(folder, cfg)
         from ..pretrained import load_pretrained
 
         model = load_pretrained(checkpoint)  # the run's own architecture and class order, strictly loaded
+        if cfg.freeze_backbone:
+            _freeze_backbone(model)
         classes = list(model.config.labels)
         train_set, val_set = build_datasets(cfg, model.config, classes)
     else:
@@ -186,15 +187,14 @@ def build_run(cfg: RunConfig, d: distr.Dist, device: torch.device, *, resume: bo
               ema=EMA(model, o.ema_decay) if o.ema_decay > 0 else None, sampler=sampler, train_loader=loader,
               val_loader=val_loader, multi_label=bool(getattr(train_set, "multi_label", False)),
               steps_per_epoch=batches // o.accum_steps)
-    if d.main:
-        write_text_atomic(folder / "config.yaml", _yaml(to_dict(cfg)))
-        write_json_atomic(folder / "classes.json", classes)
-        (folder / "metrics.jsonl").touch()  # there, even for a run stopped before its first log line
     if checkpoint is not None:
         restore_run(run, checkpoint, load_state(checkpoint))
     else:
         torch.manual_seed(o.seed + d.rank)  # dropout and drop path draw differently on each rank
-    if d.main:
+    if d.main:  # only now: a resume refused above leaves the run's config.yaml as it was
+        write_text_atomic(folder / "config.yaml", _yaml(to_dict(cfg)))
+        write_json_atomic(folder / "classes.json", classes)
+        (folder / "metrics.jsonl").touch()  # there, even for a run stopped before its first log line
         run.board = _tensorboard(folder, purge_step=run.pos.step + 1 if checkpoint is not None else None)
     return run
 
@@ -239,8 +239,7 @@ def build_model(cfg: RunConfig, classes: list[str], pretrained: TimeSformer | No
         if model.config.num_classes != len(labels) or model.config.labels != labels:
             model.reset_classifier(len(labels), labels=labels)
         if cfg.freeze_backbone:
-            for name, p in model.named_parameters():
-                p.requires_grad = name.startswith("head.")
+            _freeze_backbone(model)
         return model
     try:
         model = create_model(cfg.model, **{**cfg.model_args, "num_classes": len(labels), "labels": labels})
@@ -252,17 +251,28 @@ def build_model(cfg: RunConfig, classes: list[str], pretrained: TimeSformer | No
     return model
 
 
+def _freeze_backbone(model: TimeSformer):
+    """Train the classifier head only."""
+    for name, p in model.named_parameters():
+        p.requires_grad = name.startswith("head.")
+
+
 def restore_run(run: Run, folder: Path, state: dict) -> None:
     """Optimiser, scaler, EMA, position and this rank's RNG from a checkpoint's ``state.pt`` (the weights came
     with the model); metrics logged after that checkpoint are dropped, so none is repeated."""
-    d = run.d
+    d, o = run.d, run.cfg.optim
+    settings = [{k: v for k, v in group.items() if k != "params"} for group in run.optimizer.param_groups]
     run.optimizer.load_state_dict(state["optimizer"])
+    for group, mine in zip(run.optimizer.param_groups, settings):
+        group.update(mine)  # the config's weight decay, momentum ... (load_state_dict brings back the saved ones)
     if run.scaler is not None and state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
     if run.ema is not None and state.get("ema"):
         run.ema.load_state_dict(state["ema"])
     run.pos = Position(**{f.name: state[f.name] for f in dataclasses.fields(Position) if f.name in state})
     run.last_saved = (folder, run.pos.step)
+    _rebatch(run.pos, state.get("batch_size", o.batch_size), state.get("accum_steps", o.accum_steps), o)
+    run.pos.batch = min(run.pos.batch, run.sampler.batches)
     if d.main:
         _truncate(run.folder / "metrics.jsonl", state.get("metrics_bytes"))
         log.warning("resuming %s from %s (epoch %d, step %d of %d)", run.folder, folder.name, run.pos.epoch + 1,
@@ -270,11 +280,25 @@ def restore_run(run: Run, folder: Path, state: dict) -> None:
     saved = state.get("rng", [])
     if state.get("world", len(saved)) == d.world and d.rank < len(saved):
         set_rng_state(saved[d.rank], run.device)  # the last thing: nothing draws from the RNG after it
+        if run.device.type == "cuda" and not (isinstance(saved[d.rank], dict) and saved[d.rank].get("cuda") is not None):
+            torch.cuda.manual_seed(o.seed + d.rank + run.pos.step)  # saved on a CPU: a CUDA generator per rank
     else:
         if d.main:
             log.warning("the run was saved by %s process(es), resumed by %d: dropout draws differ from an "
                         "uninterrupted run", state.get("world", len(saved)), d.world)
-        torch.manual_seed(run.cfg.optim.seed + d.rank + run.pos.step)
+        torch.manual_seed(o.seed + d.rank + run.pos.step)
+
+
+def _rebatch(pos: Position, batch_size: int, accum_steps: int, o) -> None:
+    """A resume that changes the batch or accumulation inside an epoch continues at the same clip of it."""
+    if not pos.batch or (batch_size, accum_steps) == (o.batch_size, o.accum_steps):
+        return
+    clips = pos.batch * batch_size
+    if clips % (o.batch_size * o.accum_steps):
+        raise RunError(f"optim.batch_size/accum_steps: the run stopped {clips} clips into epoch {pos.epoch + 1}, "
+                       f"not a whole number of steps of {o.batch_size} x {o.accum_steps}; resume with its "
+                       f"{batch_size} x {accum_steps} and change them at the epoch's end")
+    pos.batch = clips // o.batch_size
 
 
 # --- one training epoch ------------------------------------------------------------------------------------
@@ -357,26 +381,32 @@ def _optimizer_step(run: Run, acc: _Accumulated) -> float:
     o, pos, d = run.cfg.optim, run.pos, run.d
     lr = lr_at(pos.step, base=o.lr, total=run.total_steps, warmup=o.warmup_steps, min_lr=o.min_lr,
                schedule=o.schedule)
-    if acc.nonfinite is not None:
-        pos.skipped += 1
-        _log(run, {"step": pos.step + 1, "epoch": pos.epoch + 1, "skipped": f"non-finite loss ({acc.nonfinite})"})
-        if pos.skipped > o.skip_nonfinite:
-            raise RunError(f"non-finite loss ({acc.nonfinite}) at step {pos.step + 1} (epoch {pos.epoch + 1}); "
-                           f"last good checkpoint: {_last_good(run)}. Lower optim.lr, set optim.clip_grad, or let "
-                           f"optim.skip_nonfinite=N skip up to N such steps")
-    elif acc.contributed:
+    problem, norm = (f"loss ({acc.nonfinite})" if acc.nonfinite is not None else None), None
+    if problem is None and acc.contributed:
         if d.enabled and not acc.synced:
             distr.average_gradients(d, run.model.parameters())
-        for group in run.optimizer.param_groups:
-            group["lr"] = lr
         if run.scaler:
             run.scaler.unscale_(run.optimizer)
+        grads = [p.grad for p in run.model.parameters() if p.grad is not None]
         if acc.contributed < o.accum_steps:  # each micro-batch's loss was divided by accum_steps
-            for p in run.model.parameters():
-                if p.grad is not None:
-                    p.grad.mul_(o.accum_steps / acc.contributed)
-        if o.clip_grad > 0:
-            torch.nn.utils.clip_grad_norm_(run.model.parameters(), o.clip_grad)
+            for g in grads:
+                g.mul_(o.accum_steps / acc.contributed)
+        norm = _norm(grads)
+        if not math.isfinite(norm) and run.scaler is None:  # fp16's scaler skips such steps itself
+            problem = f"gradients (norm {norm})"
+    if problem is not None:
+        pos.skipped += 1
+        _log(run, {"step": pos.step + 1, "epoch": pos.epoch + 1, "skipped": f"non-finite {problem}"})
+        if pos.skipped > o.skip_nonfinite:
+            raise RunError(f"non-finite {problem} at step {pos.step + 1} (epoch {pos.epoch + 1}); last good "
+                           f"checkpoint: {_last_good(run)}. Lower optim.lr, set optim.clip_grad, or let "
+                           f"optim.skip_nonfinite=N skip up to N such steps")
+    elif acc.contributed:
+        if o.clip_grad > 0 and norm > o.clip_grad:
+            for g in grads:
+                g.mul_(o.clip_grad / (norm + 1e-6))
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
         if run.scaler:
             run.scaler.step(run.optimizer)
             run.scaler.update()
@@ -386,9 +416,17 @@ def _optimizer_step(run: Run, acc: _Accumulated) -> float:
             run.ema.update(run.model)
     run.optimizer.zero_grad(set_to_none=True)
     pos.step += 1
-    if acc.losses and pos.step % o.log_every == 0:
-        _log(run, {"step": pos.step, "epoch": pos.epoch + 1, "loss": sum(acc.losses) / len(acc.losses), "lr": lr})
+    if problem is None and acc.losses and pos.step % o.log_every == 0:  # a skipped step has its own record
+        record = {"step": pos.step, "epoch": pos.epoch + 1, "loss": sum(acc.losses) / len(acc.losses), "lr": lr}
+        _log(run, record if norm is None else {**record, "grad_norm": norm})
     return lr
+
+
+def _norm(grads: list) -> float:
+    """The global L2 norm of ``grads`` (one sync on a GPU)."""
+    if not grads:
+        return 0.0
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item()
 
 
 # --- validation, the end of an epoch, checkpoints ----------------------------------------------------------
@@ -422,11 +460,12 @@ def end_epoch(run: Run, metrics: dict) -> None:
     improved = score > pos.best  # a NaN score never is
     run.pos = Position(epoch=pos.epoch + 1, step=pos.step, best=score if improved else pos.best,
                        skipped=pos.skipped, elapsed_s=pos.elapsed_s)
-    save_run(run, ("last", "best") if improved else ("last",))
+    save_run(run, ("best", "last") if improved else ("last",))  # best first: a `last` never claims a best not saved
 
 
 def save_run(run: Run, tags=("last",)) -> None:
-    """Checkpoint the run as ``tags`` (``best`` holds the EMA weights when there is an EMA). Every rank calls it:
+    """Checkpoint the run as ``tags``, in that order (``best`` holds the EMA weights when there is an EMA). Every
+    rank calls it:
     it gathers each rank's RNG state and bad files; rank 0 writes. Non-finite weights are never written."""
     d, pos = run.d, run.pos
     models = {"last": run.model, "best": run.ema.module if run.ema is not None else run.model}
@@ -443,6 +482,7 @@ def save_run(run: Run, tags=("last",)) -> None:
         state = {**dataclasses.asdict(pos), "elapsed_s": run.elapsed(), "optimizer": run.optimizer.state_dict(),
                  "scaler": run.scaler.state_dict() if run.scaler is not None else None,
                  "ema": run.ema.state_dict() if run.ema is not None else None, "rng": rngs, "world": d.world,
+                 "batch_size": run.cfg.optim.batch_size, "accum_steps": run.cfg.optim.accum_steps,
                  "metrics_bytes": metrics.stat().st_size if metrics.exists() else 0}
         for tag in tags:
             save_checkpoint(run.folder, tag, models[tag], state)
@@ -482,20 +522,46 @@ def _log(run: Run, record: dict):
 
 
 # --- the run folder ----------------------------------------------------------------------------------------
-def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, main: bool):
+_ELASTIC_RUN_ID = "TORCHELASTIC_RUN_ID"  # torchrun's --rdzv-id (a fresh uuid with --standalone)
+_ELASTIC_MARKER = ".torchelastic_run_id"  # the job that started the run, in its folder
+
+
+def _open_run_dir(folder: Path, cfg: RunConfig, resume: bool, overwrite: bool, d: distr.Dist) -> Path | None:
+    """Rank 0 decides -- resume from which checkpoint, start over, or refuse -- and prepares the folder; every
+    rank gets its answer, so that no two ranks see the folder at different moments. Returns the checkpoint to
+    resume from, or None for a fresh run."""
+    answer = None
+    if d.main:
+        try:
+            resume, overwrite = _elastic_restart(folder, resume, overwrite)
+            checkpoint = _prepare_run_dir(folder, resume, overwrite)
+            if checkpoint is not None:
+                _check_resume(folder, cfg)
+            elif _ELASTIC_RUN_ID in os.environ:  # a fresh run under torchrun: say which job it belongs to
+                write_text_atomic(folder / _ELASTIC_MARKER, os.environ[_ELASTIC_RUN_ID])
+            answer = ("ok", str(checkpoint) if checkpoint is not None else None)
+        except (ValueError, OSError) as err:
+            answer = ("error", str(err))
+    status, value = distr.broadcast_object(d, answer)
+    if status == "error":
+        raise RunError(value)
+    return Path(value) if value is not None else None
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
     if resume:
-        if find_checkpoint(run_dir) is None:
+        checkpoint = find_checkpoint(run_dir)
+        if checkpoint is None:
             raise RunError(f"{run_dir}: nothing to resume (no complete 'last' checkpoint)")
-        return
+        return checkpoint
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
             raise RunError(f"{run_dir} already exists; pass --resume to continue it or --overwrite to start over")
-        if main:
-            import shutil
+        import shutil
 
-            shutil.rmtree(run_dir)
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return None
 
 
 def _check_resume(run_dir: Path, cfg: RunConfig):
@@ -507,21 +573,16 @@ def _check_resume(run_dir: Path, cfg: RunConfig):
     check_resume(load_run_config(path), cfg)
 
 
-def _elastic_restart(run_dir: Path, cfg: RunConfig, resume: bool, overwrite: bool, d: distr.Dist):
+def _elastic_restart(run_dir: Path, resume: bool, overwrite: bool) -> tuple[bool, bool]:
     """``(resume, overwrite)`` for a worker group that ``torchrun --max-restarts`` restarted after a failure. It
-    runs the same command again: continue the run that command started, from ``last`` -- only when the folder's
-    config is this command's (another run is never taken over) -- or start it over if it died before its first
-    checkpoint."""
+    runs the same command again: it continues the run that this job started -- from ``last``, or from scratch if
+    it died before its first checkpoint -- and never takes over, or wipes, a folder another job left."""
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-    if restart == 0 or resume or overwrite or not (run_dir / "config.yaml").is_file():
+    marker = run_dir / _ELASTIC_MARKER
+    if restart == 0 or resume or not marker.is_file() or marker.read_text() != os.environ.get(_ELASTIC_RUN_ID):
         return resume, overwrite
-    saved = load_run_config(run_dir / "config.yaml")
-    saved.out, saved.name = cfg.out, cfg.name
-    if saved != cfg:
-        return resume, overwrite  # not this command's run: the usual "already exists" error follows
     if find_checkpoint(run_dir) is not None:
-        if d.main:
-            log.warning("elastic restart %d: resuming %s", restart, run_dir)
+        log.warning("elastic restart %d: resuming %s", restart, run_dir)
         return True, False
     return False, True
 
