@@ -51,8 +51,12 @@ def cmd_train(args) -> int:
             print(f"override {key}: {was} -> {now}")
     else:
         cfg = load_run_config(args.config, overrides)
+    if args.auto_resume and (args.resume or args.overwrite):
+        raise ValueError("--auto-resume continues the run if it has a checkpoint and starts it otherwise; it goes "
+                         "with neither --resume nor --overwrite")
     bar = Progress(1, f"train {cfg.name}")
-    result = fit(cfg, resume=bool(args.resume), overwrite=args.overwrite, progress=bar.update)
+    result = fit(cfg, resume="auto" if args.auto_resume else bool(args.resume), overwrite=args.overwrite,
+                 progress=bar.update)
     bar.close()
     m = result["metrics"]
     shown = ", ".join(f"{k} {m[k]:.4f}" for k in ("top1", "top5", "mAP") if k in m)
@@ -372,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="section.key=value, e.g. optim.lr=3e-4 model_args.attention=space")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue runs/<name> exactly from its last checkpoint, "
                                                            "with its own config.yaml (overrides apply on top)")
+    train.add_argument("--auto-resume", action="store_true",
+                       help="continue the run from its last checkpoint if it has one, else start it: for torchrun "
+                            "--max-restarts and preemptible jobs, which rerun the same command")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     train.add_argument("--device", help="auto | cpu | cuda (overrides optim.device)")
     train.set_defaults(func=cmd_train)
@@ -382,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     fine.add_argument("overrides", nargs="*", help="section.key=value")
     fine.add_argument("--freeze-backbone", action="store_true", help="train the new head only")
     fine.add_argument("--resume", metavar="RUN_DIR")
+    fine.add_argument("--auto-resume", action="store_true", help="as for train")
     fine.add_argument("--overwrite", action="store_true")
     fine.add_argument("--device")
     fine.set_defaults(func=cmd_train)

@@ -59,7 +59,7 @@ def test_elastic_restart_after_a_killed_worker_resumes_exactly(tmp_path):
 
     rdzv = ["--nnodes", "1", "--max-restarts", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint",
             f"localhost:{free_port()}", "--monitor-interval", "0.1"]
-    agent = start(torchrun(2, "train", "--config", config, "name=elastic", rdzv=rdzv))
+    agent = start(torchrun(2, "train", "--config", config, "name=elastic", "--auto-resume", rdzv=rdzv))
     try:
         # a worker dies mid-epoch, after `last` was written mid-epoch at step 3 (and maybe 6)
         wait_for(lambda: len([r for r in metrics(tmp_path / "elastic") if "loss" in r]) >= 5, 180,
@@ -70,7 +70,7 @@ def test_elastic_restart_after_a_killed_worker_resumes_exactly(tmp_path):
     finally:
         stop(agent)
     assert agent.returncode == 0, err[-3000:]
-    assert "elastic restart 1: resuming" in err
+    assert "torchrun restart 1: resuming" in err
     state = ckpt.load_state(tmp_path / "elastic" / "last")
     assert len(state["rng"]) == 2 and not torch.equal(state["rng"][0]["cpu"], state["rng"][1]["cpu"])
     a, b = (read_state(tmp_path / name / "last" / "model.safetensors") for name in ("straight", "elastic"))
@@ -79,3 +79,14 @@ def test_elastic_restart_after_a_killed_worker_resumes_exactly(tmp_path):
     rows = metrics(tmp_path / "elastic")
     assert [r["step"] for r in rows if "loss" in r] == list(range(1, 33))
     assert rows[-1]["epoch"] == 2
+
+
+def test_a_checkpoint_rank_0_cannot_write_stops_every_rank_with_the_reason(tmp_path):
+    """A full disk on rank 0: the other rank must not wait alone in its next collective, nor die of a closed
+    connection without saying why."""
+    cfg = tiny_run(tmp_path, "full", optim=dict(batch_size=8, epochs=1, save_every_steps=2))
+    proc = run(torchrun(2, "fail", "2", str(tmp_path / "failed"), "train", "--config",
+                        str(write_config(cfg, tmp_path / "cfg.yaml")), module="tests.engine.hang_in_save"), timeout=180)
+    assert proc.returncode != 0
+    reason = f"timesformer train: error: saving last in {tmp_path / 'full'}: [Errno 28] No space left on device"
+    assert proc.stderr.count(reason) == 2, proc.stderr[-3000:]  # said by both ranks

@@ -10,6 +10,7 @@ import torch
 
 from timesformer.engine import checkpoint as ckpt
 from timesformer.engine.loop import RunError, fit
+from timesformer.engine.optim import lr_at
 from timesformer.pretrained import read_state
 
 from .helpers import cli, metrics, run, start, stop, tiny_run, wait_for, write_config
@@ -77,6 +78,10 @@ def test_resume_with_another_batch_size_continues_at_the_same_clip(tmp_path, str
     assert result["step"] == 2 + 3 + 4  # the other 48 clips of epoch 1 in steps of 16, then epoch 2's 64
     rows = metrics(tmp_path / "rebatched")
     assert [r["step"] for r in rows if "train_loss" in r] == [5, 9]
+    # the schedule follows the data, not the step count: its last step is the schedule's last (of 8 at this batch)
+    o = noisy(tmp_path, "x").optim
+    assert rows[-2]["lr"] == lr_at(7, base=o.lr, total=8, warmup=o.warmup_steps, min_lr=o.min_lr,
+                                   schedule=o.schedule)
 
 
 def test_mid_epoch_resume_with_loader_workers_and_augmentation_is_exact(tmp_path):
@@ -162,15 +167,18 @@ def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path):
     assert_logged_once(run_dir, 48, 2)
 
 
-def test_elastic_restart_resumes_only_the_run_its_job_started(tmp_path, monkeypatch):
-    """A restarted torchrun worker group reruns its command: with --overwrite it must not wipe the run it started,
-    and it must not take over a folder that another job left."""
+def test_auto_resume_continues_or_starts_and_restarts_need_it(tmp_path, monkeypatch):
+    """What torchrun --max-restarts and preempted jobs rerun: the same command, with --auto-resume."""
     cfg = noisy(tmp_path, "job", max_minutes=1e-9)
-    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-a")
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
-    fit(cfg, overwrite=True)  # attempt 0: one step, then it "fails"
+    assert fit(cfg, resume="auto")["step"] == 1  # nothing there: it starts
+    assert fit(cfg, resume="auto")["step"] == 2  # a checkpoint: it continues
+    (tmp_path / "died_early").mkdir()
+    (tmp_path / "died_early" / "config.yaml").write_text("name: died_early\n")  # no checkpoint
+    assert fit(noisy(tmp_path, "died_early", max_minutes=1e-9), resume="auto")["step"] == 1
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
-    assert fit(cfg, overwrite=True)["step"] == 2  # the restart resumed instead of starting over
-    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-b")
-    with pytest.raises(RunError, match="already exists"):
+    with pytest.raises(RunError, match="torchrun restart 1: pass --auto-resume so that restarts continue the run"):
         fit(cfg)
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "2")
+    with pytest.raises(RunError, match="--overwrite under torchrun --max-restarts would wipe the run at every"):
+        fit(cfg, overwrite=True)
+    assert ckpt.load_state(tmp_path / "job" / "last")["step"] == 2  # still there

@@ -6,11 +6,14 @@ a decision (skip a batch, stop), so none of them ever waits alone in a collectiv
 from __future__ import annotations
 
 import gc
+import logging
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,12 +47,19 @@ def setup(device: torch.device) -> Dist:
 
 
 def _attempt_store(world: int):
-    """The rendezvous store of this torchrun attempt, under a prefix of its own; None outside torchrun.
+    """torchrun's store under a prefix for this attempt, or None for the default rendezvous.
 
     Workers share torchrun's store server, and it outlives a restart with the previous attempt's keys in it: a
     restarted rank could read its dead peer's address before the new peer has written its own, and fail to
-    connect (seen here in 3 of 5 elastic restarts with gloo)."""
+    connect (seen here in 3 of 5 elastic restarts with gloo). With one torchrun agent, its restart count names
+    the attempt. Several agents count restarts each for itself, so there the fix is torchrun's own: a fresh
+    store each round, with ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``."""
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    if os.environ.get("GROUP_WORLD_SIZE", "1") != "1":
+        if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0 and os.environ.get("RANK") == "0":
+            log.warning("torchrun shares its rendezvous store across restarts, where a restarted worker can read a "
+                        "dead peer's address: set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 for torchrun on every machine")
         return None
     from torch.distributed.constants import default_pg_timeout
 

@@ -79,6 +79,7 @@ class Run:
     steps_per_epoch: int
     pos: Position = field(default_factory=Position)
     last_saved: tuple | None = None  # (folder, step) of the newest complete `last`
+    metrics_bytes: int | None = None  # metrics.jsonl's length when the resumed checkpoint was saved
     started: float = field(default_factory=time.time)
     board: object = None  # a TensorBoard writer, when installed (rank 0)
 
@@ -90,12 +91,13 @@ class Run:
         return self.pos.elapsed_s + time.time() - self.started
 
 
-def fit(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, progress=None,
+def fit(cfg: RunConfig, *, resume: bool | str = False, overwrite: bool = False, progress=None,
         stop_after_epochs: int | None = None) -> dict:
     """Train (and validate every epoch) as ``cfg`` says; returns the last validation metrics.
 
     Args:
-        resume: continue ``<out>/<name>`` from its last checkpoint, exactly (also mid-epoch).
+        resume: True: continue ``<out>/<name>`` from its last checkpoint, exactly (also mid-epoch). ``"auto"``:
+            continue it if it has a checkpoint, else start it (what torchrun's restarts and preempted jobs need).
         overwrite: replace an existing run folder.
         progress: ``callable(step, total, postfix)`` for a progress bar (rank 0 only).
         stop_after_epochs: end after this many epochs of this call (tests simulate an interruption).
@@ -136,7 +138,7 @@ def fit(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, progre
 
 
 # --- building the run --------------------------------------------------------------------------------------
-def build_run(cfg: RunConfig, d: distr.Dist, device: torch.device, *, resume: bool = False,
+def build_run(cfg: RunConfig, d: distr.Dist, device: torch.device, *, resume: bool | str = False,
               overwrite: bool = False) -> Run:
     """The run's state: fresh, or restored from ``<out>/<name>/last`` with the position inside its epoch."""
     o = cfg.optim
@@ -178,9 +180,7 @@ def build_run(cfg: RunConfig, d: distr.Dist, device: torch.device, *, resume: bo
         val_loader = DataLoader(val_set, batch_size=max(per_rank, 1), sampler=distr.ShardSampler(len(val_set), d),
                                 num_workers=cfg.data.workers, collate_fn=collate,
                                 generator=torch.Generator().manual_seed(o.seed))
-    ddp_args = dict(device_ids=[device.index]) if device.type == "cuda" else {}
-    run = Run(cfg=cfg, d=d, device=device, folder=folder, classes=classes, model=model,
-              train_model=torch.nn.parallel.DistributedDataParallel(model, **ddp_args) if d.enabled else model,
+    run = Run(cfg=cfg, d=d, device=device, folder=folder, classes=classes, model=model, train_model=model,
               optimizer=build_optimizer(model, name=o.optimizer, lr=o.lr, weight_decay=o.weight_decay,
                                         momentum=o.momentum),
               scaler=torch.amp.GradScaler("cuda") if o.precision == "fp16" else None,
@@ -191,11 +191,19 @@ def build_run(cfg: RunConfig, d: distr.Dist, device: torch.device, *, resume: bo
         restore_run(run, checkpoint, load_state(checkpoint))
     else:
         torch.manual_seed(o.seed + d.rank)  # dropout and drop path draw differently on each rank
-    if d.main:  # only now: a resume refused above leaves the run's config.yaml as it was
+
+    def write_run_files():  # only now: a resume refused above leaves the run's config.yaml as it was
         write_text_atomic(folder / "config.yaml", _yaml(to_dict(cfg)))
         write_json_atomic(folder / "classes.json", classes)
         (folder / "metrics.jsonl").touch()  # there, even for a run stopped before its first log line
+        if checkpoint is not None:
+            _truncate(folder / "metrics.jsonl", run.metrics_bytes)  # lines logged after the checkpoint go
+    _on_rank0(d, write_run_files, f"writing {folder}/config.yaml")
+    if d.main:
         run.board = _tensorboard(folder, purge_step=run.pos.step + 1 if checkpoint is not None else None)
+    if d.enabled:  # after the restore: an error there leaves no DDP wrapper to outlive the process group
+        ddp_args = dict(device_ids=[device.index]) if device.type == "cuda" else {}
+        run.train_model = torch.nn.parallel.DistributedDataParallel(model, **ddp_args)
     return run
 
 
@@ -271,12 +279,13 @@ def restore_run(run: Run, folder: Path, state: dict) -> None:
         run.ema.load_state_dict(state["ema"])
     run.pos = Position(**{f.name: state[f.name] for f in dataclasses.fields(Position) if f.name in state})
     run.last_saved = (folder, run.pos.step)
+    run.metrics_bytes = state.get("metrics_bytes")
     _rebatch(run.pos, state.get("batch_size", o.batch_size), state.get("accum_steps", o.accum_steps), o)
     run.pos.batch = min(run.pos.batch, run.sampler.batches)
     if d.main:
-        _truncate(run.folder / "metrics.jsonl", state.get("metrics_bytes"))
-        log.warning("resuming %s from %s (epoch %d, step %d of %d)", run.folder, folder.name, run.pos.epoch + 1,
-                    run.pos.step, run.total_steps)
+        restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        log.warning("%sresuming %s from %s (epoch %d, step %d of %d)", f"torchrun restart {restart}: " if restart
+                    else "", run.folder, folder.name, run.pos.epoch + 1, run.pos.step, run.total_steps)
     saved = state.get("rng", [])
     if state.get("world", len(saved)) == d.world and d.rank < len(saved):
         set_rng_state(saved[d.rank], run.device)  # the last thing: nothing draws from the RNG after it
@@ -379,8 +388,9 @@ def _forward_backward(run: Run, batch: dict, *, sync: bool) -> float:
 def _optimizer_step(run: Run, acc: _Accumulated) -> float:
     """Apply the accumulated gradients (or skip a step with a non-finite loss); returns the step's lr."""
     o, pos, d = run.cfg.optim, run.pos, run.d
-    lr = lr_at(pos.step, base=o.lr, total=run.total_steps, warmup=o.warmup_steps, min_lr=o.min_lr,
-               schedule=o.schedule)
+    # the schedule follows the position in the data (the same as the step count, unless a resume changed the batch)
+    lr = lr_at(pos.epoch * run.steps_per_epoch + pos.batch // o.accum_steps - 1, base=o.lr, total=run.total_steps,
+               warmup=o.warmup_steps, min_lr=o.min_lr, schedule=o.schedule)
     problem, norm = (f"loss ({acc.nonfinite})" if acc.nonfinite is not None else None), None
     if problem is None and acc.contributed:
         if d.enabled and not acc.synced:
@@ -407,18 +417,25 @@ def _optimizer_step(run: Run, acc: _Accumulated) -> float:
                 g.mul_(o.clip_grad / (norm + 1e-6))
         for group in run.optimizer.param_groups:
             group["lr"] = lr
+        applied = True
         if run.scaler:
+            scale = run.scaler.get_scale()
             run.scaler.step(run.optimizer)
             run.scaler.update()
+            applied = run.scaler.get_scale() >= scale  # the scaler lowers its scale when it skips a step
+            if run.scaler.get_scale() < 1.0:
+                raise RunError(f"fp16 loss scale fell to {run.scaler.get_scale():g} at step {pos.step + 1}: the "
+                               f"gradients overflow fp16 even unscaled; last good checkpoint: {_last_good(run)}. "
+                               f"Use optim.precision=bf16, or lower optim.lr")
         else:
             run.optimizer.step()
-        if run.ema is not None:
+        if run.ema is not None and applied:
             run.ema.update(run.model)
     run.optimizer.zero_grad(set_to_none=True)
     pos.step += 1
     if problem is None and acc.losses and pos.step % o.log_every == 0:  # a skipped step has its own record
         record = {"step": pos.step, "epoch": pos.epoch + 1, "loss": sum(acc.losses) / len(acc.losses), "lr": lr}
-        _log(run, record if norm is None else {**record, "grad_norm": norm})
+        _log(run, {**record, "grad_norm": norm} if norm is not None and math.isfinite(norm) else record)
     return lr
 
 
@@ -477,7 +494,8 @@ def save_run(run: Run, tags=("last",)) -> None:
                            f"checkpoint: {_last_good(run)}. Lower optim.lr or set optim.clip_grad")
     parts = distr.gather_objects(d, (rng_state(run.device), pos.bad))
     rngs, pos.bad = [rng for rng, _ in parts], _merge_bad(bad for _, bad in parts)
-    if d.main:
+
+    def write():
         metrics = run.folder / "metrics.jsonl"
         state = {**dataclasses.asdict(pos), "elapsed_s": run.elapsed(), "optimizer": run.optimizer.state_dict(),
                  "scaler": run.scaler.state_dict() if run.scaler is not None else None,
@@ -486,6 +504,7 @@ def save_run(run: Run, tags=("last",)) -> None:
                  "metrics_bytes": metrics.stat().st_size if metrics.exists() else 0}
         for tag in tags:
             save_checkpoint(run.folder, tag, models[tag], state)
+    _on_rank0(d, write, f"saving {'/'.join(tags)} in {run.folder}")
     run.last_saved = (run.folder / "last", pos.step)
 
 
@@ -513,8 +532,12 @@ def _log(run: Run, record: dict):
     """A line of ``metrics.jsonl`` (and TensorBoard scalars), from rank 0."""
     if not run.d.main:
         return
-    with open(run.folder / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
+    try:
+        with open(run.folder / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as err:  # the run goes on; a checkpoint that can't be written stops it on every rank
+        log.warning("can't log to %s: %s", run.folder / "metrics.jsonl", err)
+        return
     if run.board is not None:
         for key, value in record.items():
             if isinstance(value, (int, float)) and key not in ("step", "epoch"):
@@ -522,46 +545,62 @@ def _log(run: Run, record: dict):
 
 
 # --- the run folder ----------------------------------------------------------------------------------------
-_ELASTIC_RUN_ID = "TORCHELASTIC_RUN_ID"  # torchrun's --rdzv-id (a fresh uuid with --standalone)
-_ELASTIC_MARKER = ".torchelastic_run_id"  # the job that started the run, in its folder
-
-
-def _open_run_dir(folder: Path, cfg: RunConfig, resume: bool, overwrite: bool, d: distr.Dist) -> Path | None:
-    """Rank 0 decides -- resume from which checkpoint, start over, or refuse -- and prepares the folder; every
+def _open_run_dir(folder: Path, cfg: RunConfig, resume, overwrite: bool, d: distr.Dist) -> Path | None:
+    """Rank 0 decides -- resume from which checkpoint, start afresh, or refuse -- and prepares the folder; every
     rank gets its answer, so that no two ranks see the folder at different moments. Returns the checkpoint to
     resume from, or None for a fresh run."""
-    answer = None
-    if d.main:
-        try:
-            resume, overwrite = _elastic_restart(folder, resume, overwrite)
-            checkpoint = _prepare_run_dir(folder, resume, overwrite)
-            if checkpoint is not None:
-                _check_resume(folder, cfg)
-            elif _ELASTIC_RUN_ID in os.environ:  # a fresh run under torchrun: say which job it belongs to
-                write_text_atomic(folder / _ELASTIC_MARKER, os.environ[_ELASTIC_RUN_ID])
-            answer = ("ok", str(checkpoint) if checkpoint is not None else None)
-        except (ValueError, OSError) as err:
-            answer = ("error", str(err))
-    status, value = distr.broadcast_object(d, answer)
-    if status == "error":
-        raise RunError(value)
-    return Path(value) if value is not None else None
+    def decide():
+        checkpoint = _prepare_run_dir(folder, resume, overwrite)
+        if checkpoint is not None:
+            _check_resume(folder, cfg)
+        return checkpoint
+    return _on_rank0(d, decide, f"preparing {folder}")
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
+def _prepare_run_dir(run_dir: Path, resume, overwrite: bool) -> Path | None:
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if overwrite and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0:
+        raise RunError("--overwrite under torchrun --max-restarts would wipe the run at every restart; remove the "
+                       "folder yourself, or pass --auto-resume")
     if resume:
         checkpoint = find_checkpoint(run_dir)
-        if checkpoint is None:
+        if checkpoint is not None:
+            return checkpoint
+        if resume != "auto":
             raise RunError(f"{run_dir}: nothing to resume (no complete 'last' checkpoint)")
-        return checkpoint
+        overwrite = True  # --auto-resume: a run that died before its first checkpoint starts afresh
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
-            raise RunError(f"{run_dir} already exists; pass --resume to continue it or --overwrite to start over")
+            hint = (f" (torchrun restart {restart}: pass --auto-resume so that restarts continue the run)" if restart
+                    else "")
+            raise RunError(f"{run_dir} already exists; pass --resume to continue it or --overwrite to start "
+                           f"over{hint}")
+        if resume:
+            log.warning("%s has no checkpoint to resume: starting it afresh", run_dir)
         import shutil
 
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return None
+
+
+def _on_rank0(d: distr.Dist, action, what: str):
+    """``action()`` on rank 0 (file system work), its result on every rank. If it fails, every rank raises: the
+    others would otherwise wait alone in their next collective. A bad set-up or an ``OSError`` (a full disk) is
+    a ``RunError`` everywhere."""
+    result = error = None
+    if d.main:
+        try:
+            result = action()
+        except Exception as err:
+            error = err
+    text = None if error is None else str(error) if isinstance(error, ValueError) else f"{what}: {error}"
+    text, result = distr.broadcast_object(d, (text, result))
+    if error is not None and not isinstance(error, (ValueError, OSError)):
+        raise error  # rank 0: a bug keeps its traceback
+    if text is not None:
+        raise RunError(text)
+    return result
 
 
 def _check_resume(run_dir: Path, cfg: RunConfig):
@@ -571,20 +610,6 @@ def _check_resume(run_dir: Path, cfg: RunConfig):
         log.warning("%s has no config.yaml: the resumed config can't be checked against the run's", run_dir)
         return
     check_resume(load_run_config(path), cfg)
-
-
-def _elastic_restart(run_dir: Path, resume: bool, overwrite: bool) -> tuple[bool, bool]:
-    """``(resume, overwrite)`` for a worker group that ``torchrun --max-restarts`` restarted after a failure. It
-    runs the same command again: it continues the run that this job started -- from ``last``, or from scratch if
-    it died before its first checkpoint -- and never takes over, or wipes, a folder another job left."""
-    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-    marker = run_dir / _ELASTIC_MARKER
-    if restart == 0 or resume or not marker.is_file() or marker.read_text() != os.environ.get(_ELASTIC_RUN_ID):
-        return resume, overwrite
-    if find_checkpoint(run_dir) is not None:
-        log.warning("elastic restart %d: resuming %s", restart, run_dir)
-        return True, False
-    return False, True
 
 
 def _truncate(path: Path, size: int | None):
