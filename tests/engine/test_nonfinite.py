@@ -38,8 +38,9 @@ def all_finite(folder):
 
 
 def test_nonfinite_loss_stops_naming_step_and_last_good_checkpoint(tmp_path, nan_clip):
-    with pytest.raises(RunError, match=r"non-finite loss \(nan\) at step 5 \(epoch 2\); last good checkpoint: "
-                                       + re.escape(str(tmp_path / "run" / "last")) + r" \(step 4\).*optim.skip_nonfinite"):
+    last = re.escape(str(tmp_path / "run" / "last"))
+    with pytest.raises(RunError, match=rf"non-finite loss \(nan\) at step 5 \(epoch 2\); last good checkpoint: "
+                                       rf"{last} \(step 4\).*optim.skip_nonfinite"):
         fit(tiny_run(tmp_path))
     assert ckpt.load_state(tmp_path / "run" / "last")["step"] == 4
     assert all_finite(tmp_path / "run" / "last") and all_finite(tmp_path / "run" / "best")

@@ -76,9 +76,14 @@ def rng_state(device: torch.device) -> dict:
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
-def set_rng_state(state, device: torch.device) -> None:
+def set_rng_state(state, device: torch.device, *, cuda_seed: int) -> None:
+    """Restore ``rng_state``'s generators; on a GPU with no CUDA state saved (a run saved on a CPU), seed its
+    generator with ``cuda_seed`` (which should differ between ranks)."""
     if isinstance(state, torch.Tensor):  # checkpoints written before CUDA states were kept
         state = {"cpu": state, "cuda": None}
     torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
+    if device.type == "cuda":
+        if state.get("cuda") is not None:
+            torch.cuda.set_rng_state(state["cuda"], device)
+        else:
+            torch.cuda.manual_seed(cuda_seed)

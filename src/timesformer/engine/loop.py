@@ -51,7 +51,7 @@ class Position:
     batch: int = 0
     step: int = 0
     best: float = -math.inf
-    skipped: int = 0  # steps skipped for a non-finite loss, in the whole run
+    skipped: int = 0  # steps skipped for a non-finite loss or gradient, in the whole run
     loss_sum: float = 0.0
     loss_count: int = 0
     bad: list = field(default_factory=list)  # (path, error) of unreadable files
@@ -267,7 +267,7 @@ def _freeze_backbone(model: TimeSformer):
 
 def restore_run(run: Run, folder: Path, state: dict) -> None:
     """Optimiser, scaler, EMA, position and this rank's RNG from a checkpoint's ``state.pt`` (the weights came
-    with the model); metrics logged after that checkpoint are dropped, so none is repeated."""
+    with the model). The optimiser keeps the config's settings, so overrides given on resume take effect."""
     d, o = run.d, run.cfg.optim
     settings = [{k: v for k, v in group.items() if k != "params"} for group in run.optimizer.param_groups]
     run.optimizer.load_state_dict(state["optimizer"])
@@ -288,9 +288,8 @@ def restore_run(run: Run, folder: Path, state: dict) -> None:
                     else "", run.folder, folder.name, run.pos.epoch + 1, run.pos.step, run.total_steps)
     saved = state.get("rng", [])
     if state.get("world", len(saved)) == d.world and d.rank < len(saved):
-        set_rng_state(saved[d.rank], run.device)  # the last thing: nothing draws from the RNG after it
-        if run.device.type == "cuda" and not (isinstance(saved[d.rank], dict) and saved[d.rank].get("cuda") is not None):
-            torch.cuda.manual_seed(o.seed + d.rank + run.pos.step)  # saved on a CPU: a CUDA generator per rank
+        # the last thing: nothing draws from the RNG after it
+        set_rng_state(saved[d.rank], run.device, cuda_seed=o.seed + d.rank + run.pos.step)
     else:
         if d.main:
             log.warning("the run was saved by %s process(es), resumed by %d: dropout draws differ from an "
@@ -318,7 +317,7 @@ class _Accumulated:
     contributed: int = 0  # micro-batches that reached backward
     synced: bool = False  # the last of them all-reduced the gradients (DDP)
     losses: list = field(default_factory=list)
-    nonfinite: float | None = None  # a non-finite loss among them
+    nonfinite: float | None = None  # the first non-finite loss among them
 
 
 def train_one_epoch(run: Run, *, progress=None, deadline: float | None = None) -> bool:
@@ -386,7 +385,7 @@ def _forward_backward(run: Run, batch: dict, *, sync: bool) -> float:
 
 
 def _optimizer_step(run: Run, acc: _Accumulated) -> float:
-    """Apply the accumulated gradients (or skip a step with a non-finite loss); returns the step's lr."""
+    """Apply the accumulated gradients, or skip a step whose loss or gradients are not finite; returns its lr."""
     o, pos, d = run.cfg.optim, run.pos, run.d
     # the schedule follows the position in the data (the same as the step count, unless a resume changed the batch)
     lr = lr_at(pos.epoch * run.steps_per_epoch + pos.batch // o.accum_steps - 1, base=o.lr, total=run.total_steps,
