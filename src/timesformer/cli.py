@@ -47,7 +47,7 @@ def cmd_train(args) -> int:
         cfg = load_run_config(run / "config.yaml", overrides)
         saved.out = cfg.out = str(run.parent)
         saved.name = cfg.name = run.name
-        for key, was, now in changes(saved, cfg):
+        for key, was, now in changes(saved, cfg) if _first_rank() else ():
             print(f"override {key}: {was} -> {now}")
     else:
         cfg = load_run_config(args.config, overrides)
@@ -62,9 +62,16 @@ def cmd_train(args) -> int:
     shown = ", ".join(f"{k} {m[k]:.4f}" for k in ("top1", "top5", "mAP") if k in m)
     print(f"{cfg.out}/{cfg.name}: {result['epoch']} epoch(s), {result['step']} steps" + (f"; val {shown}" if shown
                                                                                           else ""))
-    if result["stopped"]:
+    if result["stopped"] and _first_rank():
         print(f"stopped before the end; continue with: timesformer train --resume {cfg.out}/{cfg.name}")
     return 0
+
+
+def _first_rank() -> bool:
+    """Not one of torchrun's other processes (they print nothing of their own)."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 def parse_views(text: str) -> tuple[int, int]:
@@ -486,13 +493,13 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def _log_to_stderr():
-    root = logging.getLogger("timesformer")
-    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+    package = logging.getLogger("timesformer")
+    if not any(isinstance(h, _StderrHandler) for h in package.handlers):
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
-        root.propagate = False
+        package.addHandler(handler)
+        package.setLevel(logging.INFO)
+        package.propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:
