@@ -125,7 +125,8 @@ def cmd_eval(args) -> int:
     else:
         print(f"{summary['videos']} videos: mAP {summary['mAP']:.4f}")
     if bad:
-        print(f"skipped {len(report['bad_files'])} unreadable file(s): {', '.join(report['bad_files'])}")
+        print(f"{len(report['bad_files'])} bad file(s) (unreadable: skipped; partial: frames past the break masked): "
+              f"{', '.join(report['bad_files'])}")
     print(f"report: {out / 'report.json'}")
     return 0
 
@@ -174,10 +175,11 @@ def cmd_predict(args) -> int:
                 write_json_atomic(out / f"{stem}.timeline.json", tl)
                 plot_timeline(tl, out / f"{stem}.timeline.png", top=args.topk)
                 results.append({"path": str(path), "windows": len(tl["entries"]), "duration": tl["duration"],
-                                "timeline": str(out / f"{stem}.timeline.json")})
+                                "timeline": str(out / f"{stem}.timeline.json"),
+                                **({"partial": tl["partial"]} if "partial" in tl else {})})
             else:
                 results.append(predictor.predict(path, topk=args.topk))
-        except (DecodeError, OSError) as err:
+        except DecodeError as err:
             failed.append((str(path), str(err)))
         bar.update(k + 1)
     bar.close()
@@ -185,7 +187,8 @@ def cmd_predict(args) -> int:
         if args.json:
             print(json.dumps(r))
         elif "top" in r:
-            print(f"{r['path']}")
+            print(f"{r['path']}" + (f"  (partial: {r['partial']}; the frames after it are masked)" if "partial" in r
+                                    else ""))
             for entry in r["top"]:
                 print(f"  {entry['prob']:7.2%}  {entry['class']}")
         else:
@@ -213,7 +216,7 @@ def cmd_extract(args) -> int:
     for k, path in enumerate(paths):
         try:
             feats = {kind: predictor.features(path, kind) for kind in ["pooled"] + args.tokens}
-        except (DecodeError, OSError) as err:
+        except DecodeError as err:
             print(f"\nskipped {path}: {err}", file=sys.stderr)
             continue
         stem = Path(path).stem

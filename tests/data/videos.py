@@ -28,12 +28,13 @@ def read_index(frame: torch.Tensor) -> int:
 
 
 def write_video(path: Path, num_frames: int, *, codec: str = "libx264", fps: int = 30, size: int = 64,
-                durations_ms: list[int] | None = None, options: dict | None = None, gop: int | None = None) -> list[float]:
+                durations_ms: list[int] | None = None, options: dict | None = None, gop: int | None = None,
+                container_options: dict | None = None) -> list[float]:
     """Encode frames 0..n-1; return each frame's time in seconds. ``durations_ms`` gives a variable frame rate."""
     import av
 
     stamps = []
-    with av.open(str(path), "w") as container:
+    with av.open(str(path), "w", options=container_options or {}) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width = stream.height = size
         stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"

@@ -26,7 +26,7 @@ def test_unreadable_file_alone_in_one_ranks_batch_neither_hangs_nor_goes_unrepor
     assert proc.returncode == 0, proc.stderr[-3000:]
     epoch = [r for r in metrics(tmp_path / "bad") if "train_loss" in r]
     assert epoch[0]["bad_files"] == [str(broken)] and epoch[0]["step"] == 6
-    assert f"skipped 1 bad file(s): {broken}" in proc.stderr
+    assert f"1 bad file(s) (unreadable: skipped; partial: frames past the break masked): {broken}" in proc.stderr
 
 
 def test_accumulation_syncs_once_a_step_equals_one_process_and_draws_per_rank(tmp_path):

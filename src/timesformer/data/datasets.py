@@ -9,7 +9,9 @@ evaluation averages the logits of the views of each ``index``.
 A file that can't be decoded never stops an epoch: with ``on_error="skip"`` (default) the item becomes
 ``{"error": ..., "path": ...}``, a warning names the file, and ``collate`` drops it and lists it in the batch's
 ``bad`` field, so the training loop can report every bad file at the end of the epoch. ``on_error="raise"``
-raises instead.
+raises instead. A file that decodes only partly (cut short, broken data) is used with the frames past the break
+masked out, and is reported too: a warning, the sample's ``partial`` reason, and the batch's ``bad`` field.
+Only ``DecodeError`` counts as a bad file: any other exception is a bug, and surfaces.
 """
 from __future__ import annotations
 
@@ -112,23 +114,31 @@ class VideoDataset(Dataset):
             with open_video(path, frames_fps=self.spec.frames_fps) as reader:
                 times = self.spec.times(reader.duration, train=self.train, clip_index=clip_index, generator=generator)
                 frames, valid = reader.frames_at(times)
-            video = self.train_tf(frames, generator) if self.train else self.eval_tf.view(frames, crop_index)
-        except (DecodeError, OSError, RuntimeError) as err:
+                partial = reader.partial
+        except DecodeError as err:
             if self.on_error == "raise":
                 raise
             warnings.warn(f"skipping {path}: {err}", stacklevel=2)
             return {"error": str(err), "path": str(path), "index": video_index}
+        if partial:
+            if self.on_error == "raise":
+                raise DecodeError(f"{path}: partial: {partial}")
+            warnings.warn(f"{path}: partial: {partial}; the frames after it are masked out", stacklevel=2)
+        video = self.train_tf(frames, generator) if self.train else self.eval_tf.view(frames, crop_index)
         # frames asked for past the end of a short video repeat its last frame and are masked out (mask False):
         # the model sees the real length, and every row keeps its first frame
-        return {"video": video, "mask": valid, "label": self.target(label), "index": video_index, "view": view,
-                "path": str(path)}
+        sample = {"video": video, "mask": valid, "label": self.target(label), "index": video_index, "view": view,
+                  "path": str(path)}
+        return {**sample, "partial": partial} if partial else sample
 
 
 def collate(samples: list[dict]) -> dict:
     """Stack good samples (``video: b t c S S``, ``mask: b t``, ``label: b`` or ``b classes``); list the bad ones
-    in ``bad`` as ``(path, error)``. A batch may end up empty (``video`` is None)."""
+    (and the partial ones, which stay in the batch) in ``bad`` as ``(path, error)``. A batch may end up empty
+    (``video`` is None)."""
     good = [s for s in samples if "error" not in s]
-    batch = {"bad": [(s["path"], s["error"]) for s in samples if "error" in s]}
+    batch = {"bad": [(s["path"], s["error"]) for s in samples if "error" in s]
+             + [(s["path"], f"partial: {s['partial']}") for s in good if s.get("partial")]}
     if not good:
         return {**batch, "video": None}
     batch["video"] = torch.stack([s["video"] for s in good])

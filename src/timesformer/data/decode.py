@@ -57,18 +57,31 @@ class VideoReader:
     def __init__(self, path: str | os.PathLike):
         av = _av()
         self.path = Path(path)
-        if not self.path.is_file():
-            raise DecodeError(f"{self.path}: no such file")
-        if self.path.stat().st_size == 0:
-            raise DecodeError(f"{self.path}: empty file")
+        try:
+            if not self.path.is_file():
+                raise DecodeError(f"{self.path}: no such file")
+            if self.path.stat().st_size == 0:
+                raise DecodeError(f"{self.path}: empty file")
+        except OSError as err:
+            raise DecodeError(f"{self.path}: can't read it ({err})") from None
         try:
             self.container = av.open(str(self.path))
         except Exception as err:  # av.error.InvalidDataError and friends
             raise DecodeError(f"{self.path}: not a readable video ({err})") from None
-        if not self.container.streams.video:
+        try:
+            self._open_stream()
+        except Exception as err:
             self.container.close()
+            raise err if isinstance(err, DecodeError) else DecodeError(f"{self.path}: {err}") from None
+        self.frames_decoded = 0  # how many frames the decoder produced so far (tests and benchmarks read it)
+        self.partial = None  # why decoding stopped before the end of the video, once it has
+
+    def _open_stream(self):
+        if not self.container.streams.video:
             raise DecodeError(f"{self.path}: no video stream")
         self.stream = self.container.streams.video[0]
+        if self.stream.codec_context is None:  # a codec tag FFmpeg has no decoder for
+            raise DecodeError(f"{self.path}: no decoder for its video codec")
         self.stream.thread_type = "AUTO"
         self.time_base = self.stream.time_base or Fraction(1, 1_000_000)
         self.start_pts = self.stream.start_time or 0
@@ -81,7 +94,6 @@ class VideoReader:
         else:
             self.duration = (self.stream.frames or 0) / self.fps
         self.num_frames = self.stream.frames or round(self.duration * self.fps)
-        self.frames_decoded = 0  # how many frames the decoder produced so far (tests and benchmarks read it)
 
     def close(self):
         self.container.close()
@@ -102,9 +114,18 @@ class VideoReader:
     def frames_at(self, times) -> tuple[torch.Tensor, torch.Tensor]:
         """Frames on screen at ``times`` (seconds, any order): ``(uint8 t c H W, bool t)``.
 
-        The bool says whether the time lies within the video; times past its end get its last frame.
+        The bool says whether the time lies within the video; times past its end get its last frame. A file whose
+        data ends (or breaks) before the duration it declares is partial: times past its last decodable frame are
+        masked out too, and ``self.partial`` says where decoding stopped. Raises ``DecodeError`` only.
         """
-        times = [float(s) for s in times]
+        try:
+            return self._frames_at([float(s) for s in times])
+        except DecodeError:
+            raise
+        except Exception as err:  # whatever FFmpeg or PyAV raise on a damaged file
+            raise DecodeError(f"{self.path}: decoding failed ({type(err).__name__}: {err})") from None
+
+    def _frames_at(self, times: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
         order = sorted(range(len(times)), key=times.__getitem__)
         picked: list = [None] * len(times)
         ctx = self.stream.codec_context
@@ -136,21 +157,37 @@ class VideoReader:
                         break
                 if not restart:
                     break  # end of stream
-        except Exception as err:
+        except Exception as err:  # damaged data: what was decoded before it stands, the rest is masked out
             if last is None:
                 raise DecodeError(f"{self.path}: decoding failed ({err})") from None
+            error = err
+        else:
+            error = None
         finally:
             ctx.skip_frame = "DEFAULT"
         if last is None:
             raise DecodeError(f"{self.path}: no frame could be decoded")
-        end = max(self.duration, self._time(last))
-        for k in order[j:]:  # past the end of the stream: repeat the last frame
+        # the last decoded frame is on screen until its own duration ends
+        end = self._time(last) + (float(last.duration * self.time_base) if last.duration else 1 / self.fps)
+        if j < len(order) and (error is not None or end + 0.5 / self.fps < self.duration):
+            self.partial = (f"decoding stopped at {end:.2f} s of {self.duration:.2f} s"
+                            + (f" ({type(error).__name__}: {error})" if error is not None else ""))
+        else:
+            end = max(end, self.duration)
+        for k in order[j:]:  # past the end of the stream (or of its readable part): repeat the last frame
             picked[k] = last
-        arrays = {}
-        frames = [arrays.setdefault(id(f), f.to_ndarray(format="rgb24")) for f in picked]
-        video = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
+        arrays = {}  # each distinct frame converted once
+        for f in picked:
+            if id(f) not in arrays:
+                arrays[id(f)] = _rgb(f)
+        video = torch.from_numpy(np.stack([arrays[id(f)] for f in picked])).permute(0, 3, 1, 2)
         valid = torch.tensor([s < end + _EPS for s in times])
         return video, valid
+
+
+def _rgb(frame) -> np.ndarray:
+    """A decoded frame as ``H W 3`` uint8 RGB."""
+    return frame.to_ndarray(format="rgb24")
 
 
 class FrameFolderReader:
@@ -159,11 +196,14 @@ class FrameFolderReader:
 
     def __init__(self, path: str | os.PathLike, *, fps: float = 30.0):
         self.path = Path(path)
-        self.files = sorted((p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS),
-                            key=lambda p: _natural_key(p.name))
+        try:
+            self.files = sorted((p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS),
+                                key=lambda p: _natural_key(p.name))
+        except OSError as err:
+            raise DecodeError(f"{self.path}: can't list the frames ({err})") from None
         if not self.files:
             raise DecodeError(f"{self.path}: a folder with no frames ({', '.join(IMAGE_EXTENSIONS)})")
-        self.fps = fps
+        self.fps, self.partial = fps, None
         self.num_frames = len(self.files)
         self.duration = self.num_frames / fps
 

@@ -466,8 +466,8 @@ def end_epoch(run: Run, metrics: dict) -> None:
     if pos.bad:
         record["bad_files"] = sorted({p for p, _ in pos.bad})
         if run.d.main:
-            log.warning("epoch %d: skipped %d bad file(s): %s", pos.epoch + 1, len(record["bad_files"]),
-                        ", ".join(record["bad_files"]))
+            log.warning("epoch %d: %d bad file(s) (unreadable: skipped; partial: frames past the break masked): %s",
+                        pos.epoch + 1, len(record["bad_files"]), ", ".join(record["bad_files"]))
     record.update({k: v for k, v in metrics.items() if k in ("top1", "top5", "mAP", "videos")})
     if "bad_files" in metrics:
         record["val_bad_files"] = metrics["bad_files"]

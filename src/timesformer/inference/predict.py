@@ -55,6 +55,7 @@ class Predictor:
                              crop_size=cfg.image_size, num_clips=clips, num_crops=crops, mean=cfg.mean, std=cfg.std)
         self.transform = EvalTransform(crop_size=cfg.image_size, num_crops=crops, mean=cfg.mean, std=cfg.std)
         self.labels = list(cfg.labels) if cfg.labels else None
+        self.partial = {}  # path -> why decoding stopped early, for files that decoded only partly
 
     def class_name(self, index: int) -> str:
         return self.labels[index] if self.labels else str(index)
@@ -69,7 +70,8 @@ class Predictor:
         return out.float().cpu()
 
     def views(self, path: str | os.PathLike, start: float | None = None, window: float | None = None):
-        """Normalised views of a video (or of ``[start, start + window)`` of it): ``(v t c S S, v t)``."""
+        """Normalised views of a video (or of ``[start, start + window)`` of it): ``(v t c S S, v t)``. A file that
+        decodes only partly leaves its reason in ``self.partial[path]`` (frames past the break are masked)."""
         with open_video(path, frames_fps=self.spec.frames_fps) as reader:
             duration = reader.duration if window is None else min(window, reader.duration)
             clips, masks = [], []
@@ -81,6 +83,8 @@ class Predictor:
                 for crop in range(self.spec.num_crops):
                     clips.append(self.transform.view(frames, crop))
                     masks.append(valid)
+            if reader.partial:
+                self.partial[str(path)] = reader.partial
         return torch.stack(clips), torch.stack(masks)
 
     def logits(self, path) -> torch.Tensor:
@@ -95,7 +99,9 @@ class Predictor:
                 for p, i in zip(top.values.tolist(), top.indices.tolist())]
 
     def predict(self, path, topk: int = 5) -> dict:
-        return {"path": str(path), "top": self.top(self.logits(path).softmax(-1), topk)}
+        """``{"path", "top"}``, and ``"partial"`` (the reason) for a file that decoded only partly."""
+        out = {"path": str(path), "top": self.top(self.logits(path).softmax(-1), topk)}
+        return {**out, "partial": self.partial[str(path)]} if str(path) in self.partial else out
 
     def timeline(self, path, *, window: float, stride: float, topk: int = 5) -> dict:
         """Predictions along the whole video: one per window of ``window`` seconds every ``stride`` seconds
@@ -110,8 +116,9 @@ class Predictor:
             probs = self._run(views, masks).mean(0).softmax(-1)
             entries.append({"start": start, "end": min(start + window, duration), "probs": probs.tolist(),
                             "top": self.top(probs, topk)})
-        return {"path": str(path), "duration": duration, "window": window, "stride": stride, "entries": entries,
-                "classes": [self.class_name(i) for i in range(len(entries[0]["probs"]))]}
+        out = {"path": str(path), "duration": duration, "window": window, "stride": stride, "entries": entries,
+               "classes": [self.class_name(i) for i in range(len(entries[0]["probs"]))]}
+        return {**out, "partial": self.partial[str(path)]} if str(path) in self.partial else out
 
     def features(self, path, kind: str = "pooled") -> torch.Tensor:
         """Embeddings of one video (views averaged): ``pooled: d``; ``frames: t d`` (patch tokens averaged per
