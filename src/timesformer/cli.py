@@ -149,6 +149,53 @@ def _inputs(args):
     return paths
 
 
+def _output_bases(paths, out) -> dict:
+    """Where each input's outputs go (``out / name``, suffixes appended): the file's stem; where two inputs share a
+    stem, its path relative to their common folder (``out/a/x.mp4``, ``out/b/x.mp4``), so no output overwrites
+    another."""
+    import os
+    from pathlib import Path
+
+    stems = [Path(p).stem for p in paths]
+    if len(set(stems)) == len(stems):
+        return {str(p): Path(out) / Path(p).stem for p in paths}
+    resolved = [Path(p).resolve() for p in paths]
+    root = Path(os.path.commonpath([str(r.parent) for r in resolved]))
+    return {str(p): Path(out) / r.relative_to(root) for p, r in zip(paths, resolved)}
+
+
+def _output(base, suffix: str, video=None, recorded_video=None):
+    """``base`` + ``suffix``, its folder created. With ``video`` and ``recorded_video(file)``: an existing file
+    written for another video (an earlier run on a file of the same name) is an error naming both."""
+    from pathlib import Path
+
+    path = base.with_name(base.name + suffix)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if video is not None and path.exists():
+        try:
+            earlier = recorded_video(path)
+        except (OSError, ValueError, KeyError):
+            earlier = None
+        if earlier is not None and Path(earlier).resolve() != Path(video).resolve():
+            raise ValueError(f"{path} holds the output for {earlier}; {video} has the same name and would "
+                             f"overwrite it: give another --out")
+    return path
+
+
+def _save_npy(path, array):
+    import numpy as np
+
+    with open(path, "wb") as f:  # a file object: np.save would add ".npy" to a name
+        np.save(f, array)
+
+
+def _safetensors_video(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return (f.metadata() or {}).get("video")
+
+
 def cmd_predict(args) -> int:
     import json
     from pathlib import Path
@@ -163,20 +210,18 @@ def cmd_predict(args) -> int:
     predictor = Predictor(model, clips=clips, crops=crops, sampling_rate=args.sampling_rate, fps=args.fps,
                           device=_device(args.device), precision=args.precision)
     paths = _inputs(args)
+    bases = _output_bases(paths, Path(args.out or "."))
     bar = Progress(len(paths), "predict", stream=sys.stderr)
     failed, results = [], []
     for k, path in enumerate(paths):
         try:
             if args.window:
-                out = Path(args.out or ".")
-                out.mkdir(parents=True, exist_ok=True)
+                target = _output(bases[str(path)], ".timeline.json", path, lambda f: json.loads(f.read_text())["path"])
                 tl = predictor.timeline(path, window=args.window, stride=args.stride or args.window, topk=args.topk)
-                stem = Path(path).stem
-                write_json_atomic(out / f"{stem}.timeline.json", tl)
-                plot_timeline(tl, out / f"{stem}.timeline.png", top=args.topk)
+                write_json_atomic(target, tl)
+                plot_timeline(tl, _output(bases[str(path)], ".timeline.png"), top=args.topk)
                 results.append({"path": str(path), "windows": len(tl["entries"]), "duration": tl["duration"],
-                                "timeline": str(out / f"{stem}.timeline.json"),
-                                **({"partial": tl["partial"]} if "partial" in tl else {})})
+                                "timeline": str(target), **({"partial": tl["partial"]} if "partial" in tl else {})})
             else:
                 results.append(predictor.predict(path, topk=args.topk))
         except DecodeError as err:
@@ -203,32 +248,37 @@ def cmd_extract(args) -> int:
 
     from .data import DecodeError
     from .inference import Predictor
+    from .pretrained import write_atomic
 
     model = _load_for_inference(args)
     clips, crops = parse_views(args.views)
     predictor = Predictor(model, clips=clips, crops=crops, sampling_rate=args.sampling_rate, fps=args.fps,
                           device=_device(args.device))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     paths = _inputs(args)
+    bases = _output_bases(paths, out)
     bar = Progress(len(paths), "extract", stream=sys.stderr)
     written = 0
     for k, path in enumerate(paths):
+        if args.format == "npy":  # the pooled file names its video in a sidecar: .npy holds no metadata
+            targets = {kind: _output(bases[str(path)], f".{kind}.npy") for kind in ["pooled"] + args.tokens}
+            _output(bases[str(path)], ".source.txt", path, lambda f: f.read_text().strip())
+        else:
+            target = _output(bases[str(path)], ".safetensors", path, _safetensors_video)
         try:
             feats = {kind: predictor.features(path, kind) for kind in ["pooled"] + args.tokens}
         except DecodeError as err:
             print(f"\nskipped {path}: {err}", file=sys.stderr)
             continue
-        stem = Path(path).stem
         if args.format == "npy":
-            import numpy as np
-
             for kind, tensor in feats.items():
-                np.save(out / f"{stem}.{kind}.npy", tensor.numpy())
+                write_atomic(targets[kind], lambda tmp, a=tensor.numpy(): _save_npy(tmp, a))
+            write_atomic(_output(bases[str(path)], ".source.txt"), lambda tmp: Path(tmp).write_text(f"{path}\n"))
         else:
             from safetensors.torch import save_file
 
-            save_file({kind: t.contiguous() for kind, t in feats.items()}, str(out / f"{stem}.safetensors"))
+            write_atomic(target, lambda tmp: save_file({kind: t.contiguous() for kind, t in feats.items()}, tmp,
+                                                       metadata={"video": str(path)}))
         written += 1
         bar.update(k + 1)
     bar.close()
@@ -248,7 +298,11 @@ def cmd_explain(args) -> int:
     from .inference.explain import attention_rollout
     from .viz import plot_explanation
 
+    import json
+
     model = _load_for_inference(args)
+    base = _output_bases([args.video], Path(args.out))[str(args.video)]
+    target = _output(base, ".explain.json", args.video, lambda f: json.loads(f.read_text())["video"])
     cfg = model.config
     spec = ClipSpec(num_frames=cfg.num_frames, sampling_rate=args.sampling_rate, fps=args.fps)
     with open_video(args.video) as reader:
@@ -259,15 +313,12 @@ def cmd_explain(args) -> int:
     result = attention_rollout(model, view[None], mask)
     top = int(result["logits"].argmax())
     name = cfg.labels[top] if cfg.labels else str(top)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = Path(args.video).stem
-    plot_explanation(shown.to(torch.uint8), result["maps"], result["frame_importance"], out / f"{stem}.explain.png",
-                     out / f"{stem}.explain.gif", title=f"{Path(args.video).name}: predicted {name}")
-    write_json_atomic(out / f"{stem}.explain.json", {"video": str(args.video), "predicted": name,
-                                                     "frame_importance": result["frame_importance"].tolist(),
-                                                     "maps": result["maps"].tolist()})
-    print(f"predicted {name}; attention rollout -> {out / (stem + '.explain.png')}, .gif, .json")
+    plot_explanation(shown.to(torch.uint8), result["maps"], result["frame_importance"], _output(base, ".explain.png"),
+                     _output(base, ".explain.gif"), title=f"{Path(args.video).name}: predicted {name}")
+    write_json_atomic(target, {"video": str(args.video), "predicted": name,
+                               "frame_importance": result["frame_importance"].tolist(),
+                               "maps": result["maps"].tolist()})
+    print(f"predicted {name}; attention rollout -> {_output(base, '.explain.png')}, .gif, .json")
     return 0
 
 

@@ -283,35 +283,62 @@ def _native_config(data: dict, where: Path, overrides: dict) -> TimeSformerConfi
 
 
 # --- writing ----------------------------------------------------------------------------------------------
-def _write_atomic(path: Path, write) -> None:
-    """Write through a temp file in the same folder, fsync, then rename: a crash never leaves half a file."""
+def write_atomic(path: Path, write) -> None:
+    """Write ``path`` through ``write(tmp_path)``: a temp file in the same folder, fsynced, given the permissions of
+    an ordinary file (``0666 & ~umask``; the temp file's own are 0600), renamed into place, and the folder fsynced
+    so that the rename survives a power cut. A crash never leaves half a file."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
 
 
-def _save_folder(folder, state: dict, config: dict) -> Path:
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def save_folder(folder, state: dict, config: dict) -> Path:
+    """``model.safetensors`` (``state``) and ``config.json`` (``config``) in ``folder``, each written atomically."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    _write_atomic(folder / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    _write_atomic(folder / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+    write_atomic(folder / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    write_atomic(folder / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
     return folder
 
 
 def save_pretrained(model: TimeSformer, folder: str | os.PathLike) -> Path:
     """Write ``model.safetensors`` + ``config.json`` (our format; ``load_pretrained`` reads it back)."""
     config = {"format": "timesformer", "version": 1, "config": dataclasses.asdict(model.config)}
-    return _save_folder(folder, model.state_dict(), config)
+    return save_folder(folder, model.state_dict(), config)
 
 
 def export_hf(model: TimeSformer, folder: str | os.PathLike) -> Path:
@@ -319,11 +346,11 @@ def export_hf(model: TimeSformer, folder: str | os.PathLike) -> Path:
     (for the official architecture; other settings raise ``ValueError`` naming what HF lacks). The
     preprocessing travels in ``preprocessor_config.json``."""
     cfg = model.config
-    folder = _save_folder(folder, to_hf(model.state_dict()), config_to_hf(cfg))
+    folder = save_folder(folder, to_hf(model.state_dict()), config_to_hf(cfg))
     pre = {"image_processor_type": "VideoMAEImageProcessor", "image_mean": list(cfg.mean), "image_std": list(cfg.std),
            "size": {"shortest_edge": cfg.image_size}, "crop_size": {"height": cfg.image_size, "width": cfg.image_size},
            "do_center_crop": True, "do_normalize": True, "do_rescale": True, "rescale_factor": 1 / 255}
-    _write_atomic(folder / "preprocessor_config.json", lambda tmp: Path(tmp).write_text(json.dumps(pre, indent=2)))
+    write_atomic(folder / "preprocessor_config.json", lambda tmp: Path(tmp).write_text(json.dumps(pre, indent=2)))
     return folder
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..pretrained import _save_folder, _write_atomic
+from ..pretrained import fsync_dir, save_folder, write_atomic
 
 
 def _fsync(path: Path):
@@ -24,27 +24,19 @@ def _fsync(path: Path):
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(run_dir: Path, tag: str, model, state: dict) -> Path:
     run_dir = Path(run_dir)
     final, tmp, old = run_dir / tag, run_dir / f"{tag}.tmp", run_dir / f"{tag}.old"
     shutil.rmtree(tmp, ignore_errors=True)
     config = {"format": "timesformer", "version": 1, "config": dataclasses.asdict(model.config)}
-    _save_folder(tmp, model.state_dict(), config)
+    save_folder(tmp, model.state_dict(), config)
     torch.save(state, tmp / "state.pt")
     _fsync(tmp / "state.pt")
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
     os.replace(tmp, final)
-    _fsync_dir(run_dir)  # the renames themselves survive a power cut
+    fsync_dir(run_dir)  # the renames themselves survive a power cut
     shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -62,7 +54,7 @@ def load_state(folder: Path) -> dict:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    _write_atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
+    write_atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
 
 
 def write_json_atomic(path: Path, data) -> None:
