@@ -146,3 +146,21 @@ def test_eval_pairs_classes_by_name_in_the_checkpoints_order(tmp_path, capsys):
                                        labels=CLASSES[:11]), tmp_path / "eleven")
     assert main(["eval", "--checkpoint", str(tmp_path / "eleven"), "--data", str(root)]) == 2
     assert "still_cross" in _one_error_line(capsys)
+
+
+def test_finetune_and_the_shipped_configs_use_the_official_stochastic_depth(tmp_path, capsys):
+    import yaml
+
+    from timesformer.engine.config import load_run_config
+
+    for name in ("k400_divst_8x32", "ssv2_divst_8"):
+        assert load_run_config(f"configs/{name}.yaml").model_args["drop_path_rate"] == 0.1
+    tf.save_pretrained(small_model(labels=tuple("abcde")), tmp_path / "base")
+    tiny = ["data.synthetic_train=32", "data.synthetic_val=12", "data.synthetic_size=32", "data.num_frames=4",
+            "optim.batch_size=16", "optim.epochs=1", "optim.precision=fp32", f"out={tmp_path}"]
+    assert main(["finetune", "--pretrained", str(tmp_path / "base"), *tiny, "name=ft"]) == 0
+    assert yaml.safe_load((tmp_path / "ft" / "config.yaml").read_text())["model_args"]["drop_path_rate"] == 0.1
+    assert tf.load_pretrained(tmp_path / "ft" / "last").config.drop_path_rate == 0.1
+    assert main(["finetune", "--pretrained", str(tmp_path / "base"), *tiny, "name=ft0",
+                 "model_args.drop_path_rate=0"]) == 0
+    assert tf.load_pretrained(tmp_path / "ft0" / "last").config.drop_path_rate == 0.0

@@ -51,6 +51,8 @@ def cmd_train(args) -> int:
             print(f"override {key}: {was} -> {now}")
     else:
         cfg = load_run_config(args.config, overrides)
+        if getattr(args, "pretrained", None) and "drop_path_rate" not in cfg.model_args:
+            cfg.model_args["drop_path_rate"] = 0.1  # fine-tuning: the official rate, unless the config says
     if args.auto_resume and (args.resume or args.overwrite):
         raise ValueError("--auto-resume continues the run if it has a checkpoint and starts it otherwise; it goes "
                          "with neither --resume nor --overwrite")
@@ -444,7 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="auto | cpu | cuda (overrides optim.device)")
     train.set_defaults(func=cmd_train)
 
-    fine = sub.add_parser("finetune", help="fine-tune pretrained weights on new data (new head for its classes)")
+    fine = sub.add_parser("finetune", help="fine-tune pretrained weights on new data (new head for its classes); "
+                                           "stochastic depth 0.1 unless model_args.drop_path_rate says otherwise")
     fine.add_argument("--pretrained", required=True, help="anything load_pretrained reads")
     fine.add_argument("--config", help="YAML run config")
     fine.add_argument("overrides", nargs="*", help="section.key=value")

@@ -110,3 +110,46 @@ def test_hub_name_goes_through_the_download_boundary(tmp_path, monkeypatch):
     model = tf.load_pretrained("facebook/timesformer-base-finetuned-k400")
     assert calls == ["facebook/timesformer-base-finetuned-k400"]
     assert model.config.num_classes == 5
+
+
+@pytest.mark.parametrize("attention_type", ["divided_space_time", "joint_space_time"])
+def test_stochastic_depth_draws_as_the_official_code(tmp_path, attention_type):
+    """HF draws drop path as the official code does -- a mask per branch, per row of the tensor each branch
+    sees: (clip, patch position) for temporal attention, (clip, frame) for spatial attention, with the cls
+    copies dropped before averaging, the clip for the MLP. Drawing the same rows in the same order from the same
+    seed, both models give the same training-mode logits."""
+    from transformers.models.timesformer.modeling_timesformer import TimesformerDropPath
+
+    hf = hf_model(attention_type, num_hidden_layers=3)
+    hf.save_pretrained(tmp_path)
+    # transformers 5 validates drop_path_rate as an int: give its layers their rates (0, 0.25, 0.5) directly
+    for layer, rate in zip(hf.timesformer.encoder.layer, torch.linspace(0, 0.5, 3).tolist()):
+        layer.drop_path = TimesformerDropPath(rate) if rate > 0 else torch.nn.Identity()
+    ours = tf.load_pretrained(tmp_path, drop_path_rate=0.5)
+    hf.train()
+    ours.train()
+    video = torch.randn(4, 4, 3, 32, 32)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        expected = hf(video).logits
+        torch.manual_seed(seed)
+        torch.testing.assert_close(ours(video), expected, atol=1e-5, rtol=1e-5)
+    torch.manual_seed(0)
+    assert not torch.allclose(ours(video), ours.eval()(video), atol=1e-3)  # it does drop something
+
+
+def test_stochastic_depth_rows_for_space_only(monkeypatch):
+    """Official space-only works on one row per frame: both branches drop per (clip, frame)."""
+    from timesformer.model.layers import DropPath
+
+    from ..conftest import small_model
+
+    rows, real = [], DropPath.sample
+
+    def record(self, n, like):
+        rows.append(n)
+        return real(self, n, like)
+    monkeypatch.setattr(DropPath, "sample", record)
+    small_model(attention="space", drop_path_rate=0.5, depth=1).train()(torch.randn(2, 4, 3, 32, 32))
+    small_model(attention="divided", drop_path_rate=0.5, depth=1).train()(torch.randn(2, 4, 3, 32, 32))
+    assert rows == [2 * 4, 2 * 4] + [2 * 16, 2 * 4, 2]  # space: frames, frames; divided: positions, frames, clips

@@ -90,9 +90,14 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, cls: torch.Tensor, x: torch.Tensor, ctx: TokenContext):
+        """Stochastic depth draws as the official code does for the official blocks: an independent mask per branch
+        and per row of the tensor that branch sees -- per (clip, patch position) for temporal attention, per
+        (clip, frame) for spatial attention (the cls copies dropped before they are averaged), per clip for the
+        MLP (per (clip, frame) for space-only, whose rows are frames). The seed's blocks (``global`` cls) drop
+        the whole block per clip."""
         glob = self.cls_attention == "global"
         b, t, h, w, _ = x.shape
-        keep = self.drop_path.sample(b, x)
+        block_keep = self.drop_path.sample(b, x) if glob else None
         stages = [(name, *(getattr(self, f"{name}_{p}") for p in ("norm1", "attn", "fc"))) for name in self.pre_stages]
         stages.append((self.final_name, self.norm1, self.attn, nn.Identity()))
         for name, norm, attn, fc in stages:
@@ -100,13 +105,38 @@ class Block(nn.Module):
             part = self.partitions[name]
             cls_in = norm(cls) if (final or glob) else None
             xo, co = self._attend(attn, part, cls_in, self._pre(norm(x), ctx), ctx)
+            groups = xo.shape[0] // b
             # per token, on the grouped layout, then one ungroup back into the (dense) residual stream
-            x = x + part.ungroup(self._project(attn, fc, xo, keep, xo.shape[0] // b), (b, t, h, w))
-            if co is not None:
-                cls = cls + self._project(attn, fc, co, keep, 1)
-        x = x + self.drop_path.scale(self.mlp(self._pre(self.norm2(x), ctx)), keep)
-        cls = cls + self.drop_path.scale(self.mlp(self.norm2(cls)), keep)
+            if glob:
+                x = x + part.ungroup(self._project(attn, fc, xo, block_keep, groups), (b, t, h, w))
+                if co is not None:
+                    cls = cls + self._project(attn, fc, co, block_keep, 1)
+                continue
+            keep = self.drop_path.sample(b * groups, x)  # a row per group: one patch position, one frame ...
+            x = x + part.ungroup(self._project(attn, fc, xo, keep, 1), (b, t, h, w))
+            if co is not None:  # the copies, each dropped with its group's row, then averaged (or one per frame)
+                copies, weight = co
+                res = self._project(attn, fc, copies.flatten(0, 1)[:, None], keep, 1).view(b, groups, -1)
+                if cls.shape[1] == 1:
+                    res = res.mean(1, keepdim=True) if weight is None else (
+                        (res * weight[..., None]).sum(1, keepdim=True) / weight.sum(1)[:, None, None])
+                cls = cls + res
+        if glob:
+            keep, rows = block_keep, b
+        else:
+            rows = b * cls.shape[1]  # per clip; per (clip, frame) for space-only with a cls copy per frame
+            keep = self.drop_path.sample(rows, x)
+        scale = None if keep is None else keep.view(b, -1)
+        x = x + self._scale(self.mlp(self._pre(self.norm2(x), ctx)), scale)
+        cls = cls + self._scale(self.mlp(self.norm2(cls)), scale)
         return cls, x
+
+    @staticmethod
+    def _scale(y: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """``y: b t ...`` or ``b c d`` scaled by ``keep: b 1`` (per clip) or ``b t`` (per clip and frame)."""
+        if keep is None:
+            return y
+        return y * keep.view(keep.shape + (1,) * (y.ndim - 2))
 
     def _project(self, attn: Attention, fc: nn.Module, out: torch.Tensor, keep, groups: int) -> torch.Tensor:
         """``fc(drop_path(proj(out)))``, the official order, for ``out: (b G) L (k e)``.
@@ -130,8 +160,9 @@ class Block(nn.Module):
     def _attend(self, attn: Attention, part: Partition, cls: torch.Tensor | None, x: torch.Tensor,
                 ctx: TokenContext):
         """Attention of one stage. ``cls: b c d`` (normed) or None when the cls token sits this stage out;
-        ``x: b t h w d`` (normed). Returns ``(x_out: (b G) L (k e)`` still grouped by ``part``,
-        ``cls_out: b c (k e)`` or None), both before the output projection."""
+        ``x: b t h w d`` (normed). Returns ``x_out: (b G) L (k e)`` still grouped by ``part``, and for the cls token
+        None, ``b 1 (k e)`` (``global``), or ``(copies: b G (k e), weights: b G or None)`` (``average``: one copy
+        per group, to be averaged over groups with those weights after projection), all before the projection."""
         b, t, h, w, _ = x.shape
         qkv = attn.qkv(x)  # b t h w (3 k e)
         if ctx.rope is not None:  # rotate patch queries and keys by their position (the cls token is not rotated)
@@ -175,13 +206,12 @@ class Block(nn.Module):
 
         cls_out = None
         if cls is not None and not glob:
-            cls_out, out = out[:, 0].unflatten(0, (b, G)), out[:, 1:]  # b G (k e)
-            if cls.shape[1] == 1:  # average the copies over groups holding a real token
-                if real is None or ctx.valid is None:
-                    cls_out = cls_out.mean(1, keepdim=True)
-                else:
-                    weight = real.any(-1).unflatten(0, (b, G)).to(cls_out.dtype)
-                    cls_out = (cls_out * weight.unsqueeze(-1)).sum(1, keepdim=True) / weight.sum(1)[:, None, None]
+            copies, out = out[:, 0].unflatten(0, (b, G)), out[:, 1:]  # b G (k e)
+            # the copies are averaged (after projection) over the groups holding a real token: weights b G
+            weight = None
+            if real is not None and ctx.valid is not None and cls.shape[1] == 1:
+                weight = real.any(-1).unflatten(0, (b, G)).to(copies.dtype)
+            cls_out = (copies, weight)
         elif glob:
             cls_out = self._cls_global(attn, qkv, cls_qkv, ctx, drop)
         return out, cls_out

@@ -74,22 +74,22 @@ class Mlp(nn.Module):
 
 
 class DropPath(nn.Module):
-    """Stochastic depth: drops a whole residual branch per sample while training.
+    """Stochastic depth: drops whole rows of a residual branch while training.
 
-    ``keep = drop_path.sample(b, like)`` draws one scale per sample (None when inactive);
-    ``drop_path.scale(x, keep, groups)`` scales a tensor whose dim 0 is ``b`` or ``(b groups)``, so patch tokens
-    in any grouped layout and the cls token of a sample are dropped together.
+    ``keep = drop_path.sample(n, like)`` draws one scale per row (None when inactive) the way the official code
+    and HF draw it (``floor(rand(n) + keep_prob) / keep_prob``); ``drop_path.scale(x, keep, groups)`` scales a
+    tensor whose dim 0 is ``n`` or ``(n groups)``.
     """
 
     def __init__(self, p: float = 0.0):
         super().__init__()
         self.p = p
 
-    def sample(self, batch: int, like: torch.Tensor) -> torch.Tensor | None:
+    def sample(self, rows: int, like: torch.Tensor) -> torch.Tensor | None:
         if self.p == 0.0 or not self.training:
             return None
         keep = 1.0 - self.p
-        return like.new_empty(batch).bernoulli_(keep).div_(keep)
+        return torch.floor(torch.rand(rows, dtype=like.dtype, device=like.device) + keep).div_(keep)
 
     @staticmethod
     def scale(x: torch.Tensor, keep: torch.Tensor | None, groups: int = 1) -> torch.Tensor:
