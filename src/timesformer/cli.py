@@ -367,7 +367,7 @@ def cmd_convert(args) -> int:
         raise ValueError(f"{dst} exists and is not empty; pass --overwrite to replace its files")
     overrides = {k: v for k, v in dict(heads=args.heads, num_frames=args.num_frames,
                                        image_size=args.image_size).items() if v is not None}
-    model = load_pretrained(args.src, format=args.format, **overrides)
+    model = load_pretrained(args.src, format=args.format, entry=args.entry, **overrides)
     (export_hf if args.to == "hf" else save_pretrained)(model, dst)
     cfg = model.config
     print(f"{args.src} -> {dst} ({args.to}): {cfg.attention} attention, dim {cfg.dim}, depth {cfg.depth}, "
@@ -479,6 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--to", choices=("native", "hf"), default="native", help="output format (default: native)")
     conv.add_argument("--format", choices=("native", "hf", "official", "mmaction2", "lucidrains"),
                       help="input format (default: detected)")
+    conv.add_argument("--entry", help="which state dict of a file holding several (e.g. state_dict_ema, model_ema, "
+                                      "ema_state_dict); default: the model's, and the choice is printed")
     conv.add_argument("--heads", type=int, help="attention heads, where shapes can't tell (official: dim // 64)")
     conv.add_argument("--num-frames", type=int, help="frames the checkpoint was built for, where shapes can't tell")
     conv.add_argument("--image-size", type=int, help="image size the checkpoint was built for")

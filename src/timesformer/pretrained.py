@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import tempfile
@@ -27,13 +28,14 @@ from .convert.common import check_state
 from .convert.hf import HF_ATTENTION, from_hf, to_hf
 from .convert.lucidrains import from_lucidrains, infer_config as lucidrains_config, is_lucidrains
 from .convert.mmaction import from_mmaction, is_mmaction
-from .convert.official import from_official, infer_config as official_config, unwrap
+from .convert.official import from_official, infer_config as official_config
 from .convert.vit import from_image_vit
 from .model import TimeSformer, TimeSformerConfig
 
 FORMATS = ("native", "hf", "official", "mmaction2", "lucidrains")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+log = logging.getLogger(__name__)
 
 
 # --- reading files --------------------------------------------------------------------------------------
@@ -74,35 +76,87 @@ def read_state(path: str | os.PathLike) -> dict:
     return obj
 
 
+# globals that torch's own files (and plain state dicts) pickle; anything else is what a refused file holds
+_SAFE_GLOBALS = ("torch.", "collections.OrderedDict", "builtins.set", "builtins.frozenset", "builtins.bytearray",
+                 "_codecs.encode", "numpy.core.multiarray._reconstruct", "numpy.dtype", "numpy.ndarray")
+
+
 def _pickled_globals(path: Path, error: str) -> str:
     """Why ``weights_only`` refused a file, if it is because of pickled code: the globals it names. Scans the
-    pickle's opcodes with ``pickletools`` (which parses, never executes); '' for a file that is simply corrupt."""
+    pickle's opcodes with ``pickletools`` (which parses, never executes) -- a raw pickle, or the ``data.pkl``
+    inside torch's zip format; '' for a file that is simply corrupt."""
+    import io
     import pickletools
     import zipfile
 
     found = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", error)
-    if found or zipfile.is_zipfile(path):
+    if found:
         return ", ".join(found)
     try:
-        with open(path, "rb") as f:
-            ops = list(pickletools.genops(f))
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                pkl = next((n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "data.pkl"), None)
+                if pkl is None:
+                    return ""
+                ops = list(pickletools.genops(io.BytesIO(archive.read(pkl))))
+        else:
+            with open(path, "rb") as f:
+                ops = list(pickletools.genops(f))
     except Exception:  # not a pickle at all
         return ""
-    names = [str(arg) for op, arg, _ in ops if op.name in ("GLOBAL", "INST")]
-    strings = [str(arg) for op, arg, _ in ops if "UNICODE" in op.name or "STRING" in op.name]
-    if names:
-        return ", ".join(n.replace(" ", ".") for n in names)
-    if any(op.name == "STACK_GLOBAL" for op, _, _ in ops):
-        return "objects built from " + ", ".join(strings[:4])
-    return ""
+    names, strings = [], []
+    for op, arg, _ in ops:
+        if op.name in ("GLOBAL", "INST"):
+            names.append(str(arg).replace(" ", "."))
+        elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+            names.append(f"{strings[-2]}.{strings[-1]}")
+        elif "UNICODE" in op.name or "STRING" in op.name:
+            strings.append(str(arg))
+    unsafe = sorted({n for n in names if not n.startswith(_SAFE_GLOBALS)})
+    return ", ".join(unsafe)
+
+
+PRIMARY_ENTRIES = ("model_state", "state_dict", "model")  # official, mmaction2/Lightning/timm, plain
+EMA_ENTRIES = ("model_ema", "state_dict_ema", "ema_state_dict", "ema")  # timm, timm, mmengine, others
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / DataParallel / EMA wrappers; torch.compile
+_EMA_COUNTERS = ("steps", "n_averaged")  # buffers of mmengine's and torch's averaged-model wrappers
+
+
+def select_state(obj: dict, source, entry: str | None = None) -> dict:
+    """The tensors of one state dict in a checkpoint file, unwrapped.
+
+    A file may hold several (the model and an EMA copy): ``entry`` picks one by its key; by default the model
+    is taken and the choice is logged. Prefixes that wrappers add (``module.`` from DDP or an EMA wrapper,
+    ``_orig_mod.`` from ``torch.compile``) and EMA step counters are dropped.
+    """
+    entries = [k for k in PRIMARY_ENTRIES + EMA_ENTRIES if _is_state(obj.get(k))]
+    if entry is not None:
+        if not _is_state(obj.get(entry)):
+            raise ValueError(f"{source}: no state dict under {entry!r}; it holds {entries or sorted(obj)[:8]}")
+        chosen = entry
+    else:
+        chosen = entries[0] if entries else None
+        if len(entries) > 1:
+            log.warning("%s holds %d state dicts (%s): loading %r; pass entry= (--entry) for another", source,
+                        len(entries), ", ".join(entries), chosen)
+    state = {k: v for k, v in (obj[chosen] if chosen else obj).items() if isinstance(v, torch.Tensor)}
+    while True:
+        keys = [k for k in state if k not in _EMA_COUNTERS]
+        prefix = next((p for p in _WRAPPER_PREFIXES if keys and all(k.startswith(p) for k in keys)), None)
+        if prefix is None:
+            break
+        state = {k[len(prefix):]: v for k, v in state.items() if k not in _EMA_COUNTERS}
+    if not state:
+        raise ValueError(f"{source}: holds no tensors (keys: {sorted(obj)[:8]})")
+    return state
+
+
+def _is_state(value) -> bool:
+    return isinstance(value, dict) and any(isinstance(v, torch.Tensor) for v in value.values())
 
 
 def _tensors(state: dict, source) -> dict:
-    state = unwrap(state)
-    out = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-    if not out:
-        raise ValueError(f"{source}: holds no tensors (keys: {sorted(state)[:8]})")
-    return out
+    return select_state(state, source)
 
 
 def detect_format(path: str | os.PathLike, state: dict | None = None) -> str:
@@ -214,18 +268,23 @@ def _labels_beside(path: Path) -> tuple | None:
     return None
 
 
-def load_pretrained(path: str | os.PathLike, format: str | None = None, **overrides) -> TimeSformer:
+def load_pretrained(path: str | os.PathLike, format: str | None = None, entry: str | None = None,
+                    **overrides) -> TimeSformer:
     """Build and strictly load a model from any supported format (see the module docstring).
 
     Args:
         path: a folder, a file, or a Hugging Face hub id.
         format: one of ``FORMATS``; detected when None.
+        entry: for a file holding several state dicts (a model and its EMA, e.g. ``"state_dict_ema"``), which
+            one; by default the model, and the choice is logged.
         overrides: config fields the checkpoint can't tell (``heads``, ``num_frames``, ``image_size``, ...) or
             should change (``attn_impl``, ``drop_path_rate``, ...). An override that contradicts the tensor shapes
             is an error.
 
     Returns:
-        The model in eval mode, with ``model.config.labels`` when the checkpoint names its classes.
+        The model in eval mode, with ``model.config.labels`` when the checkpoint names its classes, and the
+        preprocessing it was trained with (``mean``/``std``, ``sampling``/``sampling_rate``/``fps``) when the
+        file records it or its format implies it.
     """
     if format is not None and format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}; got {format!r}")
@@ -235,32 +294,36 @@ def load_pretrained(path: str | os.PathLike, format: str | None = None, **overri
     if not path.exists():
         raise ValueError(f"{path}: no such file or folder")
 
-    state = None
     if path.is_dir():
         format = format or detect_format(path)
         weights = next((path / f for f in WEIGHT_FILES if (path / f).is_file()), None)
         if weights is None:
             raise ValueError(f"{path}: no weights file; expected one of {WEIGHT_FILES}")
-        state = _tensors(read_state(weights), weights)
+        state = select_state(read_state(weights), weights, entry)
         config_json = json.loads((path / "config.json").read_text())
         if format == "native":
             cfg = _native_config(config_json, path / "config.json", overrides)
         elif format == "hf":
             pre = path / "preprocessor_config.json"
             cfg = config_from_hf(config_json, json.loads(pre.read_text()) if pre.is_file() else None, **overrides)
+            cfg = _guess_sampling(cfg, overrides, path)
             state = from_hf(state)
         else:
             raise ValueError(f"{path}: format {format!r} is a single file, not a folder")
     else:
-        state = _tensors(read_state(path), path)
-        format = format or detect_format(path, state)
+        raw = read_state(path)
+        state = select_state(raw, path, entry)
+        if format is None:
+            format, state = _detect_wrapped(path, state)
+        recorded = {**_recorded_preprocessing(raw, format, path), **overrides}
         if format == "lucidrains":
-            cfg = lucidrains_config(state, **overrides)
+            cfg = lucidrains_config(state, **recorded)
             state, _ = from_lucidrains(state, channels=cfg.channels)
         else:
             state = {"hf": from_hf, "mmaction2": from_mmaction, "official": from_official,
                      "native": from_official}[format](state)
-            cfg = official_config(state, **overrides)
+            cfg = official_config(state, **recorded)
+        cfg = _guess_sampling(cfg, recorded, path)
     if cfg.labels is None and cfg.num_classes:
         labels = _labels_beside(path)
         if labels is not None:
@@ -269,6 +332,69 @@ def load_pretrained(path: str | os.PathLike, format: str | None = None, **overri
     check_state(model, state, str(path))
     model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def _detect_wrapped(path: Path, state: dict) -> tuple[str, dict]:
+    """The format of ``state``; if none is recognised and every key shares a first component (a Lightning
+    module's attribute, ``net.`` ...), the format of what follows it, that prefix dropped (and logged)."""
+    try:
+        return detect_format(path, state), state
+    except ValueError as err:
+        heads = {k.split(".", 1)[0] for k in state}
+        if len(heads) != 1 or not all("." in k for k in state):
+            raise
+        prefix = heads.pop() + "."
+        inner = {k[len(prefix):]: v for k, v in state.items()}
+        try:
+            format = detect_format(path, inner)
+        except ValueError:
+            raise err from None  # the error names the keys as the file has them
+        log.warning("%s: dropped the key prefix %r every tensor carries (a wrapper's attribute)", path, prefix)
+        return format, inner
+
+
+# mmaction2's TimeSformer configs normalise 0-255 pixels with mean 127.5 and std 127.5
+_MMACTION_NORM = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+SSV2_CLASSES = 174
+
+
+def _recorded_preprocessing(raw: dict, format: str, path: Path) -> dict:
+    """What a checkpoint file says (or its format implies) about the input it was trained on: mean/std and the
+    sampling protocol. The official files carry their config (``cfg``, YAML): DATA.MEAN/STD,
+    DATA.SAMPLING_RATE, DATA.TARGET_FPS, and TRAIN.DATASET (``ssv2``: segment sampling)."""
+    if format == "mmaction2":
+        return dict(_MMACTION_NORM)
+    if format != "official" or not isinstance(raw.get("cfg"), str):
+        return {}
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(raw["cfg"])
+    except yaml.YAMLError:
+        log.warning("%s: its 'cfg' is not readable YAML; the official defaults are used", path)
+        return {}
+    data = (cfg or {}).get("DATA", {}) or {}
+    found = {}
+    if isinstance(data.get("MEAN"), list) and isinstance(data.get("STD"), list):
+        found.update(mean=tuple(data["MEAN"]), std=tuple(data["STD"]))
+    dataset = str(((cfg or {}).get("TRAIN", {}) or {}).get("DATASET", "")).lower()
+    if dataset == "ssv2":
+        found["sampling"] = "segment"
+    elif isinstance(data.get("SAMPLING_RATE"), int):
+        found.update(sampling="dense", sampling_rate=data["SAMPLING_RATE"])
+    if isinstance(data.get("TARGET_FPS"), (int, float)):
+        found["fps"] = float(data["TARGET_FPS"])
+    return found
+
+
+def _guess_sampling(cfg: TimeSformerConfig, told: dict, path: Path) -> TimeSformerConfig:
+    """A file that doesn't record its sampling: Kinetics' dense 8 x 32 (the default), unless it has
+    Something-Something-V2's 174 classes (segment sampling) -- said in the log, since it is a guess."""
+    if "sampling" in told or cfg.num_classes != SSV2_CLASSES:
+        return cfg
+    log.warning("%s records no sampling protocol; its %d classes are Something-Something-V2's: segment "
+                "sampling (pass sampling=... to say otherwise)", path, SSV2_CLASSES)
+    return cfg.replace(sampling="segment")
 
 
 def _native_config(data: dict, where: Path, overrides: dict) -> TimeSformerConfig:

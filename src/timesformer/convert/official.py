@@ -13,15 +13,6 @@ from .common import strip_prefix
 PREFIX = "model."
 
 
-def unwrap(obj: dict) -> dict:
-    """The state dict inside an official (``model_state``), mmaction2/Lightning (``state_dict``) or plain
-    (``model``) checkpoint wrapper; a bare state dict is returned as is."""
-    for key in ("model_state", "state_dict", "model"):
-        if isinstance(obj.get(key), dict):
-            return obj[key]
-    return obj
-
-
 def from_official(state: dict) -> dict:
     return strip_prefix(state, PREFIX)
 

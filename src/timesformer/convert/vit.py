@@ -1,8 +1,11 @@
 """Image-model initialisation (the paper's recipe): ViT weights -> a TimeSformer.
 
 Accepts timm naming (``vit_base_patch16_224``: ``patch_embed.proj``, ``cls_token``, ``pos_embed``,
-``blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}``, ``norm``) and Hugging Face ``ViTModel``
-naming of transformers 4 and 5 (separate q, k, v projections, fused here). Spatial attention, MLP, norms and embeddings are copied
+``blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}``, ``norm``), Hugging Face ``ViTModel``
+naming of transformers 4 and 5 (separate q, k, v projections, fused here), and the mmcv naming of the ViT file
+mmaction2 ships for TimeSformer (``transformer_layers.layers.N.{norms.0, attentions.0.attn.in_proj_weight,
+attentions.0.attn.out_proj, norms.1, ffns.0.layers.0.0, ffns.0.layers.1}``, ``patch_embed.projection``;
+``in_proj`` holds q, k, v stacked as ``qkv`` does). Spatial attention, MLP, norms and embeddings are copied
 (position table resized to the grid), temporal attention starts as a copy of the spatial one (as the
 official ``load_pretrained`` does), ``temporal_fc`` and the time table stay at zero, and the classifier is
 kept as initialised. So a clip of T identical frames gives the image model's features for that frame.
@@ -36,15 +39,28 @@ HF_VIT = [  # (timm, HF ViTModel 4.x and 5.x)
     ("blocks.{i}.mlp.fc2", f"{_V5}.mlp.fc2"),
     ("norm", "layernorm"),
 ]
+_MM = "transformer_layers.layers.{i}"
+MMCV_VIT = [  # (timm, mmcv / mmaction2)
+    ("patch_embed.proj", "patch_embed.projection"),
+    ("blocks.{i}.norm1", f"{_MM}.norms.0"),
+    ("blocks.{i}.attn.qkv.weight", f"{_MM}.attentions.0.attn.in_proj_weight"),
+    ("blocks.{i}.attn.qkv.bias", f"{_MM}.attentions.0.attn.in_proj_bias"),
+    ("blocks.{i}.attn.proj", f"{_MM}.attentions.0.attn.out_proj"),
+    ("blocks.{i}.norm2", f"{_MM}.norms.1"),
+    ("blocks.{i}.mlp.fc1", f"{_MM}.ffns.0.layers.0.0"),
+    ("blocks.{i}.mlp.fc2", f"{_MM}.ffns.0.layers.1"),
+]
 # separate q, k, v projections (fused into qkv below): prefix template and the three names
 QKV_SPLIT = [(f"{_V4}.attention.attention", ("query", "key", "value")), (f"{_V5}.attention", ("q_proj", "k_proj",
                                                                                                  "v_proj"))]
 
 
 def vit_to_timm(state: dict) -> dict:
-    """HF ``ViTModel``/``ViTForImageClassification`` keys (transformers 4 or 5) -> timm keys, with q, k and v
-    fused into ``qkv`` (q rows first, then k, then v: the layout timm and our ``qkv`` use)."""
-    state = strip_prefix(state, "vit.")
+    """HF ``ViTModel``/``ViTForImageClassification`` keys (transformers 4 or 5) or mmcv keys -> timm keys, with
+    q, k and v fused into ``qkv`` (q rows first, then k, then v: the layout timm and our ``qkv`` use)."""
+    state = strip_prefix(strip_prefix(state, "vit."), "backbone.")
+    if any(k.startswith("transformer_layers.layers.") for k in state):
+        return rename(state, MMCV_VIT, reverse=True)
     if "embeddings.cls_token" not in state:
         return state  # already timm
     out = rename(state, HF_VIT, reverse=True)

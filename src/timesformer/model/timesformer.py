@@ -62,15 +62,21 @@ class TimeSformerConfig:
     mean: tuple = (0.45, 0.45, 0.45)
     std: tuple = (0.225, 0.225, 0.225)
     labels: tuple | None = None  # class names, index -> name
+    # how clips were sampled in training (official defaults: Kinetics, 8 frames every 32nd at 30 fps)
+    sampling: str = "dense"  # dense: num_frames every sampling_rate frames | segment: one per segment (SSv2)
+    sampling_rate: int = 32
+    fps: float = 30.0
 
     def __post_init__(self):
         choices = dict(attention=ATTENTIONS, pos_emb=POS_EMBS, mlp=("gelu", "geglu"),
-                       cls_attention=("average", "global"), attn_impl=IMPLS)
+                       cls_attention=("average", "global"), attn_impl=IMPLS, sampling=("dense", "segment"))
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"TimeSformerConfig.{key} must be one of {allowed}; got {getattr(self, key)!r}")
+        if not self.fps > 0:
+            raise ValueError(f"TimeSformerConfig.fps must be positive; got {self.fps!r}")
         for key in ("num_classes", "num_frames", "image_size", "patch_size", "channels", "dim", "depth", "heads",
-                    "dim_head"):
+                    "dim_head", "sampling_rate"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "num_classes" else 1):
                 raise ValueError(f"TimeSformerConfig.{key} must be a positive int; got {value!r}")
