@@ -102,8 +102,8 @@ def cmd_eval(args) -> int:
     model = load_pretrained(args.checkpoint)
     cfg = model.config
     device = pick_device(args.device)
-    spec = ClipSpec(num_frames=cfg.num_frames, sampling=args.sampling, sampling_rate=args.sampling_rate, fps=args.fps,
-                    crop_size=cfg.image_size, num_clips=clips, num_crops=crops, mean=cfg.mean, std=cfg.std)
+    spec = ClipSpec(num_frames=cfg.num_frames, **_sampling(args, cfg), crop_size=cfg.image_size, num_clips=clips,
+                    num_crops=crops, mean=cfg.mean, std=cfg.std)
     data_path = Path(args.data)
     labels = list(cfg.labels) if cfg.labels else None  # the checkpoint's class order: the data is labelled by name
     data = (VideoFolder(data_path, spec=spec, train=False, classes=labels) if data_path.is_dir()
@@ -209,7 +209,7 @@ def cmd_predict(args) -> int:
 
     clips, crops = parse_views(args.views)
     model = _load_for_inference(args)
-    predictor = Predictor(model, clips=clips, crops=crops, sampling_rate=args.sampling_rate, fps=args.fps,
+    predictor = Predictor(model, clips=clips, crops=crops, **_sampling(args, model.config),
                           device=_device(args.device), precision=args.precision)
     paths = _inputs(args)
     bases = _output_bases(paths, Path(args.out or "."))
@@ -254,7 +254,7 @@ def cmd_extract(args) -> int:
 
     model = _load_for_inference(args)
     clips, crops = parse_views(args.views)
-    predictor = Predictor(model, clips=clips, crops=crops, sampling_rate=args.sampling_rate, fps=args.fps,
+    predictor = Predictor(model, clips=clips, crops=crops, **_sampling(args, model.config),
                           device=_device(args.device))
     out = Path(args.out)
     paths = _inputs(args)
@@ -306,7 +306,7 @@ def cmd_explain(args) -> int:
     base = _output_bases([args.video], Path(args.out))[str(args.video)]
     target = _output(base, ".explain.json", args.video, lambda f: json.loads(f.read_text())["video"])
     cfg = model.config
-    spec = ClipSpec(num_frames=cfg.num_frames, sampling_rate=args.sampling_rate, fps=args.fps)
+    spec = ClipSpec(num_frames=cfg.num_frames, **_sampling(args, cfg))
     with open_video(args.video) as reader:
         frames, valid = reader.frames_at(spec.times(reader.duration, train=False))
     view = EvalTransform(crop_size=cfg.image_size, mean=cfg.mean, std=cfg.std).view(frames, 0)
@@ -422,6 +422,19 @@ class Progress:
         self.stream.flush()
 
 
+def _sampling_options(parser):
+    parser.add_argument("--sampling", choices=("dense", "segment"),
+                        help="dense clips (Kinetics) or one frame per segment (SSv2); default: the checkpoint's")
+    parser.add_argument("--sampling-rate", type=int, help="dense: frames between samples; default: the checkpoint's")
+    parser.add_argument("--fps", type=float, help="dense: the frame rate the rate counts at; default: the checkpoint's")
+
+
+def _sampling(args, cfg) -> dict:
+    """The clip sampling to run a model with: what the command line says, else what the checkpoint records."""
+    return dict(sampling=args.sampling or cfg.sampling, sampling_rate=args.sampling_rate or cfg.sampling_rate,
+                fps=args.fps or cfg.fps)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="timesformer", description="TimeSformer video models: run, convert.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -463,9 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", required=True, help="a VideoFolder root or a list file")
     ev.add_argument("--root", help="base folder of the paths in a list file")
     ev.add_argument("--views", default="1x1", help="CLIPSxCROPS test views (the paper: 1x3)")
-    ev.add_argument("--sampling", choices=("dense", "segment"), default="dense")
-    ev.add_argument("--sampling-rate", type=int, default=8)
-    ev.add_argument("--fps", type=float, default=30.0)
+    _sampling_options(ev)
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--workers", type=int, default=0)
     ev.add_argument("--out", help="folder for report.json and confusion.png (default: beside the checkpoint)")
@@ -496,8 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--window", type=float, help="seconds per window: predictions along the whole video")
     pred.add_argument("--stride", type=float, help="seconds between windows (default: --window)")
     pred.add_argument("--out", help="folder for timeline JSON and PNG (default: .)")
-    pred.add_argument("--sampling-rate", type=int, default=8)
-    pred.add_argument("--fps", type=float, default=30.0)
+    _sampling_options(pred)
     pred.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     pred.add_argument("--device", default="auto")
     pred.set_defaults(func=cmd_predict)
@@ -510,8 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also per-frame (t d) and/or per-patch (1 + t*n, d) features")
     ext.add_argument("--format", choices=("npy", "safetensors"), default="npy")
     ext.add_argument("--views", default="1x1")
-    ext.add_argument("--sampling-rate", type=int, default=8)
-    ext.add_argument("--fps", type=float, default=30.0)
+    _sampling_options(ext)
     ext.add_argument("--device", default="auto")
     ext.set_defaults(func=cmd_extract)
 
@@ -519,8 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("video")
     exp.add_argument("--checkpoint", required=True)
     exp.add_argument("--out", required=True)
-    exp.add_argument("--sampling-rate", type=int, default=8)
-    exp.add_argument("--fps", type=float, default=30.0)
+    _sampling_options(exp)
     exp.set_defaults(func=cmd_explain)
 
     xp = sub.add_parser("export", help="ONNX (checked against onnxruntime) or torch.export")

@@ -29,6 +29,7 @@ def test_learned_table_seed_loads_exactly(tmp_path, shift_tokens):
 
 
 def test_seed_with_frame_masks(tmp_path):
+    """Without token shift, masked clips give the seed's logits."""
     seed = seed_model()
     torch.save(seed.state_dict(), tmp_path / "seed.pt")
     ours = tf.load_pretrained(tmp_path / "seed.pt", heads=4, num_frames=5, image_size=32)
@@ -36,6 +37,25 @@ def test_seed_with_frame_masks(tmp_path):
     mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
     with torch.no_grad():
         torch.testing.assert_close(ours(video, mask), seed(video, mask=mask), atol=1e-5, rtol=1e-5)
+
+
+def test_seed_with_token_shift_and_frame_masks_padding_never_reaches_our_logits(tmp_path):
+    """With token shift the seed moves padded frames' features into the last real frame, so its masked logits
+    depend on what the padding holds. Ours zero padded frames before the shift: they never reach the logits,
+    as a mask promises. Unmasked clips keep equal logits."""
+    seed = seed_model(shift_tokens=True)
+    torch.save(seed.state_dict(), tmp_path / "seed.pt")
+    ours = tf.load_pretrained(tmp_path / "seed.pt", heads=4, num_frames=5, image_size=32)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    a = torch.randn(2, 5, 3, 32, 32)
+    b = a.clone()
+    b[1, 3:] = torch.randn(2, 3, 32, 32)  # other content in the padded frames only
+    with torch.no_grad():
+        torch.testing.assert_close(ours(a, mask)[0], seed(a, mask=mask)[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours(a, mask), ours(b, mask), atol=0, rtol=0)  # padding is ignored
+        leak = (seed(a, mask=mask)[1] - seed(b, mask=mask)[1]).abs().max()
+        assert leak > 1e-3, f"the seed's padded frames changed its logits by only {leak:.2e}"
+        assert (ours(a, mask)[1] - seed(a, mask=mask)[1]).abs().max() > 1e-3
 
 
 def test_rotary_seed_loads_but_differs_only_by_the_fixed_rotary(tmp_path):

@@ -9,6 +9,7 @@ from timesformer.cli import main
 from timesformer.inference import Predictor
 from timesformer.inference.explain import attention_rollout
 
+from ..conftest import small_model
 from ..data.videos import write_video
 
 pytest.importorskip("av")
@@ -60,7 +61,7 @@ def test_multi_view_logits_are_the_mean_of_views(ckpt, videos):
     views, masks = predictor.views(videos / "a.mp4")
     assert views.shape == (6, 4, 3, 32, 32)
     with torch.no_grad():
-        expected = model(views).mean(0)
+        expected = model(views, None if masks.all() else masks).mean(0)
     torch.testing.assert_close(predictor.logits(videos / "a.mp4"), expected, atol=1e-5, rtol=1e-5)
 
 
@@ -116,7 +117,8 @@ def test_rollout_logits_equal_the_forward_pass():
 
 
 def test_explain_writes_png_gif_and_json(ckpt, videos, tmp_path, capsys):
-    assert main(["explain", str(videos / "a.mp4"), "--checkpoint", str(ckpt / "named"), "--out", str(tmp_path)]) == 0
+    assert main(["explain", str(videos / "a.mp4"), "--checkpoint", str(ckpt / "named"), "--out", str(tmp_path),
+                 "--sampling-rate", "8"]) == 0  # every frame inside the 3 s video
     assert (tmp_path / "a.explain.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from PIL import Image
 
@@ -147,3 +149,30 @@ def test_torch_export(ckpt, tmp_path, capsys):
     video = torch.randn(3, 4, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(program.module()(video), model(video), atol=1e-5, rtol=1e-5)
+
+
+def test_the_sampling_protocol_travels_with_the_weights(tmp_path, monkeypatch, capsys):
+    """An SSv2 model (segment sampling) is run with segment sampling unless the command line says otherwise."""
+    import timesformer.inference as inference
+    from timesformer.cli import main
+
+    model = small_model(labels=tuple("abcde")).eval()
+    model.config = model.config.replace(sampling="segment")
+    assert Predictor(model).spec.sampling == "segment"
+    assert (Predictor(model, sampling="dense").spec.sampling, Predictor(small_model()).spec.sampling_rate) == \
+        ("dense", 32)
+    tf.save_pretrained(model, tmp_path / "ssv2")
+    assert tf.load_pretrained(tmp_path / "ssv2").config.sampling == "segment"
+    write_video(tmp_path / "v.mp4", 20, fps=10, size=32)
+    used = []
+
+    class Recording(inference.Predictor):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            used.append((self.spec.sampling, self.spec.sampling_rate, self.spec.fps))
+    monkeypatch.setattr(inference, "Predictor", Recording)
+    for extra in ([], ["--sampling", "dense", "--sampling-rate", "2", "--fps", "10"]):
+        assert main(["predict", str(tmp_path / "v.mp4"), "--checkpoint", str(tmp_path / "ssv2"), *extra]) == 0
+        assert main(["extract", str(tmp_path / "v.mp4"), "--checkpoint", str(tmp_path / "ssv2"), "--out",
+                     str(tmp_path / f"f{len(extra)}"), *extra]) == 0
+    assert used == [("segment", 32, 30.0)] * 2 + [("dense", 2, 10.0)] * 2

@@ -162,6 +162,7 @@ def build_run(cfg: RunConfig, d: distr.Dist, device: torch.device, *, resume: bo
             train_set, val_set = build_datasets(cfg, model_cfg, labels)  # same classes: keep the pretrained head
         classes = list(train_set.classes)
         model = build_model(cfg, classes, loaded)
+        model.config = model.config.replace(**sampling_protocol(cfg))  # the checkpoints say how clips were cut
 
     model = model.to(device)
     model.set_grad_checkpointing(o.grad_checkpointing)
@@ -229,6 +230,15 @@ def build_datasets(cfg: RunConfig, model_cfg, classes: list[str] | None = None):
         return VideoList(path, root=d.root, spec=spec, train=train, seed=cfg.optim.seed, classes=classes)
     train = make(d.train, True, classes)
     return train, make(d.val, False, train.classes) if d.val else None  # val: labelled by train's class names
+
+
+def sampling_protocol(cfg: RunConfig) -> dict:
+    """How the run cuts clips, as a model config records it. SyntheticMotion clips are exactly ``num_frames``
+    long, every frame taken: segment sampling of the written files does the same."""
+    d = cfg.data
+    if d.kind == "synthetic":
+        return dict(sampling="segment")
+    return dict(sampling=d.sampling, sampling_rate=d.sampling_rate, fps=d.fps)
 
 
 def clip_spec(cfg: RunConfig, model_cfg) -> ClipSpec:

@@ -43,15 +43,17 @@ class Predictor:
         clips, crops: test views (``clips`` uniformly spaced dense clips x 1 or 3 crops); logits are averaged.
         sampling_rate, fps: dense sampling: ``num_frames`` frames every ``sampling_rate`` frames at ``fps``.
         sampling: ``"dense"`` or ``"segment"`` (one frame per segment of the whole video).
+        The three default to the protocol the checkpoint records (``model.config``).
     """
 
-    def __init__(self, model: TimeSformer, *, clips: int = 1, crops: int = 1, sampling: str = "dense",
-                 sampling_rate: int = 8, fps: float = 30.0, device: str | torch.device = "cpu",
+    def __init__(self, model: TimeSformer, *, clips: int = 1, crops: int = 1, sampling: str | None = None,
+                 sampling_rate: int | None = None, fps: float | None = None, device: str | torch.device = "cpu",
                  precision: str = "fp32"):
         cfg = model.config
         self.model = model.eval().to(device)
         self.device, self.precision = torch.device(device), precision
-        self.spec = ClipSpec(num_frames=cfg.num_frames, sampling=sampling, sampling_rate=sampling_rate, fps=fps,
+        self.spec = ClipSpec(num_frames=cfg.num_frames, sampling=sampling or cfg.sampling,
+                             sampling_rate=sampling_rate or cfg.sampling_rate, fps=fps or cfg.fps,
                              crop_size=cfg.image_size, num_clips=clips, num_crops=crops, mean=cfg.mean, std=cfg.std)
         self.transform = EvalTransform(crop_size=cfg.image_size, num_crops=crops, mean=cfg.mean, std=cfg.std)
         self.labels = list(cfg.labels) if cfg.labels else None
