@@ -43,6 +43,19 @@ def test_saved_files_get_ordinary_permissions(tmp_path, umask):
     assert {mode(p) for p in (tmp_path / "w2").iterdir()} == {0o640}
 
 
+def test_the_folder_is_fsynced_after_the_rename(tmp_path, monkeypatch):
+    """So that the rename itself survives a power cut, not only the file's bytes."""
+    real, synced = os.fsync, []
+
+    def fsync(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            synced.append(sorted(p.name for p in tmp_path.iterdir()))
+        return real(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    tf.save_pretrained(tf.create_model("timesformer_tiny", depth=1, dim=32, heads=2, dim_head=16), tmp_path)
+    assert synced and synced[-1] == ["config.json", "model.safetensors"]  # after both renames
+
+
 @pytest.fixture
 def twins(tmp_path):
     """Two different videos called clip.mp4, in two folders, and a checkpoint."""
