@@ -105,6 +105,19 @@ def test_explain_refuses_to_overwrite_another_videos_output(twins, capsys):
     assert main(["explain", str(a), *args]) == 0  # the same video again: its own output is replaced
 
 
+def test_the_guard_knows_videos_by_absolute_path(twins, capsys, monkeypatch):
+    """clip.mp4 given relative to two working folders is two videos (and ./a/clip.mp4 from above is the same)."""
+    args = ["--checkpoint", str(twins / "ckpt"), "--sampling-rate", "1", "--out", str(twins / "why")]
+    monkeypatch.chdir(twins / "a")
+    assert main(["explain", "clip.mp4", *args]) == 0
+    data = json.loads((twins / "why" / "clip.explain.json").read_text())
+    assert data["source"] == str(twins / "a" / "clip.mp4") and data["sampling"]["sampling_rate"] == 1
+    monkeypatch.chdir(twins / "b")
+    assert main(["explain", "clip.mp4", *args]) == 2
+    monkeypatch.chdir(twins)
+    assert main(["explain", "./a/clip.mp4", *args]) == 0
+
+
 def test_the_declared_python_is_one_the_code_runs_on():
     """The run config evaluates annotations like ``str | None`` at run time: that needs Python 3.10 (PEP 604).
     The declared minimum is the one CI tests."""

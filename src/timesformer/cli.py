@@ -51,8 +51,8 @@ def cmd_train(args) -> int:
             print(f"override {key}: {was} -> {now}")
     else:
         cfg = load_run_config(args.config, overrides)
-        if getattr(args, "pretrained", None) and "drop_path_rate" not in cfg.model_args:
-            cfg.model_args["drop_path_rate"] = 0.1  # fine-tuning: the official rate, unless the config says
+        if getattr(args, "pretrained", None) and not args.freeze_backbone and "drop_path_rate" not in cfg.model_args:
+            cfg.model_args["drop_path_rate"] = 0.1  # fine-tuning: the official rate (not for a frozen backbone)
     if args.auto_resume and (args.resume or args.overwrite):
         raise ValueError("--auto-resume continues the run if it has a checkpoint and starts it otherwise; it goes "
                          "with neither --resume nor --overwrite")
@@ -116,8 +116,12 @@ def cmd_eval(args) -> int:
     summary = summarise(logits, labels, cfg.num_classes, data.multi_label, data.classes)
     out = Path(args.out) if args.out else Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(".")
     out.mkdir(parents=True, exist_ok=True)
-    report = {"checkpoint": str(args.checkpoint), "data": str(args.data), "views": f"{clips}x{crops}", **summary,
+    report = {"checkpoint": str(args.checkpoint), "data": str(args.data), "views": f"{clips}x{crops}",
+              "sampling": {k: getattr(spec, k) for k in ("sampling", "sampling_rate", "fps")}, **summary,
               "bad_files": sorted({p for p, _ in bad})}
+    partial = sorted({p for p, error in bad if error.startswith("partial")})
+    if partial:
+        report["partial_files"] = partial  # decoded only partly: used, frames past the break masked
     write_json_atomic(out / "report.json", report)
     if "confusion" in summary:
         plot_confusion(summary["confusion"], data.classes, out / "confusion.png",
@@ -167,8 +171,9 @@ def _output_bases(paths, out) -> dict:
 
 
 def _output(base, suffix: str, video=None, recorded_video=None):
-    """``base`` + ``suffix``, its folder created. With ``video`` and ``recorded_video(file)``: an existing file
-    written for another video (an earlier run on a file of the same name) is an error naming both."""
+    """``base`` + ``suffix``, its folder created. With ``video`` and ``recorded_video(file)`` (the absolute path an
+    output records of its video): an existing file written for another video (an earlier run on a file of the same
+    name) is an error naming both."""
     from pathlib import Path
 
     path = base.with_name(base.name + suffix)
@@ -178,7 +183,7 @@ def _output(base, suffix: str, video=None, recorded_video=None):
             earlier = recorded_video(path)
         except (OSError, ValueError, KeyError):
             earlier = None
-        if earlier is not None and Path(earlier).resolve() != Path(video).resolve():
+        if earlier is not None and Path(earlier) != Path(video).resolve():
             raise ValueError(f"{path} holds the output for {earlier}; {video} has the same name and would "
                              f"overwrite it: give another --out")
     return path
@@ -218,9 +223,10 @@ def cmd_predict(args) -> int:
     for k, path in enumerate(paths):
         try:
             if args.window:
-                target = _output(bases[str(path)], ".timeline.json", path, lambda f: json.loads(f.read_text())["path"])
+                target = _output(bases[str(path)], ".timeline.json", path,
+                                 lambda f: json.loads(f.read_text())["source"])
                 tl = predictor.timeline(path, window=args.window, stride=args.stride or args.window, topk=args.topk)
-                write_json_atomic(target, tl)
+                write_json_atomic(target, {**tl, "source": str(Path(path).resolve())})
                 plot_timeline(tl, _output(bases[str(path)], ".timeline.png"), top=args.topk)
                 results.append({"path": str(path), "windows": len(tl["entries"]), "duration": tl["duration"],
                                 "timeline": str(target), **({"partial": tl["partial"]} if "partial" in tl else {})})
@@ -275,12 +281,13 @@ def cmd_extract(args) -> int:
         if args.format == "npy":
             for kind, tensor in feats.items():
                 write_atomic(targets[kind], lambda tmp, a=tensor.numpy(): _save_npy(tmp, a))
-            write_atomic(_output(bases[str(path)], ".source.txt"), lambda tmp: Path(tmp).write_text(f"{path}\n"))
+            write_atomic(_output(bases[str(path)], ".source.txt"),
+                         lambda tmp: Path(tmp).write_text(f"{Path(path).resolve()}\n"))
         else:
             from safetensors.torch import save_file
 
             write_atomic(target, lambda tmp: save_file({kind: t.contiguous() for kind, t in feats.items()}, tmp,
-                                                       metadata={"video": str(path)}))
+                                                       metadata={"video": str(Path(path).resolve())}))
         written += 1
         bar.update(k + 1)
     bar.close()
@@ -304,7 +311,7 @@ def cmd_explain(args) -> int:
 
     model = _load_for_inference(args)
     base = _output_bases([args.video], Path(args.out))[str(args.video)]
-    target = _output(base, ".explain.json", args.video, lambda f: json.loads(f.read_text())["video"])
+    target = _output(base, ".explain.json", args.video, lambda f: json.loads(f.read_text())["source"])
     cfg = model.config
     spec = ClipSpec(num_frames=cfg.num_frames, **_sampling(args, cfg))
     with open_video(args.video) as reader:
@@ -317,7 +324,9 @@ def cmd_explain(args) -> int:
     name = cfg.labels[top] if cfg.labels else str(top)
     plot_explanation(shown.to(torch.uint8), result["maps"], result["frame_importance"], _output(base, ".explain.png"),
                      _output(base, ".explain.gif"), title=f"{Path(args.video).name}: predicted {name}")
-    write_json_atomic(target, {"video": str(args.video), "predicted": name,
+    write_json_atomic(target, {"video": str(args.video), "source": str(Path(args.video).resolve()),
+                               "sampling": {k: getattr(spec, k) for k in ("sampling", "sampling_rate", "fps")},
+                               "predicted": name,
                                "frame_importance": result["frame_importance"].tolist(),
                                "maps": result["maps"].tolist()})
     print(f"predicted {name}; attention rollout -> {_output(base, '.explain.png')}, .gif, .json")
@@ -460,7 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     fine = sub.add_parser("finetune", help="fine-tune pretrained weights on new data (new head for its classes); "
-                                           "stochastic depth 0.1 unless model_args.drop_path_rate says otherwise")
+                                           "stochastic depth 0.1 unless model_args.drop_path_rate says otherwise or "
+                                           "the backbone is frozen")
     fine.add_argument("--pretrained", required=True, help="anything load_pretrained reads")
     fine.add_argument("--config", help="YAML run config")
     fine.add_argument("overrides", nargs="*", help="section.key=value")
@@ -490,8 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--to", choices=("native", "hf"), default="native", help="output format (default: native)")
     conv.add_argument("--format", choices=("native", "hf", "official", "mmaction2", "lucidrains"),
                       help="input format (default: detected)")
-    conv.add_argument("--entry", help="which state dict of a file holding several (e.g. state_dict_ema, model_ema, "
-                                      "ema_state_dict); default: the model's, and the choice is printed")
+    conv.add_argument("--entry", help="which state dict of a file holding several (timm: state_dict_ema, model_ema; "
+                                      "mmengine: ema_state_dict holds the raw weights, its state_dict the averaged "
+                                      "ones); default: the model's, and the choice is printed")
     conv.add_argument("--heads", type=int, help="attention heads, where shapes can't tell (official: dim // 64)")
     conv.add_argument("--num-frames", type=int, help="frames the checkpoint was built for, where shapes can't tell")
     conv.add_argument("--image-size", type=int, help="image size the checkpoint was built for")

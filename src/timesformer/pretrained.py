@@ -117,7 +117,10 @@ def _pickled_globals(path: Path, error: str) -> str:
 
 
 PRIMARY_ENTRIES = ("model_state", "state_dict", "model")  # official, mmaction2/Lightning/timm, plain
-EMA_ENTRIES = ("model_ema", "state_dict_ema", "ema_state_dict", "ema")  # timm, timm, mmengine, others
+# the other copies: timm's EMA (state_dict_ema, model_ema), ours and others (ema), and mmengine's ema_state_dict
+# -- which, after mmengine's EMA hook swaps the two at saving, holds the raw weights while state_dict holds the
+# averaged ones
+EMA_ENTRIES = ("model_ema", "state_dict_ema", "ema_state_dict", "ema")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / DataParallel / EMA wrappers; torch.compile
 _EMA_COUNTERS = ("steps", "n_averaged")  # buffers of mmengine's and torch's averaged-model wrappers
 
@@ -139,6 +142,8 @@ def select_state(obj: dict, source, entry: str | None = None) -> dict:
         if len(entries) > 1:
             log.warning("%s holds %d state dicts (%s): loading %r; pass entry= (--entry) for another", source,
                         len(entries), ", ".join(entries), chosen)
+        elif chosen in EMA_ENTRIES:
+            log.warning("%s holds only %r: loading it", source, chosen)
     state = {k: v for k, v in (obj[chosen] if chosen else obj).items() if isinstance(v, torch.Tensor)}
     while True:
         keys = [k for k in state if k not in _EMA_COUNTERS]
@@ -212,6 +217,9 @@ def config_from_hf(hf: dict, preprocessor: dict | None = None, **overrides) -> T
             fields["std"] = tuple(preprocessor["image_std"])
     if hf.get("hidden_act", "gelu") != "gelu":
         raise ValueError(f"HF hidden_act must be 'gelu'; got {hf.get('hidden_act')!r}")
+    sampling = hf.get("timesformer_sampling")  # written by our export_hf
+    if isinstance(sampling, dict):
+        fields.update({k: sampling[k] for k in ("sampling", "sampling_rate", "fps") if k in sampling})
     return TimeSformerConfig().replace(**{**fields, **overrides})
 
 
@@ -242,6 +250,8 @@ def config_to_hf(cfg: TimeSformerConfig) -> dict:
         "drop_path_rate": int(cfg.drop_path_rate) if float(cfg.drop_path_rate).is_integer() else cfg.drop_path_rate,
         "id2label": {str(i): name for i, name in enumerate(labels)},
         "label2id": {name: i for i, name in enumerate(labels)},
+        # ours, beside HF's fields (transformers keeps unknown keys): how clips were sampled
+        "timesformer_sampling": {"sampling": cfg.sampling, "sampling_rate": cfg.sampling_rate, "fps": cfg.fps},
     }
 
 
@@ -306,7 +316,8 @@ def load_pretrained(path: str | os.PathLike, format: str | None = None, entry: s
         elif format == "hf":
             pre = path / "preprocessor_config.json"
             cfg = config_from_hf(config_json, json.loads(pre.read_text()) if pre.is_file() else None, **overrides)
-            cfg = _guess_sampling(cfg, overrides, path)
+            recorded = config_json.get("timesformer_sampling")
+            cfg = _guess_sampling(cfg, {**(recorded if isinstance(recorded, dict) else {}), **overrides}, path)
             state = from_hf(state)
         else:
             raise ValueError(f"{path}: format {format!r} is a single file, not a folder")
@@ -387,14 +398,23 @@ def _recorded_preprocessing(raw: dict, format: str, path: Path) -> dict:
     return found
 
 
+# the official Kinetics models' dense sampling rate by frame count: 8 x 32, TimeSformer-HR 16 x 16, -L 96 x 4
+_OFFICIAL_RATE = {8: 32, 16: 16, 96: 4}
+
+
 def _guess_sampling(cfg: TimeSformerConfig, told: dict, path: Path) -> TimeSformerConfig:
-    """A file that doesn't record its sampling: Kinetics' dense 8 x 32 (the default), unless it has
-    Something-Something-V2's 174 classes (segment sampling) -- said in the log, since it is a guess."""
-    if "sampling" in told or cfg.num_classes != SSV2_CLASSES:
+    """A file that doesn't record its sampling: the official Kinetics protocol for its frame count (dense 8 x 32,
+    16 x 16, 96 x 4 at 30 fps), unless it has Something-Something-V2's 174 classes (segment sampling) -- said in
+    the log, since that is a guess."""
+    if "sampling" in told:
         return cfg
-    log.warning("%s records no sampling protocol; its %d classes are Something-Something-V2's: segment "
-                "sampling (pass sampling=... to say otherwise)", path, SSV2_CLASSES)
-    return cfg.replace(sampling="segment")
+    if cfg.num_classes == SSV2_CLASSES:
+        log.warning("%s records no sampling protocol; its %d classes are Something-Something-V2's: segment "
+                    "sampling (pass sampling=... to say otherwise)", path, SSV2_CLASSES)
+        return cfg.replace(sampling="segment")
+    if "sampling_rate" in told:
+        return cfg
+    return cfg.replace(sampling_rate=_OFFICIAL_RATE.get(cfg.num_frames, max(256 // cfg.num_frames, 1)))
 
 
 def _native_config(data: dict, where: Path, overrides: dict) -> TimeSformerConfig:
@@ -405,7 +425,15 @@ def _native_config(data: dict, where: Path, overrides: dict) -> TimeSformerConfi
     unknown = sorted(set(fields) - known)
     if unknown:
         raise ValueError(f"{where}: unknown config key(s) {unknown}")
+    if "sampling" not in fields and not {"sampling", "sampling_rate", "fps"} & set(overrides):
+        # saved before configs recorded the protocol: what training and the commands used then
+        log.warning("%s records no sampling protocol (saved by an older version): dense, every 8th frame at 30 fps, "
+                    "as training and the commands used then", where)
+        fields = {**fields, **_LEGACY_NATIVE_SAMPLING}
     return TimeSformerConfig(**{**fields, **overrides})
+
+
+_LEGACY_NATIVE_SAMPLING = dict(sampling="dense", sampling_rate=8, fps=30.0)
 
 
 # --- writing ----------------------------------------------------------------------------------------------
@@ -429,9 +457,15 @@ def write_atomic(path: Path, write) -> None:
 
 
 def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
+    """Make a folder's entries (a rename) durable; a no-op where folders can't be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
     try:
         os.fsync(fd)
+    except OSError:
+        pass
     finally:
         os.close(fd)
 

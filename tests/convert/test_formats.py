@@ -132,3 +132,17 @@ def test_native_config_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match=r"config.json: unknown config key\(s\) \['layers'\]"):
         tf.load_pretrained(tmp_path)
+
+
+def test_native_files_saved_before_the_protocol_was_recorded_keep_the_old_sampling(tmp_path, caplog):
+    """They were trained and run dense, every 8th frame at 30 fps (training's and the commands' defaults then)."""
+    import logging
+
+    tf.save_pretrained(small_model(), tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    for key in ("sampling", "sampling_rate", "fps"):
+        del cfg["config"][key]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with caplog.at_level(logging.WARNING, logger="timesformer"):
+        c = tf.load_pretrained(tmp_path).config
+    assert (c.sampling, c.sampling_rate, c.fps) == ("dense", 8, 30.0) and "older version" in caplog.text

@@ -153,3 +153,20 @@ def test_stochastic_depth_rows_for_space_only(monkeypatch):
     small_model(attention="space", drop_path_rate=0.5, depth=1).train()(torch.randn(2, 4, 3, 32, 32))
     small_model(attention="divided", drop_path_rate=0.5, depth=1).train()(torch.randn(2, 4, 3, 32, 32))
     assert rows == [2 * 4, 2 * 4] + [2 * 16, 2 * 4, 2]  # space: frames, frames; divided: positions, frames, clips
+
+
+def test_the_sampling_protocol_survives_hf_export_and_unrecorded_files_get_the_official_one(tmp_path):
+    from ..conftest import small_model
+
+    ours = small_model(attention="divided", labels=tuple("abcde"))
+    ours.config = ours.config.replace(sampling="segment", sampling_rate=4, fps=25.0)
+    tf.export_hf(ours, tmp_path / "exported")
+    c = tf.load_pretrained(tmp_path / "exported").config
+    assert (c.sampling, c.sampling_rate, c.fps) == ("segment", 4, 25.0)
+    # an HF folder that records nothing: the official Kinetics protocol for its frame count
+    for frames, rate in ((8, 32), (16, 16)):
+        hf_model(num_frames=frames).save_pretrained(tmp_path / f"hf{frames}")
+        c = tf.load_pretrained(tmp_path / f"hf{frames}").config
+        assert (c.sampling, c.sampling_rate, c.fps) == ("dense", rate, 30.0)
+    hf_model(num_labels=174).save_pretrained(tmp_path / "ssv2")
+    assert tf.load_pretrained(tmp_path / "ssv2").config.sampling == "segment"

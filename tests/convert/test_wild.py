@@ -107,19 +107,26 @@ def test_wrapped_state_dicts_load(tmp_path, caplog):
                            "global_step": 300, "pytorch-lightning_version": "2.4.0"},
         "timm.pth.tar": {"state_dict": official, "state_dict_ema": {f"module.{k}": v for k, v in ema.items()},
                          "epoch": 30, "arch": "timesformer"},
+        "model_ema.pth": {"model": official, "model_ema": ema, "epoch": 30},
     }
     video = torch.randn(2, FRAMES, 3, IMAGE, IMAGE)
     with torch.no_grad():
         expected = reference(video)
+        said = {}
         for name, obj in files.items():
             with caplog.at_level(logging.WARNING, logger="timesformer"):
                 caplog.clear()
                 model = tf.load_pretrained(_save(tmp_path / name, obj), heads=2)
+                said[name] = caplog.text
             torch.testing.assert_close(model(video), expected, atol=0, rtol=0, msg=name)
-        assert "holds 2 state dicts (state_dict, state_dict_ema): loading 'state_dict'" in caplog.text
-        ema_model = tf.load_pretrained(tmp_path / "timm.pth.tar", entry="state_dict_ema", heads=2)
-        torch.testing.assert_close(ema_model.blocks[0].norm1.weight, ema["blocks.0.norm1.weight"])
-    # mmengine's EMA hook: the averaged model's own state dict, with its `steps` counter
+        assert "holds 2 state dicts (state_dict, state_dict_ema): loading 'state_dict'" in said["timm.pth.tar"]
+        assert "holds 2 state dicts (model, model_ema): loading 'model'" in said["model_ema.pth"]
+        assert "dropped the key prefix 'net.'" in said["lightning.ckpt"] and not said["ddp.pth"]
+        for name, entry in (("timm.pth.tar", "state_dict_ema"), ("model_ema.pth", "model_ema")):
+            ema_model = tf.load_pretrained(tmp_path / name, entry=entry, heads=2)
+            torch.testing.assert_close(ema_model.blocks[0].norm1.weight, ema["blocks.0.norm1.weight"])
+    # mmengine's EMA hook swaps at saving: state_dict holds the averaged weights, ema_state_dict (the averaged
+    # model's own state dict, `module.` prefixed, with its `steps` counter) the raw ones
     _save(tmp_path / "mmengine.pth", {"state_dict": mm, "ema_state_dict": {"steps": torch.tensor(100),
                                                                            **{f"module.{k}": v for k, v in mm.items()}}})
     assert main(["convert", str(tmp_path / "mmengine.pth"), str(tmp_path / "ema"), "--heads", "2", "--entry",
@@ -141,10 +148,18 @@ class RunsAShellCommand:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_code_pickled_inside_torchs_zip_format_is_refused_and_named(tmp_path):
+@pytest.mark.parametrize("zipped", [True, False])
+def test_code_pickled_in_a_checkpoint_is_refused_and_named(tmp_path, zipped):
+    """torch.save's zip format (data.pkl inside) and a raw pickle alike."""
+    import pickle
+
     _, official = mmaction_state("divided_space_time")
     marker = tmp_path / "ran"
-    torch.save({"model_state": official, "extra": RunsAShellCommand(marker)}, tmp_path / "evil.pth")
+    obj = {"model_state": official, "extra": RunsAShellCommand(marker)}
+    if zipped:
+        torch.save(obj, tmp_path / "evil.pth")
+    else:
+        (tmp_path / "evil.pth").write_bytes(pickle.dumps(obj, protocol=4))
     with pytest.raises(ValueError, match=r"evil.pth: refused: the file holds pickled Python objects beyond tensors "
                                          r"\((posix|os|nt)\.system\)"):
         tf.load_pretrained(tmp_path / "evil.pth")

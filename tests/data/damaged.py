@@ -74,4 +74,36 @@ def write_corpus(root: Path) -> dict[str, Path]:
     files["audio_only"] = root / "audio_only.mp4"
     write_video(root / "one_image.mp4", 1, fps=FPS)
     files["one_image"] = root / "one_image.mp4"
+    for ext, codec in (("mkv", "libx264"), ("webm", "libvpx-vp9"), ("mp4", "libx264")):  # whole, audio longer
+        files[f"long_audio.{ext}"] = write_with_audio(root / f"long_audio.{ext}", codec, audio_seconds=3.6)
     return files
+
+
+def write_with_audio(path: Path, codec: str, audio_seconds: float) -> Path:
+    """An undamaged video of ``FRAMES`` index frames with an audio track of ``audio_seconds`` (longer than the
+    video): the container's duration is the audio's, the video's ends earlier."""
+    import av
+    import numpy as np
+
+    from .videos import index_frame
+
+    with av.open(str(path), "w") as container:
+        video = container.add_stream(codec, rate=FPS)
+        video.width = video.height = 64
+        video.pix_fmt = "yuv420p"
+        audio = container.add_stream("libopus" if path.suffix == ".webm" else "aac", rate=48000)
+        for i in range(FRAMES):
+            for packet in video.encode(av.VideoFrame.from_ndarray(index_frame(i), format="rgb24")):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+        samples = (0.1 * np.sin(np.arange(int(48000 * audio_seconds)) / 10)).astype(np.float32)[None]
+        for k in range(0, samples.shape[1], 960):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, k:k + 960]), format="fltp",
+                                               layout="mono")
+            frame.sample_rate, frame.pts = 48000, k
+            for packet in audio.encode(frame):
+                container.mux(packet)
+        for packet in audio.encode():
+            container.mux(packet)
+    return path

@@ -57,8 +57,8 @@ def test_every_file_decodes_with_correct_masks_or_is_reported(corpus):
         if result[0] != "ok":
             continue
         _, indices, valid, partial = result
-        if name in SOURCES:  # undamaged: exact frames, everything in the video valid
-            assert (indices, valid, partial) == (EXPECTED, [True] * 7 + [False], None), name
+        if name in SOURCES or name.startswith("long_audio"):  # undamaged: exact frames, everything in it valid
+            assert (indices, valid, partial) == (EXPECTED, [True] * 7 + [False], None), f"{name}: {result}"
         elif name == "one_image":
             assert (indices[0], valid, partial) == (0, [True] + [False] * 7, None)
         else:  # damaged and decodable: reported partial; no frame past the break is passed off as valid
@@ -75,6 +75,7 @@ def test_every_file_decodes_with_correct_masks_or_is_reported(corpus):
     partial = {name for name, r in results.items() if r[0] == "ok" and r[3]}
     assert {"cut_late.faststart", "cut_near_end.faststart", "cut_late.mkv"} <= partial
     assert all(results[f"cut_header.{s}"][0] == "DecodeError" for s in SOURCES)
+    assert all(results[f"long_audio.{ext}"][0] == "ok" for ext in ("mkv", "webm", "mp4"))
 
 
 def test_a_partial_file_is_masked_warned_and_reported_by_the_dataset(corpus, tmp_path):
@@ -148,4 +149,5 @@ def test_training_reports_partial_files_in_bad_files(corpus, tmp_path):
         warnings.simplefilter("ignore")
         fit(cfg)
     epoch = [r for r in metrics(tmp_path / "run") if "train_loss" in r][0]
-    assert epoch["bad_files"] == [str(root / "a" / "cut.mkv")] and torch.isfinite(torch.tensor(epoch["train_loss"]))
+    assert epoch["bad_files"] == epoch["partial_files"] == [str(root / "a" / "cut.mkv")]
+    assert torch.isfinite(torch.tensor(epoch["train_loss"]))

@@ -1,5 +1,6 @@
 """Resume at any step: a run stopped by its time limit or killed (SIGKILL, also mid-checkpoint) and resumed ends
 with the weights of a run that was never interrupted."""
+import json
 import random
 import sys
 import time
@@ -98,6 +99,21 @@ def test_mid_epoch_resume_with_loader_workers_and_augmentation_is_exact(tmp_path
     fit(cfg("stopped", max_minutes=1e-9))  # after step 1 of 6
     fit(cfg("stopped"), resume=True)
     assert_same_weights(tmp_path / "straight", tmp_path / "stopped", tags=("last",))
+
+
+def test_a_resumed_run_records_its_own_sampling_protocol(tmp_path):
+    """A run started by a version whose checkpoints recorded no protocol writes its own once resumed."""
+    from timesformer.pretrained import load_pretrained
+
+    cfg = tiny_run(tmp_path, optim=dict(epochs=2))
+    fit(cfg, stop_after_epochs=1)
+    config = tmp_path / "run" / "last" / "config.json"
+    saved = json.loads(config.read_text())
+    for key in ("sampling", "sampling_rate", "fps"):
+        del saved["config"][key]
+    config.write_text(json.dumps(saved))
+    fit(cfg, resume=True)
+    assert load_pretrained(tmp_path / "run" / "last").config.sampling == "segment"  # SyntheticMotion's
 
 
 def hang_and_kill(tmp_path, where: str, n: int, args: list[str]):

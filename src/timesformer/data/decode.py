@@ -39,9 +39,16 @@ def _natural_key(name: str):
 def open_video(path: str | os.PathLike, *, frames_fps: float = 30.0) -> "VideoReader | FrameFolderReader":
     """A reader for a video file, or for a folder of extracted frames (shown at ``frames_fps``)."""
     path = Path(path)
-    if path.is_dir():
-        return FrameFolderReader(path, fps=frames_fps)
-    return VideoReader(path)
+    try:
+        folder = path.is_dir()
+    except OSError as err:
+        raise DecodeError(f"{path}: can't read it ({err})") from None
+    return FrameFolderReader(path, fps=frames_fps) if folder else VideoReader(path)
+
+
+# what PyAV and FFmpeg raise on damaged input (InvalidDataError is an FFmpegError and a ValueError ...); anything
+# else -- a MemoryError, a bug -- is not a damaged file and propagates
+_DECODE_ERRORS = (OSError, ValueError, EOFError, RuntimeError)
 
 
 class VideoReader:
@@ -66,13 +73,16 @@ class VideoReader:
             raise DecodeError(f"{self.path}: can't read it ({err})") from None
         try:
             self.container = av.open(str(self.path))
-        except Exception as err:  # av.error.InvalidDataError and friends
+        except (av.error.FFmpegError, *_DECODE_ERRORS) as err:
             raise DecodeError(f"{self.path}: not a readable video ({err})") from None
         try:
             self._open_stream()
-        except Exception as err:
+        except DecodeError:
             self.container.close()
-            raise err if isinstance(err, DecodeError) else DecodeError(f"{self.path}: {err}") from None
+            raise
+        except (av.error.FFmpegError, *_DECODE_ERRORS) as err:
+            self.container.close()
+            raise DecodeError(f"{self.path}: {err}") from None
         self.frames_decoded = 0  # how many frames the decoder produced so far (tests and benchmarks read it)
         self.partial = None  # why decoding stopped before the end of the video, once it has
 
@@ -87,6 +97,9 @@ class VideoReader:
         self.start_pts = self.stream.start_time or 0
         rate = self.stream.average_rate or self.stream.guessed_rate
         self.fps = float(rate) if rate else 30.0
+        # whether the video stream's own length is known: from its header, or from a container holding nothing
+        # else (a container's duration also covers a longer audio track)
+        self.length_known = bool(self.stream.duration) or len(self.container.streams) == 1
         if self.stream.duration:
             self.duration = float(self.stream.duration * self.time_base)
         elif self.container.duration:
@@ -118,11 +131,14 @@ class VideoReader:
         data ends (or breaks) before the duration it declares is partial: times past its last decodable frame are
         masked out too, and ``self.partial`` says where decoding stopped. Raises ``DecodeError`` only.
         """
+        times = [float(s) for s in times]
+        if not times:
+            raise ValueError("frames_at needs at least one time")
         try:
-            return self._frames_at([float(s) for s in times])
+            return self._frames_at(times)
         except DecodeError:
             raise
-        except Exception as err:  # whatever FFmpeg or PyAV raise on a damaged file
+        except (_av().error.FFmpegError, *_DECODE_ERRORS) as err:  # what FFmpeg or PyAV raise on a damaged file
             raise DecodeError(f"{self.path}: decoding failed ({type(err).__name__}: {err})") from None
 
     def _frames_at(self, times: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,7 +173,7 @@ class VideoReader:
                         break
                 if not restart:
                     break  # end of stream
-        except Exception as err:  # damaged data: what was decoded before it stands, the rest is masked out
+        except (_av().error.FFmpegError, *_DECODE_ERRORS) as err:  # damaged data: what decoded before it stands
             if last is None:
                 raise DecodeError(f"{self.path}: decoding failed ({err})") from None
             error = err
@@ -167,13 +183,14 @@ class VideoReader:
             ctx.skip_frame = "DEFAULT"
         if last is None:
             raise DecodeError(f"{self.path}: no frame could be decoded")
-        # the last decoded frame is on screen until its own duration ends
+        # the last decoded frame is on screen until its own duration ends: where the video stream ends, when a
+        # time asked for lies past it (a container's duration may be longer: an audio track)
         end = self._time(last) + (float(last.duration * self.time_base) if last.duration else 1 / self.fps)
-        if j < len(order) and (error is not None or end + 0.5 / self.fps < self.duration):
+        if j == len(order):
+            end = max(end, self.duration)  # every time asked for lies before a decoded frame
+        elif error is not None or (self.length_known and end + 0.5 / self.fps < self.duration):
             self.partial = (f"decoding stopped at {end:.2f} s of {self.duration:.2f} s"
                             + (f" ({type(error).__name__}: {error})" if error is not None else ""))
-        else:
-            end = max(end, self.duration)
         for k in order[j:]:  # past the end of the stream (or of its readable part): repeat the last frame
             picked[k] = last
         arrays = {}  # each distinct frame converted once

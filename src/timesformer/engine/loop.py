@@ -162,7 +162,7 @@ def build_run(cfg: RunConfig, d: distr.Dist, device: torch.device, *, resume: bo
             train_set, val_set = build_datasets(cfg, model_cfg, labels)  # same classes: keep the pretrained head
         classes = list(train_set.classes)
         model = build_model(cfg, classes, loaded)
-        model.config = model.config.replace(**sampling_protocol(cfg))  # the checkpoints say how clips were cut
+    model.config = model.config.replace(**sampling_protocol(cfg))  # the checkpoints say how clips were cut
 
     model = model.to(device)
     model.set_grad_checkpointing(o.grad_checkpointing)
@@ -475,6 +475,9 @@ def end_epoch(run: Run, metrics: dict) -> None:
               "time_s": round(run.elapsed(), 3)}
     if pos.bad:
         record["bad_files"] = sorted({p for p, _ in pos.bad})
+        partial = sorted({p for p, error in pos.bad if error.startswith("partial")})
+        if partial:
+            record["partial_files"] = partial  # decoded only partly: used, frames past the break masked
         if run.d.main:
             log.warning("epoch %d: %d bad file(s) (unreadable: skipped; partial: frames past the break masked): %s",
                         pos.epoch + 1, len(record["bad_files"]), ", ".join(record["bad_files"]))
