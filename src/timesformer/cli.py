@@ -91,7 +91,7 @@ def cmd_eval(args) -> int:
 
     from torch.utils.data import DataLoader
 
-    from .data import ClipSpec, VideoFolder, VideoList, collate
+    from .data import ClipSpec, VideoFolder, VideoList, bad_files_report, collate
     from .engine.checkpoint import write_json_atomic
     from .engine.device import pick_device
     from .engine.evaluate import predict_views, summarise
@@ -118,10 +118,7 @@ def cmd_eval(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     report = {"checkpoint": str(args.checkpoint), "data": str(args.data), "views": f"{clips}x{crops}",
               "sampling": {k: getattr(spec, k) for k in ("sampling", "sampling_rate", "fps")}, **summary,
-              "bad_files": sorted({p for p, _ in bad})}
-    partial = sorted({p for p, error in bad if error.startswith("partial")})
-    if partial:
-        report["partial_files"] = partial  # decoded only partly: used, frames past the break masked
+              **bad_files_report(bad)}
     write_json_atomic(out / "report.json", report)
     if "confusion" in summary:
         plot_confusion(summary["confusion"], data.classes, out / "confusion.png",

@@ -160,10 +160,6 @@ def _is_state(value) -> bool:
     return isinstance(value, dict) and any(isinstance(v, torch.Tensor) for v in value.values())
 
 
-def _tensors(state: dict, source) -> dict:
-    return select_state(state, source)
-
-
 def detect_format(path: str | os.PathLike, state: dict | None = None) -> str:
     """Which of ``FORMATS`` a folder or file is, by its config or by marker keys."""
     path = Path(path)
@@ -517,7 +513,7 @@ def export_hf(model: TimeSformer, folder: str | os.PathLike) -> Path:
 def init_from_image_vit(model: TimeSformer, source) -> TimeSformer:
     """Initialise ``model`` from image ViT weights (a path, or a state dict in timm or HF ``ViTModel`` naming):
     the paper's recipe. See ``convert/vit.py``. Returns the model (modified in place)."""
-    state = source if isinstance(source, dict) else _tensors(read_state(source), source)
+    state = source if isinstance(source, dict) else select_state(read_state(source), source)
     full = from_image_vit(state, model)
     check_state(model, full, str(source) if not isinstance(source, dict) else "image ViT state dict")
     model.load_state_dict(full, strict=True)

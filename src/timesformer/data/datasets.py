@@ -132,13 +132,24 @@ class VideoDataset(Dataset):
         return {**sample, "partial": partial} if partial else sample
 
 
+_PARTIAL = "partial: "  # how a partly decoded file's reason starts in a batch's ``bad`` list
+
+
+def bad_files_report(bad: list) -> dict:
+    """What reports say of a run's ``bad`` ``(path, error)`` pairs: ``bad_files`` (each path once), and
+    ``partial_files`` -- those decoded only partly, used with the frames past the break masked -- when any."""
+    report = {"bad_files": sorted({path for path, _ in bad})}
+    partial = sorted({path for path, error in bad if error.startswith(_PARTIAL)})
+    return {**report, "partial_files": partial} if partial else report
+
+
 def collate(samples: list[dict]) -> dict:
     """Stack good samples (``video: b t c S S``, ``mask: b t``, ``label: b`` or ``b classes``); list the bad ones
     (and the partial ones, which stay in the batch) in ``bad`` as ``(path, error)``. A batch may end up empty
     (``video`` is None)."""
     good = [s for s in samples if "error" not in s]
     batch = {"bad": [(s["path"], s["error"]) for s in samples if "error" in s]
-             + [(s["path"], f"partial: {s['partial']}") for s in good if s.get("partial")]}
+             + [(s["path"], f"{_PARTIAL}{s['partial']}") for s in good if s.get("partial")]}
     if not good:
         return {**batch, "video": None}
     batch["video"] = torch.stack([s["video"] for s in good])

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..data import ClipSpec, SyntheticMotion, VideoFolder, VideoList, collate
+from ..data import ClipSpec, SyntheticMotion, VideoFolder, VideoList, bad_files_report, collate
 from ..model import TimeSformer, create_model, get_config
 from . import distributed as distr
 from .checkpoint import (find_checkpoint, load_state, rng_state, save_checkpoint, set_rng_state, write_json_atomic,
@@ -462,7 +462,7 @@ def validate(run: Run) -> dict:
     logits, labels, bad = predict_views(model, run.val_loader, run.device, run.cfg.optim.precision, run.d)
     summary = summarise(logits, labels, len(run.classes), run.multi_label, run.classes)
     if bad:
-        summary["bad_files"] = sorted({p for p, _ in bad})
+        summary["bad_files"] = bad_files_report(bad)["bad_files"]
     return summary
 
 
@@ -474,10 +474,7 @@ def end_epoch(run: Run, metrics: dict) -> None:
     record = {"epoch": pos.epoch + 1, "step": pos.step, "train_loss": pos.loss_sum / max(pos.loss_count, 1),
               "time_s": round(run.elapsed(), 3)}
     if pos.bad:
-        record["bad_files"] = sorted({p for p, _ in pos.bad})
-        partial = sorted({p for p, error in pos.bad if error.startswith("partial")})
-        if partial:
-            record["partial_files"] = partial  # decoded only partly: used, frames past the break masked
+        record.update(bad_files_report(pos.bad))
         if run.d.main:
             log.warning("epoch %d: %d bad file(s) (unreadable: skipped; partial: frames past the break masked): %s",
                         pos.epoch + 1, len(record["bad_files"]), ", ".join(record["bad_files"]))
@@ -498,7 +495,7 @@ def save_run(run: Run, tags=("last",)) -> None:
     it gathers each rank's RNG state and bad files; rank 0 writes. Non-finite weights are never written."""
     d, pos = run.d, run.pos
     models = {"last": run.model, "best": run.ema.module if run.ema is not None else run.model}
-    for tag in tags:
+    for tag in {id(models[t]): t for t in tags}.values():  # each distinct model checked once
         bad = _nonfinite_tensor(models[tag])
         if bad is not None:  # the same on every rank: their weights are equal
             epoch = pos.epoch + 1 if pos.batch else pos.epoch
