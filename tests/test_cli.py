@@ -11,17 +11,6 @@ from timesformer.cli import main
 from .conftest import small_model
 
 
-def test_demo_trains_both_models_and_prints_the_table(tmp_path, capsys):
-    """The demo's full path on a seconds-long budget (the real run is `make demo`)."""
-    assert main(["demo", "--minutes", "0.1", "--out", str(tmp_path / "demo")]) == 0
-    out = capsys.readouterr().out
-    assert "| divided space-time (T+S) |" in out and "| space-only (S) |" in out and "direction accuracy" in out
-    for name in ("loss_curves.png", "confusion_divided.png", "confusion_space.png", "results.json"):
-        assert (tmp_path / "demo" / name).stat().st_size > 0
-    results = json.loads((tmp_path / "demo" / "results.json").read_text())
-    assert set(results) == {"divided", "space"} and results["divided"]["videos"] == 1200
-
-
 def test_convert_native_to_hf_and_back(tmp_path, capsys):
     model = small_model(labels=tuple("abcde"))
     tf.save_pretrained(model, tmp_path / "native")

@@ -81,4 +81,4 @@ def test_train_resume_eval_and_demo_evaluation_on_cuda(tmp_path):
 def test_demo_runs_on_cuda(tmp_path):
     from timesformer.cli import main
 
-    assert main(["demo", "--minutes", "0.05", "--out", str(tmp_path / "demo")]) == 0
+    assert main(["demo", "--schemes", "all", "--steps", "3", "--out", str(tmp_path / "demo")]) == 0

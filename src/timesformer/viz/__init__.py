@@ -1,4 +1,5 @@
-"""Figures (matplotlib, imported lazily): loss curves, confusion matrices."""
-from .plots import plot_confusion, plot_explanation, plot_loss_curves, plot_timeline
+"""Figures (matplotlib, imported lazily): loss curves, confusion matrices, scheme comparisons, previews."""
+from .plots import plot_confusion, plot_explanation, plot_loss_curves, plot_schemes, plot_timeline
+from .preview import write_preview
 
-__all__ = ["plot_confusion", "plot_explanation", "plot_loss_curves", "plot_timeline"]
+__all__ = ["plot_confusion", "plot_explanation", "plot_loss_curves", "plot_schemes", "plot_timeline", "write_preview"]

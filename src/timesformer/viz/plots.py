@@ -69,6 +69,30 @@ def plot_confusion(confusion, classes: list[str], out: str | os.PathLike, title:
     plt.close(fig)
 
 
+def plot_schemes(results: dict, names: dict, out: str | os.PathLike,
+                 title: str = "attention schemes at equal steps (SyntheticMotion)"):
+    """Direction accuracy and top-1 against GFLOPs per clip, a point per scheme (``results[scheme]`` holds
+    ``gflops``, ``direction`` and ``top1``)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = [r["gflops"] for r in results.values()]
+    ax.scatter(x, [100 * r["direction"] for r in results.values()], marker="o", label="direction accuracy")
+    ax.scatter(x, [100 * r["top1"] for r in results.values()], marker="s", facecolors="none", edgecolors="C1",
+               label="top-1, 12 classes")
+    for scheme, r in results.items():
+        ax.annotate(names.get(scheme, scheme), (r["gflops"], 100 * r["direction"]), textcoords="offset points",
+                    xytext=(5, 5), fontsize=7)
+    ax.axhline(50, color="gray", linestyle=":", linewidth=1)
+    ax.text(min(x), 51, "direction: chance", fontsize=7, color="gray")
+    ax.set_xlabel("GFLOPs per clip (multiply-adds)")
+    ax.set_ylabel("accuracy on held-out clips (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    _save(fig, out)
+    plt.close(fig)
+
+
 def plot_timeline(timeline: dict, out: str | os.PathLike, top: int = 5):
     """Probabilities of the ``top`` classes (by peak probability) along the video."""
     import torch

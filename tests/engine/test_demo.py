@@ -1,0 +1,135 @@
+"""The demo as a reproduction: equal steps on the same clips, a table that is a function of the seed, the
+paper's Table 1 beside ours, and the task preview."""
+import json
+
+import pytest
+import torch
+
+from timesformer.cli import main
+from timesformer.data import SyntheticMotion
+from timesformer.data.synthetic import CLASSES
+from timesformer.engine import demo
+
+
+def _seen_clips(monkeypatch) -> list:
+    seen = []
+    get = SyntheticMotion.__getitem__
+
+    def record(self, i):
+        if self.split == "train":
+            seen.append(i)
+        return get(self, i)
+    monkeypatch.setattr(SyntheticMotion, "__getitem__", record)
+    return seen
+
+
+def _losses(run_folder) -> list:
+    rows = map(json.loads, (run_folder / "metrics.jsonl").read_text().splitlines())
+    return [r.get("loss", r.get("train_loss")) for r in rows if "loss" in r or "train_loss" in r]
+
+
+def test_every_scheme_trains_the_same_steps_on_the_same_clips_in_the_same_order(tmp_path, monkeypatch):
+    seen = _seen_clips(monkeypatch)
+    results = demo.run_demo(str(tmp_path), schemes=("divided", "space"), steps=3, val_clips=24)
+    assert [r["steps"] for r in results.values()] == [3, 3]
+    divided, space = seen[:len(seen) // 2], seen[len(seen) // 2:]
+    assert len(divided) == 3 * 32 and divided == space and len(set(divided)) == len(divided)
+    # the two runs' settings differ in the attention scheme alone
+    configs = [demo.demo_config(a, out="x").__dict__ for a in ("divided", "space")]
+    differing = {k for k in configs[0] if configs[0][k] != configs[1][k]}
+    assert differing == {"name", "model_args"}
+    assert configs[0]["model_args"] == dict(demo.MODEL_ARGS, attention="divided")
+    assert configs[1]["model_args"] == dict(demo.MODEL_ARGS, attention="space")
+    assert configs[0]["optim"].max_minutes == 0  # no clock anywhere in the schedule
+
+
+def test_the_same_seed_gives_the_same_table_and_another_seed_another(tmp_path):
+    def table(out, seed):
+        results = demo.run_demo(str(tmp_path / out), schemes=("divided", "space"), steps=4, seed=seed, val_clips=48)
+        kept = {a: {k: v for k, v in r.items() if k not in ("train_s", "s_per_step")} for a, r in results.items()}
+        return kept, {a: _losses(tmp_path / out / a) for a in results}
+
+    first, again, other = table("a", 0), table("b", 0), table("c", 1)
+    assert first == again  # results, confusion matrices and every logged loss, exactly
+    assert first[1] != other[1] and first[0] != other[0]
+
+
+def test_demo_cli_prints_the_tables_and_writes_the_figures(tmp_path, capsys):
+    assert main(["demo", "--steps", "2", "--out", str(tmp_path / "demo")]) == 0
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "| divided space-time (T+S) | 2 |" in out and "| space-only (S) | 2 |" in out
+    assert "| rotate_cw/rotate_ccw |" in out and "worst pair" in out
+    assert "2/2" in captured.err  # the bars count the fixed steps
+    for name in ("loss_curves.png", "confusion_divided.png", "confusion_space.png", "table.md"):
+        assert (tmp_path / "demo" / name).stat().st_size > 0
+    saved = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert saved["steps"] == 2 and set(saved["schemes"]) == {"divided", "space"}
+    assert saved["schemes"]["divided"]["videos"] == demo.VAL_CLIPS
+    assert set(saved["schemes"]["divided"]["pairs"]) == {f"{CLASSES[a]}/{CLASSES[b]}" for a, b in
+                                                          demo.REVERSED_PAIRS}
+
+
+def test_schemes_all_puts_the_papers_table_1_beside_ours(tmp_path, capsys):
+    assert main(["demo", "--schemes", "all", "--steps", "1", "--val-clips", "24", "--out", str(tmp_path / "all")]) == 0
+    out = capsys.readouterr().out
+    assert "paper: SSv2 top-1" in out and "| divided space-time (T+S) |" in out and "| 59.5 |" in out
+    assert (tmp_path / "all" / "schemes.png").stat().st_size > 0
+    saved = json.loads((tmp_path / "all" / "results.json").read_text())["schemes"]
+    assert list(saved) == list(demo.SCHEMES)
+    flops = {s: saved[s]["gflops"] for s in saved}
+    assert flops["space"] < flops["joint"] < flops["divided"] < flops["sparse"] < flops["axial"]
+    params = {s: saved[s]["params_m"] for s in saved}
+    assert params["space"] == params["joint"] < params["divided"] == params["sparse"] < params["axial"]
+
+
+def test_base_model_parameters_and_flops_match_the_papers_table_1():
+    """The counts the Table 1 row prints, at the paper's size: parameters within 0.3 M of the paper's for every
+    scheme, and divided's 8x224 forward near the paper's 0.59 TFLOPs over 3 views (0.196 per view)."""
+    import timesformer as tf
+
+    for scheme, (paper_params, _, _) in demo.PAPER_TABLE1.items():
+        model = tf.create_model("timesformer_base", attention=scheme, num_classes=400)
+        assert abs(sum(p.numel() for p in model.parameters()) / 1e6 - paper_params) < 0.3, scheme
+    assert 180 < demo.gflops_per_clip(tf.create_model("timesformer_base", num_classes=400)) < 200
+
+
+@pytest.mark.parametrize("bad", ["divided,divided", "space,temporal", ""])
+def test_demo_rejects_unknown_or_repeated_schemes(bad, capsys):
+    assert main(["demo", "--schemes", bad, "--steps", "1"]) == 2
+    assert "--schemes takes 'all' or distinct names from space,joint,divided,sparse,axial" in capsys.readouterr().err
+
+
+def test_synth_preview_png_shows_one_clip_per_class_frame_by_frame(tmp_path, capsys):
+    from PIL import Image
+
+    from timesformer.viz.preview import _LABEL_WIDTH
+
+    assert main(["synth", "--preview", str(tmp_path / "p.png"), "--seed", "3"]) == 0
+    image = torch.from_numpy(__import__("numpy").array(Image.open(tmp_path / "p.png").convert("RGB")))
+    scale, gap, size = 4, 2, 32 * 4
+    assert image.shape == (12 * (size + gap), _LABEL_WIDTH + 8 * (size + gap), 3)
+    data = SyntheticMotion(12, seed=3)
+    for row in (0, 5, 11):  # move_left, rotate_ccw, still_cross: the dataset's clip, pixel for pixel
+        video, label = data.clip(row)
+        assert label == row
+        for frame in (0, 7):
+            y, x = row * (size + gap), _LABEL_WIDTH + frame * (size + gap)
+            tile = image[y:y + size:scale, x:x + size:scale].permute(2, 0, 1)
+            assert torch.equal(tile, video[frame])
+
+
+def test_synth_preview_gif_animates_every_frame(tmp_path):
+    from PIL import Image
+
+    assert main(["synth", "--preview", str(tmp_path / "p.gif"), "--frames", "6", "--size", "24"]) == 0
+    with Image.open(tmp_path / "p.gif") as gif:
+        assert gif.n_frames == 6 and gif.info["loop"] == 0
+    assert not list(tmp_path.glob(".*"))  # written through a temporary name, nothing left beside it
+
+
+def test_synth_preview_names_what_it_needs(tmp_path, capsys):
+    assert main(["synth", "--preview", str(tmp_path / "p.mp4")]) == 2
+    assert "preview file must end in .png or .gif; got 'p.mp4'" in capsys.readouterr().err
+    assert main(["synth", "--num", "3"]) == 2
+    assert "--out DIR --num N, or a preview with --preview" in capsys.readouterr().err
