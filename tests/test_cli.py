@@ -153,3 +153,21 @@ def test_finetune_and_the_shipped_configs_use_the_official_stochastic_depth(tmp_
     assert main(["finetune", "--pretrained", str(tmp_path / "base"), *tiny, "name=ft0",
                  "model_args.drop_path_rate=0"]) == 0
     assert tf.load_pretrained(tmp_path / "ft0" / "last").config.drop_path_rate == 0.0
+
+
+def test_progress_eta_follows_the_recent_rate_not_a_slow_start(monkeypatch):
+    """Ten steps in the first 100 s (a model build, a busy machine), then one a second: 80 steps left is 80 s."""
+    import io
+
+    from timesformer import cli
+
+    clock = [0.0]
+    monkeypatch.setattr(cli.time, "perf_counter", lambda: clock[0])
+    stream = io.StringIO()
+    bar = cli.Progress(100, "train", stream=stream)
+    clock[0] = 100.0
+    bar.update(10)
+    for step in range(11, 21):
+        clock[0] += 1.0
+        bar.update(step)
+    assert stream.getvalue().rsplit("\r", 1)[-1].startswith("train [####....................] 20/100 1.0/s ETA   80s")

@@ -418,12 +418,17 @@ def cmd_synth(args) -> int:
 
 
 class Progress:
-    """A one-line progress bar on stderr: count, rate, ETA, and any postfix (loss, lr ...)."""
+    """A one-line progress bar on stderr: count, rate, ETA, and any postfix (loss, lr ...).
 
-    def __init__(self, total: int, label: str, stream=None):
-        self.total, self.label, self.stream = total, label, stream or sys.stderr
+    Rate and ETA come from the last ``window`` seconds, so a slow start (a model build, a busy machine) does not
+    skew the ETA for the rest of the run.
+    """
+
+    def __init__(self, total: int, label: str, stream=None, window: float = 30.0):
+        self.total, self.label, self.stream, self.window = total, label, stream or sys.stderr, window
         self.start = self.last = time.perf_counter()
         self.done, self.postfix = 0, ""
+        self.history = [(self.start, 0)]  # (time, done) within the window, oldest first
 
     def update(self, done: int, total: int | None = None, postfix: str = ""):
         if isinstance(total, str):  # update(done, postfix)
@@ -432,10 +437,14 @@ class Progress:
             self.total = total
         self.done, self.postfix = done, postfix
         now = time.perf_counter()
+        self.history.append((now, done))
+        while len(self.history) > 2 and now - self.history[0][0] > self.window:
+            self.history.pop(0)
         if now - self.last < 0.2 and done < self.total:
             return
         self.last = now
-        rate = done / max(now - self.start, 1e-9)
+        then, done_then = self.history[0]
+        rate = (done - done_then) / max(now - then, 1e-9)
         eta = (self.total - done) / rate if rate > 0 else 0
         width = 24
         fill = int(width * done / max(self.total, 1))
