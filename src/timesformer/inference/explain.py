@@ -1,16 +1,20 @@
 """Where the model looked: attention rollout through space and time.
 
 Method (Abnar & Zuidema's rollout, adapted to factorised attention). Every attention stage of every block --
-temporal, spatial (and the local/global, width/height or joint stages of the other schemes) -- is written as one
-token-mixing matrix ``M`` over all tokens ``[cls, t*h*w patches]``: each group's head-averaged attention is placed
-at its tokens' rows and columns; where the cls token is copied into every frame (divided attention) its row is the
-mean of the copies' rows over frames that hold a real frame; where it attends the whole clip (the seed's), its row
-is that attention; where it sits a stage out, its row is the identity. The residual connection is accounted as
+temporal, spatial (and the local/global, width/height or joint stages of the other schemes) -- is a token-mixing
+matrix ``M`` over all tokens ``[cls, t*h*w patches]``: each group's head-averaged attention sits at its tokens'
+rows and columns; where the cls token is copied into every frame (divided attention) its row is the mean of the
+copies' rows over frames that hold a real frame; where it attends the whole clip (the seed's), its row is that
+attention; where it sits a stage out, its row is the identity. The residual connection is accounted as
 ``A = (M + I) / 2``, rows renormalised, and the stages chain as ``R = A_last ... A_first``. The cls row of ``R``
 says how much each patch of each frame flowed into the prediction. Maps are normalised to sum to 1 in every frame;
 frame importance is each frame's share of the total.
 
-Legend: ``t h w`` frames x patch grid; ``N = 1 + t*h*w`` tokens.
+Only the cls row is needed, so it is carried from the last stage to the first as a vector, ``r <- r A``, with
+each ``A`` applied straight from the grouped probabilities: the cost of the attention itself, never an ``N x N``
+matrix (a 16x448 clip has N = 12545).
+
+Legend: ``t h w`` frames x patch grid; ``N = 1 + t*h*w`` tokens; ``G L`` groups x slots of a stage.
 """
 from __future__ import annotations
 
@@ -27,35 +31,43 @@ def _token_ids(partition, size) -> torch.Tensor:
     return grouped.round().long().where(grouped > 0, torch.full_like(grouped, -1, dtype=torch.long))
 
 
-def _stage_matrix(rec: dict, n: int, pending_global: torch.Tensor | None) -> torch.Tensor:
-    """``N N`` mixing matrix of one stage (sample 0)."""
+def _apply_stage(rec: dict, row: torch.Tensor, pending_global: torch.Tensor | None) -> torch.Tensor:
+    """``row @ A`` for one stage's ``A = rownorm((M + I) / 2)`` (sample 0), from its grouped probabilities.
+
+    ``row: N`` float64 -> ``N``. Padding slots map to a sink token ``N`` that is dropped, as are its rows.
+    """
+    n = row.shape[0]
     probs = rec["probs"]  # (b G) Lq Lk
     ids = _token_ids(rec["partition"], rec["size"])  # G L
     G, L = ids.shape
-    probs = probs[:G]  # sample 0
-    m = torch.zeros(n + 1, n + 1, dtype=torch.float64)  # row/column n: sink for padding slots
+    probs = probs[:G].double()  # sample 0
     ids = ids.where(ids >= 0, torch.full_like(ids, n))
+    cols = ids if rec["cls"] == "none" else torch.cat([torch.zeros(G, 1, dtype=torch.long), ids], dim=1)
+    kept = (cols < n).double()  # G Lk: columns that are tokens, not the sink
+    patch = probs if rec["cls"] != "average" else probs[:, 1:]  # G L Lk: the patch queries' rows
+    sums = torch.zeros(n + 1, dtype=torch.float64)  # row sums of M (kept columns only)
+    sums.index_add_(0, ids.reshape(-1), (patch * kept[:, None]).sum(-1).reshape(-1))
+    padded = torch.cat([row, row.new_zeros(1)])
+    cls_row = None  # M[0]: the cls token's row
     if rec["cls"] == "none":
-        rows, cols = ids[:, :, None].expand(G, L, L), ids[:, None, :].expand(G, L, L)
-        m.index_put_((rows.reshape(-1), cols.reshape(-1)), probs.double().reshape(-1), accumulate=True)
-        m[0, 0] = 1.0
+        cls_row = torch.zeros(n, dtype=torch.float64)
+        cls_row[0] = 1.0
+    elif rec["cls"] == "global":
+        cls_row = pending_global[0].double()
     else:
-        keys = torch.cat([torch.zeros(G, 1, dtype=torch.long), ids], dim=1)  # cls first among the keys
-        if rec["cls"] == "global":  # queries: patches only
-            rows, cols = ids[:, :, None].expand(G, L, L + 1), keys[:, None, :].expand(G, L, L + 1)
-            m.index_put_((rows.reshape(-1), cols.reshape(-1)), probs.double().reshape(-1), accumulate=True)
-            m[0, :n] = pending_global[0].double()
-        else:  # cls copy in each group, its rows averaged over groups holding a real token
-            patch = probs[:, 1:]
-            rows, cols = ids[:, :, None].expand(G, L, L + 1), keys[:, None, :].expand(G, L, L + 1)
-            m.index_put_((rows.reshape(-1), cols.reshape(-1)), patch.double().reshape(-1), accumulate=True)
-            real = rec["real"]
-            weight = real[:G].any(-1).double() if real is not None else torch.ones(G, dtype=torch.float64)
-            weight = weight / weight.sum()
-            cls_rows = probs[:, 0].double() * weight[:, None]  # G (1 + L)
-            m.index_put_((torch.zeros_like(keys).reshape(-1), keys.reshape(-1)), cls_rows.reshape(-1),
-                         accumulate=True)
-    return m[:n, :n]
+        real = rec["real"]
+        weight = real[:G].any(-1).double() if real is not None else torch.ones(G, dtype=torch.float64)
+        weight = weight / weight.sum()
+        cls_row = torch.zeros(n + 1, dtype=torch.float64)
+        cls_row.index_add_(0, cols.reshape(-1), (probs[:, 0] * weight[:, None]).reshape(-1))
+        cls_row = cls_row[:n]
+    sums[0] = cls_row.sum()
+    scaled = padded / (0.5 * sums + 0.5)  # row i of A is (M_i + e_i) / 2 over its sum
+    scaled[n] = 0.0
+    out = torch.zeros(n + 1, dtype=torch.float64)
+    out.index_add_(0, cols.reshape(-1), torch.einsum("gq,gqk->gk", scaled[ids], patch).reshape(-1))
+    out = out[:n] + scaled[0] * cls_row
+    return 0.5 * (out + scaled[:n])
 
 
 @torch.no_grad()
@@ -74,17 +86,16 @@ def attention_rollout(model: TimeSformer, video: torch.Tensor, mask: torch.Tenso
     logits = model.head(model.norm(model._pool_cls(cls, mask)))[0]
     _, t, h, w, _ = x.shape
     n = 1 + t * h * w
-    rollout = torch.eye(n, dtype=torch.float64)
+    cls_row = torch.zeros(n, dtype=torch.float64)
+    cls_row[0] = 1.0
     records = ctx.record
-    for i, rec in enumerate(records):
+    for i in reversed(range(len(records))):  # r A_last ... A_first
+        rec = records[i]
         if "global_cls" in rec:
             continue  # consumed with the stage it belongs to (recorded right after it)
         pending = records[i + 1]["global_cls"] if rec["cls"] == "global" else None
-        mix = _stage_matrix(rec, n, pending)
-        a = 0.5 * mix + 0.5 * torch.eye(n, dtype=torch.float64)
-        a = a / a.sum(-1, keepdim=True)
-        rollout = a @ rollout
-    relevance = rollout[0, 1:].view(t, h, w).float()
+        cls_row = _apply_stage(rec, cls_row, pending)
+    relevance = cls_row[1:].view(t, h, w).float()
     if mask is not None:
         relevance = relevance * mask[0].view(t, 1, 1)
     per_frame = relevance.sum((1, 2))
