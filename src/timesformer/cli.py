@@ -105,6 +105,7 @@ def cmd_eval(args) -> int:
     from .engine.checkpoint import write_json_atomic
     from .engine.device import pick_device
     from .engine.evaluate import predict_views, summarise
+    from .optimize import optimize
     from .pretrained import load_pretrained
     from .viz import plot_confusion
 
@@ -122,7 +123,8 @@ def cmd_eval(args) -> int:
         raise ValueError(f"{args.data} has {data.num_classes} classes but the checkpoint has {cfg.num_classes} "
                          f"(and names none to match them by)")
     loader = DataLoader(data, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate)
-    logits, labels, bad = predict_views(model.to(device), loader, device, "fp32")
+    fast = optimize(model.to(device), precision=args.precision, compile=args.compile)
+    logits, labels, bad = predict_views(fast, loader, device, "fp32")  # fp32: no autocast around the fast path
     summary = summarise(logits, labels, cfg.num_classes, data.multi_label, data.classes)
     out = Path(args.out) if args.out else Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(".")
     out.mkdir(parents=True, exist_ok=True)
@@ -222,7 +224,7 @@ def cmd_predict(args) -> int:
     clips, crops = parse_views(args.views)
     model = _load_for_inference(args)
     predictor = Predictor(model, clips=clips, crops=crops, **_sampling(args, model.config),
-                          device=_device(args.device), precision=args.precision)
+                          device=_device(args.device), precision=args.precision, compile=args.compile)
     paths = _inputs(args)
     bases = _output_bases(paths, Path(args.out or "."))
     bar = Progress(len(paths), "predict", stream=sys.stderr)
@@ -268,7 +270,7 @@ def cmd_extract(args) -> int:
     model = _load_for_inference(args)
     clips, crops = parse_views(args.views)
     predictor = Predictor(model, clips=clips, crops=crops, **_sampling(args, model.config),
-                          device=_device(args.device))
+                          device=_device(args.device), precision=args.precision, compile=args.compile)
     out = Path(args.out)
     paths = _inputs(args)
     bases = _output_bases(paths, out)
@@ -465,6 +467,13 @@ def _sampling_options(parser):
     parser.add_argument("--fps", type=float, help="dense: the frame rate the rate counts at; default: the checkpoint's")
 
 
+def _fast_options(parser):
+    parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
+                        help="bf16: weights cast once; int8: quantized linear layers (CPU); default fp32")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the model with torch.compile (inductor); falls back to eager with a warning")
+
+
 def _sampling(args, cfg) -> dict:
     """The clip sampling to run a model with: what the command line says, else what the checkpoint records."""
     return dict(sampling=args.sampling or cfg.sampling, sampling_rate=args.sampling_rate or cfg.sampling_rate,
@@ -521,6 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--workers", type=int, default=0)
     ev.add_argument("--out", help="folder for report.json and confusion.png (default: beside the checkpoint)")
+    _fast_options(ev)
     ev.add_argument("--device", default="auto")
     ev.set_defaults(func=cmd_eval)
 
@@ -550,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--stride", type=float, help="seconds between windows (default: --window)")
     pred.add_argument("--out", help="folder for timeline JSON and PNG (default: .)")
     _sampling_options(pred)
-    pred.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    _fast_options(pred)
     pred.add_argument("--device", default="auto")
     pred.set_defaults(func=cmd_predict)
 
@@ -563,6 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     ext.add_argument("--format", choices=("npy", "safetensors"), default="npy")
     ext.add_argument("--views", default="1x1")
     _sampling_options(ext)
+    _fast_options(ext)
     ext.add_argument("--device", default="auto")
     ext.set_defaults(func=cmd_extract)
 

@@ -176,3 +176,42 @@ def test_the_sampling_protocol_travels_with_the_weights(tmp_path, monkeypatch, c
         assert main(["extract", str(tmp_path / "v.mp4"), "--checkpoint", str(tmp_path / "ssv2"), "--out",
                      str(tmp_path / f"f{len(extra)}"), *extra]) == 0
     assert used == [("segment", 32, 30.0)] * 2 + [("dense", 2, 10.0)] * 2
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_precision_flags_on_predict_extract_and_eval(precision, ckpt, videos, tmp_path, capsys, monkeypatch):
+    """The fast path from the command line, on decoded footage: the same probabilities as fp32 within the
+    precision's tolerance, features likewise; eval runs on it (and compiles when asked, falling back with a
+    warning where the compiler fails)."""
+    import warnings
+
+    def run(*flags):
+        assert main(["predict", str(videos / "a.mp4"), str(videos / "b.webm"), "--checkpoint", str(ckpt / "named"),
+                     "--topk", "3", "--json", *flags]) == 0
+        return [{e["class"]: e["prob"] for e in json.loads(line)["top"]} for line in capsys.readouterr().out.splitlines()]
+
+    ref, low = run(), run("--precision", precision)
+    assert [max(r, key=r.get) for r in ref] == [max(r, key=r.get) for r in low]
+    assert all(abs(r[c] - q[c]) < 0.02 for r, q in zip(ref, low) for c in r)
+    for flags, name in (([], "fp32"), (["--precision", precision], "low")):
+        assert main(["extract", str(videos / "a.mp4"), "--checkpoint", str(ckpt / "named"),
+                     "--out", str(tmp_path / name), *flags]) == 0
+    import numpy as np
+
+    a, b = (np.load(tmp_path / name / "a.pooled.npy") for name in ("fp32", "low"))
+    assert np.abs(a - b).max() < 0.05 * np.abs(a).max()
+
+    from timesformer.data import write_synthetic
+
+    root = write_synthetic(tmp_path / "data", 12, size=32, num_frames=4)
+    model = tf.create_model("timesformer_tiny", num_classes=12, **TINY)
+    tf.save_pretrained(model, tmp_path / "synth")
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn) or (lambda *a: 1 / 0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["eval", "--checkpoint", str(tmp_path / "synth"), "--data", str(root), "--precision", precision,
+                     "--compile", "--sampling", "segment", "--out", str(tmp_path / "eval")]) == 0
+    assert compiled and any("torch.compile failed (ZeroDivisionError" in str(w.message) for w in caught)
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["videos"] == 12

@@ -35,7 +35,8 @@ MODEL_ARGS = dict(dim=96, heads=3)
 VAL_CLIPS = 1200
 
 
-def demo_config(attention: str, *, out: str, steps: int = STEPS, seed: int = 0, val_clips: int = VAL_CLIPS) -> RunConfig:
+def demo_config(attention: str, *, out: str, steps: int = STEPS, seed: int = 0,
+                val_clips: int = VAL_CLIPS) -> RunConfig:
     """The demo's run: identical for every scheme apart from ``attention``. One epoch of fresh clips, so every
     clip is seen once; warmup then cosine decay. fp32: at this size it is faster than bf16 autocast on CPUs, and
     its results move less from one machine to another."""

@@ -4,7 +4,6 @@ Legend: ``t c S S`` a clip; ``v`` views (clips x crops); ``d`` model dim.
 """
 from __future__ import annotations
 
-import contextlib
 import glob
 import logging
 import os
@@ -17,6 +16,7 @@ from ..data.decode import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from ..data.sampling import clip_start_times
 from ..data.transforms import EvalTransform
 from ..model import TimeSformer
+from ..optimize import optimize
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +44,15 @@ class Predictor:
         sampling_rate, fps: dense sampling: ``num_frames`` frames every ``sampling_rate`` frames at ``fps``.
         sampling: ``"dense"`` or ``"segment"`` (one frame per segment of the whole video).
         The three default to the protocol the checkpoint records (``model.config``).
+        precision, compile: the fast path (``timesformer.optimize``): fp32, bf16 (weights cast once) or int8
+            (CPU), compiled with inductor when ``compile``.
     """
 
     def __init__(self, model: TimeSformer, *, clips: int = 1, crops: int = 1, sampling: str | None = None,
                  sampling_rate: int | None = None, fps: float | None = None, device: str | torch.device = "cpu",
-                 precision: str = "fp32"):
+                 precision: str = "fp32", compile: bool = False):
         cfg = model.config
-        self.model = model.eval().to(device)
+        self.model = optimize(model.to(device), precision=precision, compile=compile)
         self.device, self.precision = torch.device(device), precision
         self.spec = ClipSpec(num_frames=cfg.num_frames, sampling=sampling or cfg.sampling,
                              sampling_rate=sampling_rate or cfg.sampling_rate, fps=fps or cfg.fps,
@@ -64,12 +66,10 @@ class Predictor:
 
     def _run(self, views: torch.Tensor, masks: torch.Tensor, features: bool = False) -> torch.Tensor:
         """``views: v t c S S -> v classes`` (or ``v d`` features)."""
-        ctx = torch.autocast(self.device.type, torch.bfloat16) if self.precision == "bf16" else contextlib.nullcontext()
-        with torch.inference_mode(), ctx:
-            video, mask = views.to(self.device), masks.to(self.device)
-            mask = None if bool(mask.all()) else mask
-            out = self.model.forward_features(video, mask) if features else self.model(video, mask)
-        return out.float().cpu()
+        video, mask = views.to(self.device), masks.to(self.device)
+        mask = None if bool(mask.all()) else mask
+        out = self.model.forward_features(video, mask) if features else self.model(video, mask)
+        return out.cpu()
 
     def views(self, path: str | os.PathLike, start: float | None = None, window: float | None = None):
         """Normalised views of a video (or of ``[start, start + window)`` of it): ``(v t c S S, v t)``. A file that
@@ -130,8 +130,7 @@ class Predictor:
             return self._run(views, masks, features=True).mean(0)
         if kind not in ("frames", "patches"):
             raise ValueError(f"features kind must be pooled, frames or patches; got {kind!r}")
-        with torch.inference_mode():
-            tokens = self.model.forward_tokens(views.to(self.device)).float().cpu().mean(0)  # (1 + t n) d
+        tokens = self.model.forward_tokens(views.to(self.device)).cpu().mean(0)  # (1 + t n) d
         if kind == "patches":
             return tokens
         t = views.shape[1]

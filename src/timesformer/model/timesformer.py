@@ -230,7 +230,10 @@ class TimeSformer(nn.Module):
             rope = {}
             for axes in self._rope_axes:
                 angles = rotary_angles(axes, (t, h, w), cfg.dim_head, base=cfg.rotary_base, device=x.device)
-                rope[axes] = (angles.cos().unsqueeze(-2), angles.sin().unsqueeze(-2))  # t h w 1 (e/2)
+                # in the weights' dtype: a model cast to bf16 stays in bf16 (autocast keeps fp32 weights: fp32)
+                dtype = self.cls_token.dtype
+                cos, sin = angles.cos().unsqueeze(-2).to(dtype), angles.sin().unsqueeze(-2).to(dtype)
+                rope[axes] = (cos, sin)  # t h w 1 (e/2)
         if mask is not None:  # padded frames carry no content: logits never depend on it
             x = torch.where(mask[:, :, None, None, None], x, 0.0)
         if self._cls_per_frame:
