@@ -6,6 +6,10 @@ seed's ``timesformer-pytorch`` 0.4.1 (dim 768, depth 12, heads 12). Prints a mar
 against HF (>1 is better for throughput; <1 is better for time and memory).
 
     python benchmarks/bench_model.py [--threads 2] [--quick]
+    python benchmarks/bench_model.py --fast   # the inference fast path (timesformer.optimize) against HF
+
+``--fast`` prints the CPU, oneDNN's ISA and this machine's fp32 / bf16 / int8 matmul peaks, then batch-1
+inference of every path: seconds per clip, the ratio to HF eager bf16 autocast, and achieved GFLOP/s.
 """
 from __future__ import annotations
 
@@ -101,10 +105,108 @@ def worker(name: str, task: str, quick: bool, device: str = "cpu") -> dict:
     return out
 
 
-def run(name: str, task: str, threads: int, quick: bool, device: str = "cpu") -> dict:
+FAST_PATHS = (  # (model, precision, compile): HF's two eager paths, then ours
+    ("hf", "fp32", False), ("hf", "bf16-autocast", False), ("ours", "fp32", False), ("ours", "bf16-autocast", False),
+    ("ours", "bf16", False), ("ours", "int8", False), ("ours", "bf16", True), ("ours", "int8", True))
+
+
+def fast_worker(name: str, precision: str, compile: bool, quick: bool) -> dict:
+    """Seconds per clip at batch 1 on one path (compile time reported apart), and its logits' drift from fp32."""
+    import time
+
+    import torch
+
+    import timesformer
+
+    torch.manual_seed(0)
+    model = build(name)
+    module = model.hf if isinstance(model, _Logits) else model
+    module.eval()
+    x = torch.randn(1, 8, 3, 224, 224)
+    with torch.no_grad():
+        ref = model(x)
+    out = {}
+    if precision in ("fp32", "bf16-autocast"):
+        def step():
+            with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=precision != "fp32"):
+                return model(x)
+    else:
+        start = time.perf_counter()
+        fast = timesformer.optimize(module, precision=precision, compile=compile, example=x)
+        out["prepare_s"] = time.perf_counter() - start
+        out["compiled"] = fast.compiled
+        step = lambda: fast(x)  # noqa: E731
+    out["drift"] = ((step().float() - ref).abs().max() / ref.abs().max()).item()
+    out["s"] = median_seconds(step, 1 if quick else 5)
+    return out
+
+
+def machine_peaks(quick: bool) -> dict:
+    """GFLOP/s of a 1568x768x3072 matmul (the qkv projection of one 8x224 clip) in fp32, bf16 and int8."""
+    import torch
+
+    m, k, n = 1568, 768, 3072
+    flops = 2 * m * k * n
+    out = {}
+    for dtype in ("fp32", "bf16", "int8"):
+        if dtype == "int8":
+            a = torch.randint(-128, 127, (m, k), dtype=torch.int8)
+            b = torch.randint(-128, 127, (k, n), dtype=torch.int8)
+            fn = lambda: torch._int_mm(a, b)  # noqa: E731
+        else:
+            t = torch.float32 if dtype == "fp32" else torch.bfloat16
+            a, b = torch.randn(m, k, dtype=t), torch.randn(k, n, dtype=t)
+            fn = lambda: a @ b  # noqa: E731
+        out[dtype] = flops / median_seconds(fn, 3 if quick else 10, warmup=2) / 1e9
+    return out
+
+
+def machine() -> str:
+    """The CPU's model name and the ISA oneDNN dispatches to (from its verbose log of one bf16 matmul)."""
+    import platform
+
+    name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    probe = subprocess.run([sys.executable, "-c", "import torch; a = torch.ones(64, 64, dtype=torch.bfloat16); a @ a"],
+                           env=dict(os.environ, ONEDNN_VERBOSE="1"), capture_output=True, text=True)
+    isa = next((line.split("isa:", 1)[1].strip() for line in probe.stdout.splitlines() if "isa:" in line), "unknown")
+    return f"{name}; oneDNN ISA: {isa}"
+
+
+def fast_table(threads: int, quick: bool):
+    import torch
+
+    from timesformer import create_model
+    from timesformer.engine.demo import gflops_per_clip
+
+    torch.set_num_threads(threads)
+    gflop = 2 * gflops_per_clip(create_model("timesformer_base", num_classes=400))  # multiply-adds -> FLOPs
+    peaks = machine_peaks(quick)
+    rows = {}
+    for name, precision, compile in FAST_PATHS:
+        rows[(name, precision, compile)] = run(name, "fast", threads, quick, extra=[precision, str(int(compile))])
+        print(f"# {name} {precision} compile={compile}: {rows[(name, precision, compile)]}", file=sys.stderr)
+    base = rows[("hf", "bf16-autocast", False)]["s"]
+    print(f"\ntorch {torch.__version__}, {threads} CPU threads; {machine()}")
+    print(f"matmul peaks (1568x768x3072): fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f}, int8 "
+          f"{peaks['int8']:.0f} GFLOP/s; TimeSformer-B 8x224: {gflop:.0f} GFLOP per clip\n")
+    print("| path, batch 1 | s per clip | vs HF bf16 autocast | GFLOP/s | peak of its precision | max logit drift "
+          "vs fp32 | compile s |")
+    print("|---|---|---|---|---|---|---|")
+    for (name, precision, compile), r in rows.items():
+        peak = peaks["int8" if precision == "int8" else "fp32" if precision == "fp32" else "bf16"]
+        label = f"{'HF' if name == 'hf' else 'ours'} {precision}{' + compile' if compile else ''}"
+        if compile and not r.get("compiled"):
+            label += " (compile failed: eager)"
+        prep = f"{r['prepare_s']:.0f}" if compile else ""
+        print(f"| {label} | {r['s']:.3f} | {base / r['s']:.2f}x | {gflop / r['s']:.0f} | {peak:.0f} | "
+              f"{r['drift']:.4f} | {prep} |")
+
+
+def run(name: str, task: str, threads: int, quick: bool, device: str = "cpu", extra=()) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    cmd = [sys.executable, __file__, "--worker", name, task, "--threads", str(threads), "--device", device] + \
-        (["--quick"] if quick else [])
+    cmd = [sys.executable, __file__, "--worker", name, task, *extra, "--threads", str(threads), "--device",
+           device] + (["--quick"] if quick else [])
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"{name} {task} failed:\n{proc.stderr[-3000:]}")
@@ -117,13 +219,21 @@ def main():
     ap.add_argument("--quick", action="store_true", help="one timed iteration per cell")
     ap.add_argument("--device", default="cpu", help="cpu | cuda")
     ap.add_argument("--models", default=",".join(MODELS), help="which of ours,hf,seed")
-    ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--fast", action="store_true", help="the inference fast path (timesformer.optimize) vs HF")
+    ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         import torch
 
         torch.set_num_threads(args.threads)
-        print(json.dumps(worker(*args.worker, quick=args.quick, device=args.device)))
+        if args.worker[1] == "fast":
+            name, _, precision, compile = args.worker
+            print(json.dumps(fast_worker(name, precision, bool(int(compile)), quick=args.quick)))
+        else:
+            print(json.dumps(worker(*args.worker, quick=args.quick, device=args.device)))
+        return
+    if args.fast:
+        fast_table(args.threads, args.quick)
         return
 
     import torch

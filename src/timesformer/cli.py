@@ -10,20 +10,17 @@ import time
 def cmd_demo(args) -> int:
     import torch
 
-    from .engine.demo import NAMES, SCHEMES, format_tables, run_demo
+    from .engine.demo import MODEL_ARGS, NAMES, SCHEMES, check_demo, format_tables, run_demo
 
-    schemes = SCHEMES if args.schemes == "all" else tuple(args.schemes.split(","))
-    unknown = [s for s in schemes if s not in SCHEMES]
-    if unknown or len(set(schemes)) != len(schemes):
-        raise ValueError(f"--schemes takes 'all' or distinct names from {','.join(SCHEMES)}; got {args.schemes!r}")
-    if args.steps < 1 or args.val_clips < 12:
-        raise ValueError(f"--steps must be at least 1 and --val-clips at least 12 (one per class); got "
-                         f"{args.steps} and {args.val_clips}")
+    schemes = check_demo(SCHEMES if args.schemes == "all" else [s for s in args.schemes.split(",") if s],
+                         args.steps, args.val_clips)
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    print(f"Training timesformer_tiny on SyntheticMotion once per scheme ({', '.join(NAMES[s] for s in schemes)}): "
-          f"the same clips in the same order, {args.steps} steps each, seed {args.seed}.", flush=True)
+    size = ", ".join(f"{k} {v}" for k, v in MODEL_ARGS.items())
+    print(f"Training timesformer_tiny ({size}) on SyntheticMotion once per scheme "
+          f"({', '.join(NAMES[s] for s in schemes)}): the same clips in the same order, {args.steps} steps each, "
+          f"seed {args.seed}.", flush=True)
     results = run_demo(out=args.out, schemes=schemes, steps=args.steps, seed=args.seed, val_clips=args.val_clips,
                        progress_factory=lambda name, i, n: Progress(args.steps, f"{name:8s} [{i + 1}/{n}]"))
     print()
@@ -400,6 +397,8 @@ def cmd_synth(args) -> int:
     if args.preview:
         from .viz import write_preview
 
+        if args.out or args.num is not None:
+            raise ValueError("synth writes either a preview (--preview FILE) or clips (--out DIR --num N), not both")
         data = SyntheticMotion(len(CLASSES), num_frames=args.frames, size=args.size, seed=args.seed,
                                split=args.split)  # sample i has class i
         clips = [data.clip(i) for i in range(len(data))]
@@ -592,7 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--overwrite", action="store_true")
     xp.set_defaults(func=cmd_export)
 
-    synth = sub.add_parser("synth", help="write SyntheticMotion clips as mp4 files (VideoFolder layout)")
+    synth = sub.add_parser("synth", help="write SyntheticMotion clips as mp4 files (VideoFolder layout), or a "
+                                         "preview of one clip per class (--preview FILE.png|.gif)")
     synth.add_argument("--out", help="output folder; clips go to OUT/<split>/<class>/")
     synth.add_argument("--num", type=int, help="number of clips")
     synth.add_argument("--preview", metavar="FILE", help="instead: one clip per class as a PNG grid (.png) or an "

@@ -5,8 +5,8 @@
 - ``int8``: every ``nn.Linear`` (qkv, projections, MLPs, head: nearly all the FLOPs) quantized to int8 weights
   with activations quantized per batch at run time (dynamic quantization). It needs no calibration clips; the
   patch embedding, attention products and norms stay fp32.
-- ``compile``: ``torch.compile`` (inductor) on top; where inductor fails -- no C++ compiler, an unsupported op
-  -- a warning says why and the module runs eagerly.
+- ``compile``: ``torch.compile`` (inductor, freezing the weights as constants) on top; where inductor fails --
+  no C++ compiler, an unsupported op -- a warning says why and the module runs eagerly.
 
 The result is an inference-only module with the model's ``forward(video, mask=None)``, ``forward_features``,
 ``forward_tokens`` and ``config``; the model passed in is left unchanged.
@@ -36,7 +36,10 @@ class OptimizedTimeSformer(nn.Module):
 
     def _call(self, name: str, video: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         eager = getattr(self.model, name)
-        fn = self._entries.setdefault(name, torch.compile(eager) if self.compile else eager)
+        if name not in self._entries:
+            # freezing: the weights become constants inductor can fold and pre-pack (inference only)
+            self._entries[name] = torch.compile(eager, options={"freezing": True}) if self.compile else eager
+        fn = self._entries[name]
         self.model.check_input(video, mask)  # bad input is the caller's error, never a "failed compile"
         video = video.to(self.dtype)
         with torch.inference_mode():

@@ -25,7 +25,6 @@ CLASSES = ("move_left", "move_right", "move_up", "move_down", "rotate_cw", "rota
            "appear", "disappear", "still_disc", "still_cross")
 REVERSED_PAIRS = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9))  # (canonical, its time reversal)
 _SPLIT_OFFSET = {"train": 0, "val": 1_000_003, "test": 2_000_003}
-ROTATION_DEGREES = (70.0, 110.0)  # how far the bar of rotate_cw turns over a clip: drawn uniformly in this range
 
 
 def _shape_alpha(kind: str, xx, yy, cx, cy, r, angle):
@@ -131,8 +130,7 @@ class SyntheticMotion(Dataset):
         elif name == "rotate_cw":
             kind, r = "bar", torch.full((T,), S * (0.32 + 0.06 * float(rand(1))))
             cx, cy = torch.full((T,), S / 2), torch.full((T,), S / 2)
-            low, high = ROTATION_DEGREES
-            angle = angle + ramp * math.radians(low + (high - low) * float(rand(1)))  # y down: increasing = clockwise
+            angle = angle + ramp * math.radians(70 + 40 * float(rand(1)))  # y points down: increasing = clockwise
         elif name == "grow":
             r = S * (0.07 + 0.03 * float(rand(1))) + S * (0.22 + 0.06 * float(rand(1))) * ramp
         elif name == "appear":

@@ -92,7 +92,7 @@ class Run:
 
 
 def fit(cfg: RunConfig, *, resume: bool | str = False, overwrite: bool = False, progress=None,
-        stop_after_epochs: int | None = None) -> dict:
+        stop_after_epochs: int | None = None, validate_epochs: bool = True) -> dict:
     """Train (and validate every epoch) as ``cfg`` says; returns the last validation metrics.
 
     Args:
@@ -101,6 +101,8 @@ def fit(cfg: RunConfig, *, resume: bool | str = False, overwrite: bool = False, 
         overwrite: replace an existing run folder.
         progress: ``callable(step, total, postfix)`` for a progress bar (rank 0 only).
         stop_after_epochs: end after this many epochs of this call (tests simulate an interruption).
+        validate_epochs: False skips validation (the caller scores the model itself; ``best`` then follows the
+            training loss).
 
     Returns:
         ``{"epoch", "step", "metrics", "model", "classes", "stopped"}``; ``stopped`` is True when the time limit
@@ -121,7 +123,7 @@ def fit(cfg: RunConfig, *, resume: bool | str = False, overwrite: bool = False, 
             if not train_one_epoch(run, progress=progress, deadline=deadline):
                 stopped = True  # inside the epoch: `last` holds the position there
                 break
-            metrics = validate(run) if run.val_loader is not None else {}
+            metrics = validate(run) if run.val_loader is not None and validate_epochs else {}
             end_epoch(run, metrics)
             epochs += 1
             out_of_time = distr.any_across(d, deadline is not None and time.time() > deadline, device=device)[0]

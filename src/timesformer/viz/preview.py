@@ -17,8 +17,6 @@ def write_preview(clips: list[tuple[str, torch.Tensor]], out: str | os.PathLike,
 
     Each pixel becomes a ``scale x scale`` block (nearest neighbour: what the model sees, unsmoothed).
     """
-    from PIL import Image
-
     out = Path(out)
     kind = out.suffix.lower()
     if kind not in (".png", ".gif"):
@@ -26,8 +24,10 @@ def write_preview(clips: list[tuple[str, torch.Tensor]], out: str | os.PathLike,
     if not clips:
         raise ValueError("preview: no clips to show")
     shapes = {tuple(video.shape) for _, video in clips}
-    if len(shapes) != 1 or len(next(iter(shapes))) != 4 or next(iter(shapes))[1] != 3:
-        raise ValueError(f"preview: clips must all be uint8 t 3 H W of one shape; got shapes {sorted(shapes)}")
+    dtypes = {video.dtype for _, video in clips}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 4 or next(iter(shapes))[1] != 3 or dtypes != {torch.uint8}:
+        raise ValueError(f"preview: clips must all be uint8 t 3 H W of one shape; got shapes {sorted(shapes)}, "
+                         f"dtypes {sorted(map(str, dtypes))}")
     tiles = [(name, _upscale(video, scale)) for name, video in clips]  # t H' W' 3 uint8
     if kind == ".png":
         images = [_png_grid(tiles)]
@@ -35,11 +35,14 @@ def write_preview(clips: list[tuple[str, torch.Tensor]], out: str | os.PathLike,
         images = [_gif_frame(tiles, t, columns) for t in range(tiles[0][1].shape[0])]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp{kind}")
-    if kind == ".png":
-        images[0].save(tmp, format="PNG")
-    else:
-        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
-    os.replace(tmp, out)
+    try:
+        if kind == ".png":
+            images[0].save(tmp, format="PNG")
+        else:
+            images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)  # gone after the rename; a failed write leaves nothing behind
     return out
 
 
