@@ -215,3 +215,27 @@ def test_precision_flags_on_predict_extract_and_eval(precision, ckpt, videos, tm
     assert compiled and any("torch.compile failed (ZeroDivisionError" in str(w.message) for w in caught)
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["videos"] == 12
+
+
+def test_onnx_int8_export_runs_in_onnxruntime_close_to_fp32(ckpt, videos, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from timesformer.inference.export import onnx_logits
+
+    out = tmp_path / "int8.onnx"
+    assert main(["export", "--checkpoint", str(ckpt / "named"), "--quantize", "int8", "--out", str(out)]) == 0
+    assert "int8 MatMul/Gemm weights" in capsys.readouterr().out
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(out)).graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} & ops  # the weights really are int8
+    model = tf.load_pretrained(ckpt / "named")
+    views, _ = Predictor(model, clips=2, crops=3).views(videos / "a.mp4")  # real decoded footage, 6 views
+    with torch.no_grad():
+        ref = model(views)
+    low = onnx_logits(out, views)
+    assert low.shape == ref.shape and (low - ref).abs().max() < 0.05 * ref.abs().max()
+    assert (low.argmax(1) == ref.argmax(1)).all()
+    assert not list(tmp_path.glob(".*"))
+    assert main(["export", "--checkpoint", str(ckpt / "named"), "--format", "torch", "--quantize", "int8",
+                 "--out", str(tmp_path / "x.pt2")]) == 2
+    assert "--quantize int8 applies to --format onnx" in capsys.readouterr().err

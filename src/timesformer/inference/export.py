@@ -44,6 +44,24 @@ def export_onnx(model: TimeSformer, out: str | os.PathLike, *, opset: int = 18, 
     return out
 
 
+def quantize_onnx(src: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """The int8 variant of an exported ONNX file: MatMul / Gemm weights quantized to int8 with activations
+    quantized per batch at run time (onnxruntime's dynamic quantization: no calibration data). Written to a
+    temporary name, then renamed."""
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError:
+        raise ImportError("int8 ONNX needs onnxruntime: pip install 'timesformer[export]'") from None
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
 def onnx_session(path: str | os.PathLike, threads: int | None = None):
     try:
         import onnxruntime as ort
@@ -55,13 +73,17 @@ def onnx_session(path: str | os.PathLike, threads: int | None = None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def onnx_logits(path: str | os.PathLike, video: torch.Tensor) -> torch.Tensor:
+    """onnxruntime's logits for ``video: b t c H W`` (float32)."""
+    (logits,) = onnx_session(path).run(["logits"], {"video": video.float().numpy()})
+    return torch.from_numpy(logits)
+
+
 def check_onnx(model: TimeSformer, path: str | os.PathLike, video: torch.Tensor) -> float:
     """Max abs difference between onnxruntime and eager PyTorch logits on ``video``."""
-    session = onnx_session(path)
-    (theirs,) = session.run(["logits"], {"video": video.numpy()})
     with torch.no_grad():
         ours = model.eval()(video)
-    return float((torch.from_numpy(theirs) - ours).abs().max())
+    return float((onnx_logits(path, video) - ours).abs().max())
 
 
 def export_program(model: TimeSformer, out: str | os.PathLike, *, frames: int | None = None,
