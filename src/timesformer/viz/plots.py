@@ -83,12 +83,13 @@ def plot_schemes(results: dict, names: dict, out: str | os.PathLike,
         ax.annotate(names.get(scheme, scheme), (r["gflops"], 100 * r["direction"]), textcoords="offset points",
                     xytext=(5, 5), fontsize=7)
     ax.axhline(50, color="gray", linestyle=":", linewidth=1)
-    ax.text(min(x), 51, "direction: chance", fontsize=7, color="gray")
+    ax.text(max(x), 49, "chance (direction)", fontsize=7, color="gray", ha="right", va="top")
     ax.set_xlabel("GFLOPs per clip (multiply-adds)")
     ax.set_ylabel("accuracy on held-out clips (%)")
+    ax.set_ylim(min(45, ax.get_ylim()[0]), 102)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="center right")
     _save(fig, out)
     plt.close(fig)
 
