@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 __all__ = ["ATTENTIONS", "POS_EMBS", "TimeSformer", "TimeSformerConfig", "create_model", "get_config",
            "list_models"]
 
-from .optimize import optimize  # noqa: E402
+from .fast import optimize  # noqa: E402
 from .pretrained import export_hf, init_from_image_vit, load_pretrained, save_pretrained  # noqa: E402
 
 __all__ += ["export_hf", "init_from_image_vit", "load_pretrained", "optimize", "save_pretrained"]

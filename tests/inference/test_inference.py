@@ -221,7 +221,7 @@ def test_onnx_int8_export_runs_in_onnxruntime_close_to_fp32(ckpt, videos, tmp_pa
     pytest.importorskip("onnxruntime")
     from timesformer.inference.export import onnx_logits
 
-    out = tmp_path / "int8.onnx"
+    out = tmp_path / "new" / "int8.onnx"  # a folder that doesn't exist yet
     assert main(["export", "--checkpoint", str(ckpt / "named"), "--quantize", "int8", "--out", str(out)]) == 0
     assert "int8 MatMul/Gemm weights" in capsys.readouterr().out
     import onnx
@@ -235,7 +235,30 @@ def test_onnx_int8_export_runs_in_onnxruntime_close_to_fp32(ckpt, videos, tmp_pa
     low = onnx_logits(out, views)
     assert low.shape == ref.shape and (low - ref).abs().max() < 0.05 * ref.abs().max()
     assert (low.argmax(1) == ref.argmax(1)).all()
-    assert not list(tmp_path.glob(".*"))
+    assert [p.name for p in out.parent.iterdir()] == ["int8.onnx"]  # no temporary left beside it
     assert main(["export", "--checkpoint", str(ckpt / "named"), "--format", "torch", "--quantize", "int8",
                  "--out", str(tmp_path / "x.pt2")]) == 2
     assert "--quantize int8 applies to --format onnx" in capsys.readouterr().err
+
+
+def test_int8_names_the_device_it_needs(ckpt, videos, capsys):
+    model = tf.load_pretrained(ckpt / "named")
+    with pytest.raises(ValueError, match=r"precision='int8' runs on the cpu; got device meta"):
+        Predictor(model, precision="int8", device="meta")
+    assert next(model.parameters()).device.type == "cpu"  # refused before anything moved
+    assert main(["eval", "--checkpoint", str(ckpt / "named"), "--data", str(videos), "--precision", "int8",
+                 "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "--precision int8 runs on the cpu; got --device cuda" in err or "no CUDA device" in err
+
+
+def test_frame_and_patch_features_ignore_padded_frames(ckpt, tmp_path):
+    """A video shorter than the clip: its padded frames are masked out of the tokens (they used to leak in)."""
+    write_video(tmp_path / "short.mp4", 2, fps=30, size=64)  # 2 frames for a 4-frame model
+    model = tf.load_pretrained(ckpt / "named")
+    predictor = Predictor(model, sampling="dense", sampling_rate=1, fps=30)
+    views, masks = predictor.views(tmp_path / "short.mp4")
+    assert not masks.all()
+    with torch.no_grad():
+        expected = model.forward_tokens(views, masks).mean(0)
+    torch.testing.assert_close(predictor.features(tmp_path / "short.mp4", "patches"), expected)

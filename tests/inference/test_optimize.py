@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import timesformer as tf
+from timesformer.fast import PRECISIONS
 
 from ..conftest import small_model
 
@@ -28,7 +29,7 @@ def test_a_model_cast_to_bf16_runs_in_bf16(pos_emb):
     assert (low.float() - ref).abs().max() <= TOLERANCE["bf16"] * ref.abs().max()
 
 
-@pytest.mark.parametrize("precision", tf.optimize.__globals__["PRECISIONS"])
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("scheme", ["divided", "joint"])
 def test_optimize_matches_eager_within_its_tolerance(precision, scheme):
     model = small_model(attention=scheme)
@@ -67,7 +68,7 @@ def test_a_failed_compile_warns_and_runs_eagerly(monkeypatch):
     with pytest.warns(RuntimeWarning, match=r"torch.compile failed \(RuntimeError: InductorError: no working C\+\+ "
                                             r"compiler\); running forward eagerly"):
         fast = tf.optimize(model, precision="bf16", compile=True, example=VIDEO)
-    assert not fast.compiled
+    assert not fast.compiled and callable(fast.compile)  # nn.Module.compile is not shadowed
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no second warning: it stays eager
         with torch.no_grad():

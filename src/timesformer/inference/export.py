@@ -53,6 +53,7 @@ def quantize_onnx(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     except ImportError:
         raise ImportError("int8 ONNX needs onnxruntime: pip install 'timesformer[export]'") from None
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     try:
         quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])

@@ -16,7 +16,7 @@ from ..data.decode import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from ..data.sampling import clip_start_times
 from ..data.transforms import EvalTransform
 from ..model import TimeSformer
-from ..optimize import optimize
+from ..fast import optimize
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +44,18 @@ class Predictor:
         sampling_rate, fps: dense sampling: ``num_frames`` frames every ``sampling_rate`` frames at ``fps``.
         sampling: ``"dense"`` or ``"segment"`` (one frame per segment of the whole video).
         The three default to the protocol the checkpoint records (``model.config``).
-        precision, compile: the fast path (``timesformer.optimize``): fp32, bf16 (weights cast once) or int8
-            (CPU), compiled with inductor when ``compile``.
+        precision, compile: the fast path (``timesformer.optimize``): fp32, bf16 (weights cast once, not
+            autocast) or int8 (CPU only), compiled with inductor when ``compile``. The predictor holds that
+            copy of the model: later changes to ``model``'s weights don't reach it.
     """
 
     def __init__(self, model: TimeSformer, *, clips: int = 1, crops: int = 1, sampling: str | None = None,
                  sampling_rate: int | None = None, fps: float | None = None, device: str | torch.device = "cpu",
                  precision: str = "fp32", compile: bool = False):
         cfg = model.config
-        self.model = optimize(model.to(device), precision=precision, compile=compile)
+        if precision == "int8" and torch.device(device).type != "cpu":
+            raise ValueError(f"precision='int8' runs on the cpu; got device {device} (use bf16 on the GPU)")
+        self.model = optimize(model, precision=precision, compile=compile).to(device)  # copied on the host
         self.device, self.precision = torch.device(device), precision
         self.spec = ClipSpec(num_frames=cfg.num_frames, sampling=sampling or cfg.sampling,
                              sampling_rate=sampling_rate or cfg.sampling_rate, fps=fps or cfg.fps,
@@ -130,7 +133,8 @@ class Predictor:
             return self._run(views, masks, features=True).mean(0)
         if kind not in ("frames", "patches"):
             raise ValueError(f"features kind must be pooled, frames or patches; got {kind!r}")
-        tokens = self.model.forward_tokens(views.to(self.device)).cpu().mean(0)  # (1 + t n) d
+        mask = None if bool(masks.all()) else masks.to(self.device)  # padded frames never reach the tokens
+        tokens = self.model.forward_tokens(views.to(self.device), mask).cpu().mean(0)  # (1 + t n) d
         if kind == "patches":
             return tokens
         t = views.shape[1]

@@ -9,7 +9,9 @@
   no C++ compiler, an unsupported op -- a warning says why and the module runs eagerly.
 
 The result is an inference-only module with the model's ``forward(video, mask=None)``, ``forward_features``,
-``forward_tokens`` and ``config``; the model passed in is left unchanged.
+``forward_tokens`` and ``config``. It holds a copy: the model passed in is left unchanged, and later changes to
+its weights don't reach the copy. "bf16" here means bf16 weights (norms and softmax in bf16 too), not the
+autocast that training's ``optim.precision=bf16`` uses.
 """
 from __future__ import annotations
 
@@ -31,22 +33,24 @@ class OptimizedTimeSformer(nn.Module):
         super().__init__()
         self.model, self.precision, self.config = model, precision, model.config
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        self.compile = compile
+        self.use_compile = compile
         self._entries = {}  # name -> callable (compiled, or eager after a failed compile)
 
     def _call(self, name: str, video: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        self.model.check_input(video, mask)  # bad input is the caller's error, never a "failed compile"
         eager = getattr(self.model, name)
         if name not in self._entries:
             # freezing: the weights become constants inductor can fold and pre-pack (inference only)
-            self._entries[name] = torch.compile(eager, options={"freezing": True}) if self.compile else eager
+            self._entries[name] = torch.compile(eager, options={"freezing": True}) if self.use_compile else eager
         fn = self._entries[name]
-        self.model.check_input(video, mask)  # bad input is the caller's error, never a "failed compile"
         video = video.to(self.dtype)
         with torch.inference_mode():
             if fn == eager:  # bound methods: equal, not identical
                 return eager(video, mask).float()
             try:  # a call with a new shape (re)compiles
                 return fn(video, mask).float()
+            except torch.OutOfMemoryError:
+                raise  # not a compiler failure: eager would need the memory too
             except Exception as err:  # inductor fails in many ways; eager always works
                 warnings.warn(f"torch.compile failed ({type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
                               f"); running {name} eagerly", RuntimeWarning, stacklevel=3)
@@ -85,9 +89,10 @@ def optimize(model: TimeSformer, precision: str = "fp32", compile: bool = False,
     if precision == "bf16":
         fast = fast.to(torch.bfloat16)
     elif precision == "int8":
-        if next(fast.parameters()).device.type != "cpu":
-            raise ValueError("precision='int8' (dynamic quantization) runs on the CPU; move the model there first "
-                             "or use bf16 on the GPU")
+        device = next(fast.parameters()).device
+        if device.type != "cpu":
+            raise ValueError(f"precision='int8' (dynamic quantization) needs the model on the cpu; got {device} "
+                             f"(use device cpu, or bf16 on the GPU)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notice that eager quantization moves to torchao
             fast = torch.ao.quantization.quantize_dynamic(fast, {nn.Linear}, dtype=torch.qint8)
