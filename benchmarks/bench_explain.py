@@ -11,10 +11,11 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from timing import run_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,12 +48,7 @@ def worker(model_name: str, method: str) -> dict:
 
 
 def run(model_name: str, method: str, threads: int) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    proc = subprocess.run([sys.executable, __file__, "--worker", model_name, method], env=env, capture_output=True,
-                          text=True)
-    if proc.returncode:
-        raise RuntimeError(f"{model_name} {method} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_worker(__file__, ["--worker", model_name, method], threads)
 
 
 def main():

@@ -20,7 +20,7 @@ import resource
 import subprocess
 import sys
 
-from timing import median_seconds
+from timing import median_seconds, run_worker
 
 MODELS = ("ours", "hf", "seed")
 
@@ -204,13 +204,8 @@ def fast_table(threads: int, quick: bool):
 
 
 def run(name: str, task: str, threads: int, quick: bool, device: str = "cpu", extra=()) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    cmd = [sys.executable, __file__, "--worker", name, task, *extra, "--threads", str(threads), "--device",
-           device] + (["--quick"] if quick else [])
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"{name} {task} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_worker(__file__, ["--worker", name, task, *extra, "--threads", str(threads), "--device", device] +
+                      (["--quick"] if quick else []), threads)
 
 
 def main():

@@ -121,7 +121,7 @@ def cmd_eval(args) -> int:
         raise ValueError(f"{args.data} has {data.num_classes} classes but the checkpoint has {cfg.num_classes} "
                          f"(and names none to match them by)")
     loader = DataLoader(data, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate)
-    fast = optimize(model, precision=args.precision, compile=args.compile).to(device)
+    fast = optimize(model, precision=args.precision, compile=args.compile, device=device)
     logits, labels, bad = predict_views(fast, loader, device, "fp32")  # fp32: no autocast around the fast path
     summary = summarise(logits, labels, cfg.num_classes, data.multi_label, data.classes)
     out = Path(args.out) if args.out else Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(".")
@@ -452,9 +452,9 @@ class Progress:
 
     def __init__(self, total: int, label: str, stream=None, window: float = 30.0):
         self.total, self.label, self.stream, self.window = total, label, stream or sys.stderr, window
-        self.start = self.last = time.perf_counter()
+        self.last = time.perf_counter()
         self.done, self.postfix = 0, ""
-        self.history = [(self.start, 0)]  # (time, done) within the window, oldest first
+        self.history = [(self.last, 0)]  # (time, done) within the window, oldest first
 
     def update(self, done: int, total: int | None = None, postfix: str = ""):
         if isinstance(total, str):  # update(done, postfix)

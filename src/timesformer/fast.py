@@ -76,23 +76,23 @@ class OptimizedTimeSformer(nn.Module):
 
 
 def optimize(model: TimeSformer, precision: str = "fp32", compile: bool = False,
-             example: torch.Tensor | None = None) -> OptimizedTimeSformer:
+             example: torch.Tensor | None = None, device: str | torch.device | None = None) -> OptimizedTimeSformer:
     """An inference copy of ``model`` in ``precision`` ("fp32", "bf16" or "int8"), compiled when ``compile``.
 
     Args:
         example: a clip ``b t c H W`` to run once now, so compiling (and any fallback to eager) happens here
             rather than on the first real call.
+        device: where the copy runs (default: where ``model`` is); the model itself never moves.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
-    fast = copy.deepcopy(model).eval().requires_grad_(False)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if precision == "int8" and device.type != "cpu":  # dynamic quantization has CPU kernels only
+        raise ValueError(f"precision='int8' runs on the cpu; got device {device} (use bf16 on the GPU)")
+    fast = copy.deepcopy(model).eval().requires_grad_(False).to(device)
     if precision == "bf16":
         fast = fast.to(torch.bfloat16)
     elif precision == "int8":
-        device = next(fast.parameters()).device
-        if device.type != "cpu":
-            raise ValueError(f"precision='int8' (dynamic quantization) needs the model on the cpu; got {device} "
-                             f"(use device cpu, or bf16 on the GPU)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notice that eager quantization moves to torchao
             fast = torch.ao.quantization.quantize_dynamic(fast, {nn.Linear}, dtype=torch.qint8)

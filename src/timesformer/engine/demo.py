@@ -62,7 +62,8 @@ def evaluate_demo(model, cfg: RunConfig) -> dict:
     logits, labels, _ = predict_views(model, loader, device, cfg.optim.precision)
     keys = sorted(logits)
     scores, y = torch.stack([logits[k] for k in keys]), torch.tensor([int(labels[k]) for k in keys])
-    paired = torch.tensor([int(v) in {c for p in REVERSED_PAIRS for c in p} for v in y])
+    twins = {c for p in REVERSED_PAIRS for c in p}
+    paired = torch.tensor([int(v) in twins for v in y])
     pairs = {}
     for a, b in REVERSED_PAIRS:
         rows = (y == a) | (y == b)

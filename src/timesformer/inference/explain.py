@@ -47,9 +47,8 @@ def _apply_stage(rec: dict, row: torch.Tensor, pending_global: torch.Tensor | No
     patch = probs if rec["cls"] != "average" else probs[:, 1:]  # G L Lk: the patch queries' rows
     sums = torch.zeros(n + 1, dtype=torch.float64)  # row sums of M (kept columns only)
     sums.index_add_(0, ids.reshape(-1), (patch * kept[:, None]).sum(-1).reshape(-1))
-    padded = torch.cat([row, row.new_zeros(1)])
-    cls_row = None  # M[0]: the cls token's row
-    if rec["cls"] == "none":
+    padded = torch.cat([row, row.new_zeros(1)])  # the sink's entry is 0: its row never contributes
+    if rec["cls"] == "none":  # cls_row: M[0], the cls token's row
         cls_row = torch.zeros(n, dtype=torch.float64)
         cls_row[0] = 1.0
     elif rec["cls"] == "global":
@@ -63,7 +62,6 @@ def _apply_stage(rec: dict, row: torch.Tensor, pending_global: torch.Tensor | No
         cls_row = cls_row[:n]
     sums[0] = cls_row.sum()
     scaled = padded / (0.5 * sums + 0.5)  # row i of A is (M_i + e_i) / 2 over its sum
-    scaled[n] = 0.0
     out = torch.zeros(n + 1, dtype=torch.float64)
     out.index_add_(0, cols.reshape(-1), torch.einsum("gq,gqk->gk", scaled[ids], patch).reshape(-1))
     out = out[:n] + scaled[0] * cls_row

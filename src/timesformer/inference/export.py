@@ -46,20 +46,18 @@ def export_onnx(model: TimeSformer, out: str | os.PathLike, *, opset: int = 18, 
 
 def quantize_onnx(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     """The int8 variant of an exported ONNX file: MatMul / Gemm weights quantized to int8 with activations
-    quantized per batch at run time (onnxruntime's dynamic quantization: no calibration data). Written to a
-    temporary name, then renamed."""
+    quantized per batch at run time (onnxruntime's dynamic quantization: no calibration data), written
+    atomically."""
     try:
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError:
         raise ImportError("int8 ONNX needs onnxruntime: pip install 'timesformer[export]'") from None
+    from ..pretrained import write_atomic
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(out, lambda tmp: quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8,
+                                                   op_types_to_quantize=["MatMul", "Gemm"]))
     return out
 
 

@@ -53,9 +53,7 @@ class Predictor:
                  sampling_rate: int | None = None, fps: float | None = None, device: str | torch.device = "cpu",
                  precision: str = "fp32", compile: bool = False):
         cfg = model.config
-        if precision == "int8" and torch.device(device).type != "cpu":
-            raise ValueError(f"precision='int8' runs on the cpu; got device {device} (use bf16 on the GPU)")
-        self.model = optimize(model, precision=precision, compile=compile).to(device)  # copied on the host
+        self.model = optimize(model, precision=precision, compile=compile, device=device)
         self.device, self.precision = torch.device(device), precision
         self.spec = ClipSpec(num_frames=cfg.num_frames, sampling=sampling or cfg.sampling,
                              sampling_rate=sampling_rate or cfg.sampling_rate, fps=fps or cfg.fps,

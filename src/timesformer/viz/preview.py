@@ -33,16 +33,14 @@ def write_preview(clips: list[tuple[str, torch.Tensor]], out: str | os.PathLike,
         images = [_png_grid(tiles)]
     else:
         images = [_gif_frame(tiles, t, columns) for t in range(tiles[0][1].shape[0])]
+    from ..pretrained import write_atomic
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{kind}")
-    try:
-        if kind == ".png":
-            images[0].save(tmp, format="PNG")
-        else:
-            images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)  # gone after the rename; a failed write leaves nothing behind
+    if kind == ".png":
+        write_atomic(out, lambda tmp: images[0].save(tmp, format="PNG"))
+    else:
+        write_atomic(out, lambda tmp: images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                                                     duration=frame_ms, loop=0))
     return out
 
 
