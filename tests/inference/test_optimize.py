@@ -11,7 +11,8 @@ from timesformer.fast import PRECISIONS
 
 from ..conftest import small_model
 
-VIDEO = torch.randn(3, 4, 3, 32, 32)
+VIDEO = torch.randn(3, 4, 3, 32, 32, generator=torch.Generator().manual_seed(0))  # not the global RNG
+# at import, whose state depends on what pytest collected first (int8 drifts 3-5 % depending on the clip)
 MASK = torch.tensor([[True] * 4, [True, True, False, False], [True] * 4])
 # how far each precision may move the logits of a random-init model, relative to their largest magnitude
 TOLERANCE = {"fp32": 1e-6, "bf16": 0.03, "int8": 0.05}
