@@ -1,5 +1,5 @@
-"""timesformer.optimize: every precision against eager, the input left alone, masks, compile's fallback, and
-int8 agreement with fp32 on a trained model."""
+"""timesformer.optimize: every precision against eager, the input left alone, masks, compile's fallback, static
+int8 (torchao PT2E, compiled) and its fallbacks, and int8 agreement with fp32 on a trained model."""
 import copy
 import warnings
 
@@ -47,9 +47,21 @@ def test_optimize_matches_eager_within_its_tolerance(precision, scheme):
     # the model passed in is untouched: same weights, same dtype, still trainable
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.dtype == torch.float32 and p.requires_grad for p in model.parameters())
-    if precision == "int8":
+    if precision == "int8":  # without compile: dynamic quantization of every linear layer
+        assert fast.method == "int8-dynamic"
         assert sum(type(m).__name__ == "Linear" and "quantized" in type(m).__module__
                    for m in fast.modules()) == sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+
+
+@pytest.mark.parametrize("scheme", ["divided", "axial", "sparse"])
+def test_folding_each_stage_fc_into_its_projection_is_exact(scheme):
+    model = small_model(attention=scheme)
+    folded = copy.deepcopy(model)
+    for block in folded.blocks:
+        block.fold_stage_fc()
+    assert not any("_fc" in name for name, _ in folded.named_parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(folded(VIDEO, MASK), model(VIDEO, MASK), atol=1e-5, rtol=1e-5)
 
 
 def test_optimize_names_what_it_takes():
@@ -86,9 +98,9 @@ def test_compiled_model_matches_eager(precision):
     torch.testing.assert_close(fast(VIDEO), eager(VIDEO), atol=2 * TOLERANCE[precision] + 1e-5, rtol=1e-2)
 
 
-def test_int8_agrees_with_fp32_on_a_trained_model():
-    """A model that learned four SyntheticMotion classes: int8 names the same class as fp32 on >= 99 % of 480
-    held-out clips, and moves the logits by under 5 % of their mean magnitude."""
+@pytest.fixture(scope="module")
+def trained():
+    """A model that learned four SyntheticMotion classes, 480 held-out clips, and 8 training clips to calibrate on."""
     from torch.utils.data import DataLoader
 
     from timesformer.data import SyntheticMotion, collate
@@ -102,9 +114,23 @@ def test_int8_agrees_with_fp32_on_a_trained_model():
         torch.nn.functional.cross_entropy(model(batch["video"]), batch["label"]).backward()
         opt.step()
         opt.zero_grad()
-    model.eval()
     test = SyntheticMotion(480, classes=classes, split="test", mean=model.config.mean, std=model.config.std)
-    fast = tf.optimize(model, precision="int8")
+    return model.eval(), test, collate([train[i] for i in range(8)])["video"]
+
+
+@pytest.mark.parametrize("compile", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["dynamic", "static"])
+def test_int8_agrees_with_fp32_on_a_trained_model(trained, compile):
+    """int8 names the same class as fp32 on >= 99 % of 480 held-out clips, and moves the logits by under 5 % of
+    their mean magnitude: dynamic (eager), and static (calibrated on 8 training clips, compiled)."""
+    from torch.utils.data import DataLoader
+
+    from timesformer.data import collate
+
+    if compile:
+        pytest.importorskip("torchao")
+    model, test, calibration = trained
+    fast = tf.optimize(model, precision="int8", compile=compile, calibration=calibration)
+    assert fast.method == ("int8-static" if compile else "int8-dynamic")
     ref, low, labels = [], [], []
     with torch.no_grad():
         for batch in DataLoader(test, batch_size=120, collate_fn=collate):
@@ -115,3 +141,58 @@ def test_int8_agrees_with_fp32_on_a_trained_model():
     assert (ref.argmax(1) == labels).float().mean() > 0.5  # it learned something (chance: 25 %)
     assert (low.argmax(1) == ref.argmax(1)).float().mean() >= 0.99
     assert (low - ref).abs().mean() < 0.05 * ref.abs().mean()
+    assert fast.compiled == compile
+
+
+@pytest.mark.parametrize("cls_attention", ["global", pytest.param("average", marks=pytest.mark.slow)])
+def test_static_int8_runs_compiled_within_its_tolerance_at_any_batch_size(cls_attention):
+    """torchao's PT2E graph, calibrated on clips, compiled: oneDNN int8 linears. Exported once for a free batch
+    size (traced at 2: export fixes a size-1 dimension, and a batch-1 call used to fail to compile).
+
+    The same clip gives the same logits call after call: with the seed's global cls token, inductor's fused
+    ``cls + linear(...)`` kernel used to accumulate into the frozen cls token, shifting every later call."""
+    pytest.importorskip("torchao")
+    model = small_model(cls_attention=cls_attention, pos_emb="rotary")
+    fast = tf.optimize(model, precision="int8", compile=True, example=VIDEO[:1], calibration=VIDEO)
+    assert fast.method == "int8-static" and fast.compiled
+    batches = (VIDEO[:1],) if cls_attention == "global" else (VIDEO[:1], VIDEO)  # a second size compiles again
+    with torch.no_grad():
+        for video in batches:
+            ref = model(video)
+            first = fast(video)
+            assert (first - ref).abs().max() <= TOLERANCE["int8"] * ref.abs().max()
+            assert torch.equal(fast(video), first) and torch.equal(fast(video), first)
+    assert list(fast._entries) == [("forward", False, tuple(VIDEO.shape[1:]))]  # one graph for every batch size
+
+
+def test_static_int8_falls_back_to_dynamic_with_a_warning(monkeypatch):
+    pytest.importorskip("torchao")
+    import timesformer.fast as fast_module
+
+    def broken(*args):
+        raise RuntimeError("export failed: data-dependent control flow")
+    monkeypatch.setattr(fast_module, "quantize_static", broken)
+    model = small_model()
+    with pytest.warns(RuntimeWarning, match=r"int8 static quantization failed \(RuntimeError: export failed: "
+                                            r"data-dependent control flow\); running forward eagerly with dynamic"):
+        fast = tf.optimize(model, precision="int8", compile=True, example=VIDEO)
+    assert not fast.compiled
+    with torch.no_grad():
+        ref = model(VIDEO)
+        assert (fast(VIDEO) - ref).abs().max() <= TOLERANCE["int8"] * ref.abs().max()
+    assert any("quantized" in type(m).__module__ for m in fast.modules())  # dynamic int8, not fp32
+
+
+def test_int8_without_torchao_is_dynamic_and_says_so(monkeypatch):
+    import timesformer.fast as fast_module
+
+    monkeypatch.setattr(fast_module, "torchao_pt2e", lambda: None)
+    with pytest.warns(RuntimeWarning, match="torchao is not installed, so the linears are quantized dynamically"):
+        fast = tf.optimize(small_model(), precision="int8", compile=True)
+    assert fast.method == "int8-dynamic"
+    assert tf.optimize(small_model(), precision="int8").method == "int8-dynamic"  # no compile: no warning needed
+
+
+def test_calibration_must_be_clips():
+    with pytest.raises(ValueError, match=r"calibration must be clips b t c H W .*; item 1 is \(4, 3, 32, 32\)"):
+        tf.optimize(small_model(), precision="int8", calibration=[VIDEO, VIDEO[0]])

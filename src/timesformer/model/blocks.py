@@ -154,6 +154,19 @@ class Block(nn.Module):
             return F.linear(out, weight, inner + fc.bias)
         return self.drop_path.scale(F.linear(out, weight, inner), keep, groups) + fc.bias
 
+    @torch.no_grad()
+    def fold_stage_fc(self):
+        """Fold each pre-stage's ``fc`` into its attention's ``proj`` once, for inference copies: ``proj`` becomes
+        ``x -> W_fc (W_proj x + b_proj) + b_fc`` and ``fc`` an identity. Exact, and it leaves every linear map a
+        plain ``nn.Linear`` of constant weights (what quantizers and compilers look for), where :meth:`_project`
+        recomputes ``W_fc W_proj`` on every call. Changes the state dict's keys: not for checkpoints."""
+        for name in self.pre_stages:
+            fc, proj = getattr(self, f"{name}_fc"), getattr(self, f"{name}_attn").proj
+            if isinstance(fc, nn.Linear):
+                proj.bias.copy_(fc.weight @ proj.bias + fc.bias)
+                proj.weight.copy_(fc.weight @ proj.weight)
+                setattr(self, f"{name}_fc", nn.Identity())
+
     def _pre(self, x, ctx):
         return shift_tokens(x, ctx.valid) if self.shift else x
 
