@@ -96,6 +96,7 @@ def parse_views(text: str) -> tuple[int, int]:
 def cmd_eval(args) -> int:
     from pathlib import Path
 
+    import torch
     from torch.utils.data import DataLoader
 
     from .data import ClipSpec, VideoFolder, VideoList, bad_files_report, collate
@@ -122,6 +123,15 @@ def cmd_eval(args) -> int:
                          f"(and names none to match them by)")
     loader = DataLoader(data, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate)
     fast = optimize(model, precision=args.precision, compile=args.compile, device=device)
+    if fast.method == "int8-static":  # its scales come from the data it will see: the first batches' clips
+        clips = []
+        for batch in loader:
+            if batch["video"] is not None:
+                clips.append(batch["video"])
+            if sum(len(c) for c in clips) >= args.calibration_clips:
+                break
+        if clips:
+            fast.calibrate(torch.cat(clips)[:args.calibration_clips])
     logits, labels, bad = predict_views(fast, loader, device, "fp32")  # fp32: no autocast around the fast path
     summary = summarise(logits, labels, cfg.num_classes, data.multi_label, data.classes)
     out = Path(args.out) if args.out else Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(".")
@@ -225,6 +235,7 @@ def cmd_predict(args) -> int:
                           device=_device(args.device, args.precision), precision=args.precision,
                           compile=args.compile)
     paths = _inputs(args)
+    _calibrate(predictor, paths, args)
     bases = _output_bases(paths, Path(args.out or "."))
     bar = Progress(len(paths), "predict", stream=sys.stderr)
     failed, results = [], []
@@ -273,6 +284,7 @@ def cmd_extract(args) -> int:
                           compile=args.compile)
     out = Path(args.out)
     paths = _inputs(args)
+    _calibrate(predictor, paths, args)
     bases = _output_bases(paths, out)
     bar = Progress(len(paths), "extract", stream=sys.stderr)
     written = 0
@@ -491,11 +503,22 @@ def _sampling_options(parser):
     parser.add_argument("--fps", type=float, help="dense: the frame rate the rate counts at; default: the checkpoint's")
 
 
+def _calibrate(predictor, paths, args):
+    """Static int8 sets its scales from clips of the data it will see: the first files' views."""
+    if args.precision == "int8" and args.compile and predictor.model.method == "int8-static":
+        used = predictor.calibrate(paths, args.calibration_clips)
+        print(f"int8: calibrated on {used} clips of the first inputs", file=sys.stderr)
+
+
 def _fast_options(parser):
     parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
                         help="bf16: weights cast once; int8: quantized linear layers (CPU); default fp32")
     parser.add_argument("--compile", action="store_true",
-                        help="compile the model with torch.compile (inductor); falls back to eager with a warning")
+                        help="compile the model with torch.compile (inductor); falls back to eager with a warning. "
+                             "With --precision int8: static int8 (torchao), calibrated on the first inputs")
+    parser.add_argument("--calibration-clips", type=int, default=8, metavar="N",
+                        help="--precision int8 --compile: clips of the first inputs that set the int8 scales "
+                             "(default 8)")
 
 
 def _sampling(args, cfg) -> dict:

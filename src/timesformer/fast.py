@@ -168,6 +168,11 @@ class OptimizedTimeSformer(nn.Module):
         self._entries = {}  # key -> callable (compiled, or eager after a failed compile)
         self._compiled = set()  # keys whose callable is compiled
 
+    def calibrate(self, clips: torch.Tensor | Iterable[torch.Tensor]):
+        """Clips ``b t c H W`` (a tensor or a list of batches) whose activation ranges set the int8 scales of every
+        graph built from now on (int8-static; the others need none)."""
+        self._calibration = _clips(clips)
+
     def _key(self, name: str, video: torch.Tensor, mask: torch.Tensor | None):
         # a static int8 graph is exported for one input signature; the batch size stays free
         return (name, mask is not None, tuple(video.shape[1:])) if self.method == "int8-static" else name

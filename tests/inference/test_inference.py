@@ -217,6 +217,24 @@ def test_precision_flags_on_predict_extract_and_eval(precision, ckpt, videos, tm
     assert report["videos"] == 12
 
 
+@pytest.mark.slow
+def test_static_int8_from_the_command_line_calibrates_on_the_first_inputs(ckpt, videos, capsys):
+    """``--precision int8 --compile``: static int8 whose scales come from the first files' clips; the same top class
+    and probabilities within 0.05 of fp32 on decoded footage."""
+    pytest.importorskip("torchao")
+    files = [str(videos / "a.mp4"), str(videos / "b.webm")]
+
+    def run(*flags):
+        assert main(["predict", *files, "--checkpoint", str(ckpt / "named"), "--topk", "3", "--json", *flags]) == 0
+        out = capsys.readouterr()
+        return [{e["class"]: e["prob"] for e in json.loads(line)["top"]} for line in out.out.splitlines()], out.err
+
+    (ref, _), (low, err) = run(), run("--precision", "int8", "--compile", "--calibration-clips", "2")
+    assert "int8: calibrated on 2 clips of the first inputs" in err
+    assert [max(r, key=r.get) for r in ref] == [max(r, key=r.get) for r in low]
+    assert all(abs(r[c] - q.get(c, 0.0)) < 0.05 for r, q in zip(ref, low) for c in r)
+
+
 def test_onnx_int8_export_runs_in_onnxruntime_close_to_fp32(ckpt, videos, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     from timesformer.inference.export import onnx_logits

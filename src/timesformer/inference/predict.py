@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import ClipSpec, open_video
+from ..data import ClipSpec, DecodeError, open_video
 from ..data.decode import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from ..data.sampling import clip_start_times
 from ..data.transforms import EvalTransform
@@ -61,6 +61,21 @@ class Predictor:
         self.transform = EvalTransform(crop_size=cfg.image_size, num_crops=crops, mean=cfg.mean, std=cfg.std)
         self.labels = list(cfg.labels) if cfg.labels else None
         self.partial = {}  # path -> why decoding stopped early, for files that decoded only partly
+
+    def calibrate(self, paths, clips: int = 8) -> int:
+        """For int8 with ``compile`` (static quantization): set the int8 scales from the views of ``paths``, up to
+        ``clips`` clips; files that fail to decode are skipped. Returns the number of clips used."""
+        views = []
+        for path in paths:
+            if sum(len(v) for v in views) >= clips:
+                break
+            try:
+                views.append(self.views(path)[0])
+            except DecodeError:
+                continue
+        if views:
+            self.model.calibrate(torch.cat(views)[:clips])
+        return min(clips, sum(len(v) for v in views))
 
     def class_name(self, index: int) -> str:
         return self.labels[index] if self.labels else str(index)
