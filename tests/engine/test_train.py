@@ -162,3 +162,31 @@ def test_resume_refuses_another_architecture_classes_or_data_naming_the_field(tm
                     resume=True)
     assert [g["weight_decay"] for g in run.optimizer.param_groups] == [0.3, 0.0]
     assert run.optimizer.state  # ... while its moments are the run's
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path):
+    """optim.compile: the same run compiled by inductor ends with the weights eager training reaches (fp32)."""
+    opts = dict(epochs=1, precision="fp32")
+    fit(tiny_run(tmp_path, "eager", optim=opts))
+    fit(tiny_run(tmp_path, "compiled", optim={**opts, "compile": True}))
+    a, b = weights(tmp_path / "eager"), weights(tmp_path / "compiled")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=2e-4, rtol=1e-3)
+
+
+def test_a_failed_training_compile_warns_and_trains_eagerly(tmp_path, monkeypatch):
+    class Broken(torch.nn.Module):  # what torch.compile returns, failing the way inductor does without a compiler
+        def __init__(self, module):
+            super().__init__()
+            self._orig_mod = module
+
+        def forward(self, *args):
+            raise RuntimeError("InductorError: no working C++ compiler")
+    monkeypatch.setattr(torch, "compile", Broken)
+    fit(tiny_run(tmp_path, "eager", optim=dict(epochs=1)))
+    with pytest.warns(RuntimeWarning, match=r"optim.compile: torch.compile failed \(RuntimeError: InductorError: no "
+                                            r"working C\+\+ compiler\); training eagerly"):
+        fit(tiny_run(tmp_path, "fallback", optim=dict(epochs=1, compile=True)))
+    a, b = weights(tmp_path / "eager"), weights(tmp_path / "fallback")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the failed first call changed nothing

@@ -53,6 +53,7 @@ class OptimConfig:
     label_smoothing: float = 0.0
     precision: str = "bf16"  # fp32 | bf16 (autocast, CPU and GPU) | fp16 (CUDA, grad scaler)
     grad_checkpointing: bool = False
+    compile: bool = False  # torch.compile (inductor) the training forward and backward; eager if it fails
     ema_decay: float = 0.0  # 0 = no EMA of weights
     seed: int = 0
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -207,6 +208,8 @@ def build_run(cfg: RunConfig, d: distr.Dist, device: torch.device, *, resume: bo
     if d.enabled:  # after the restore: an error there leaves no DDP wrapper to outlive the process group
         ddp_args = dict(device_ids=[device.index]) if device.type == "cuda" else {}
         run.train_model = torch.nn.parallel.DistributedDataParallel(model, **ddp_args)
+    if o.compile:  # compiled on the first step; attributes (DDP's no_sync) pass through to the wrapped module
+        run.train_model = torch.compile(run.train_model)
     return run
 
 
@@ -385,7 +388,7 @@ def _forward_backward(run: Run, batch: dict, *, sync: bool) -> float:
     no_sync = run.train_model.no_sync() if run.d.enabled and not sync else contextlib.nullcontext()
     with no_sync:
         with autocast(run.device, o.precision):
-            logits = run.train_model(video, None if bool(mask.all()) else mask)
+            logits = _train_forward(run, video, None if bool(mask.all()) else mask)
         logits = logits.float()
         if run.multi_label:
             loss = F.binary_cross_entropy_with_logits(logits, label.float())
@@ -394,6 +397,22 @@ def _forward_backward(run: Run, batch: dict, *, sync: bool) -> float:
         scaled = loss / o.accum_steps
         (run.scaler.scale(scaled) if run.scaler else scaled).backward()
     return distr.mean_across(run.d, loss.detach()).item()
+
+
+def _train_forward(run: Run, video: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``run.train_model(video, mask)``; where ``optim.compile`` fails (no C++ compiler, an unsupported op), a
+    warning says why and training goes on eagerly."""
+    if not run.cfg.optim.compile or not hasattr(run.train_model, "_orig_mod"):
+        return run.train_model(video, mask)
+    try:
+        return run.train_model(video, mask)
+    except torch.OutOfMemoryError:
+        raise  # eager would need the memory too
+    except Exception as err:  # inductor fails in many ways; nothing ran, so the micro-batch runs again eagerly
+        warnings.warn(f"optim.compile: torch.compile failed ({type(err).__name__}: "
+                      f"{str(err).strip().splitlines()[0][:200]}); training eagerly", RuntimeWarning, stacklevel=2)
+        run.train_model = run.train_model._orig_mod
+        return run.train_model(video, mask)
 
 
 def _optimizer_step(run: Run, acc: _Accumulated) -> float:

@@ -1,0 +1,101 @@
+"""How far each fast path moves a trained model's predictions: top-1 agreement with fp32 and |delta logit|.
+
+Two inputs: held-out SyntheticMotion clips (tensors), and real footage -- the same kind of clips encoded as H.264
+files by PyAV, then decoded, resized and normalised by ``Predictor`` as ``timesformer predict`` does.
+
+    python benchmarks/bench_agreement.py --checkpoint runs/demo/divided/best   # the demo's trained model
+    python benchmarks/bench_agreement.py                                       # trains a short synthetic run first
+
+Static int8 is calibrated on 16 training clips (never the held-out ones).
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+import timesformer as tf
+from timesformer.data import SyntheticMotion, collate, write_synthetic
+from timesformer.inference import Predictor
+from timesformer.inference.predict import expand_inputs
+
+PATHS = (("bf16", False), ("bf16", True), ("int8", False), ("int8", True))
+
+
+def short_run(steps: int = 300) -> tf.TimeSformer:
+    """The demo's divided model (dim 96), trained for ``steps`` steps of 32 clips: a model that learned."""
+    torch.manual_seed(0)
+    model = tf.create_model("timesformer_tiny", dim=96, heads=3, num_classes=12)
+    data = SyntheticMotion(steps * 32, seed=1, mean=model.config.mean, std=model.config.std)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for batch in DataLoader(data, batch_size=32, shuffle=True, collate_fn=collate):
+        torch.nn.functional.cross_entropy(model(batch["video"]), batch["label"]).backward()
+        opt.step()
+        opt.zero_grad()
+    return model.eval()
+
+
+def row(name: str, ref: torch.Tensor, low: torch.Tensor, labels: torch.Tensor, seconds: float) -> str:
+    delta = (low - ref).abs()
+    return (f"| {name} | {len(ref)} | {(low.argmax(1) == ref.argmax(1)).float().mean():.2%} | "
+            f"{(low.argmax(1) == labels).float().mean():.2%} | {delta.mean():.4f} | {delta.max():.4f} | "
+            f"{delta.mean() / ref.abs().mean():.2%} | {seconds:.1f} |")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", help="a trained model (default: train a short synthetic run)")
+    ap.add_argument("--clips", type=int, default=600, help="held-out clips (default 600)")
+    ap.add_argument("--videos", type=int, default=120, help="encoded videos (default 120)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model = tf.load_pretrained(args.checkpoint) if args.checkpoint else short_run()
+    cfg = model.config
+    source = args.checkpoint or "a 300-step synthetic run (dim 96, divided)"
+    norm = dict(mean=cfg.mean, std=cfg.std, num_frames=cfg.num_frames)
+    calibration = collate([SyntheticMotion(16, seed=5, **norm)[i] for i in range(16)])["video"]
+    test = SyntheticMotion(args.clips, split="test", seed=3, **norm)
+    batches = list(DataLoader(test, batch_size=100, collate_fn=collate))
+    labels = torch.cat([b["label"] for b in batches])
+    with torch.no_grad():
+        ref = torch.cat([model(b["video"]) for b in batches])
+
+    header = ("| path | inputs | top-1 agreement with fp32 | top-1 (labels) | mean abs delta logit | "
+              "max abs delta logit | mean delta / mean abs logit | s |\n|---|---|---|---|---|---|---|---|")
+    print(f"\n{source}; torch {torch.__version__}, {args.threads} threads\n")
+    print(f"Held-out clips (tensors): fp32 top-1 {(ref.argmax(1) == labels).float().mean():.2%}\n")
+    print(header)
+    for precision, compile in PATHS:
+        start = time.perf_counter()
+        fast = tf.optimize(model, precision=precision, compile=compile, calibration=calibration)
+        with torch.no_grad():
+            low = torch.cat([fast(b["video"]) for b in batches])
+        print(row(f"{fast.method}{' + compile' if compile else ''}", ref, low, labels, time.perf_counter() - start),
+              flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = write_synthetic(tmp, args.videos, split="test", seed=4, num_frames=cfg.num_frames)
+        files = expand_inputs([str(root)])
+        names = list(SyntheticMotion(1).classes)
+        truth = torch.tensor([names.index(Path(f).parent.name) for f in files])
+        base = Predictor(model, sampling="segment")
+        ref = torch.stack([base.logits(f) for f in files])
+        print(f"\nEncoded H.264 videos, decoded by Predictor (segment sampling): fp32 top-1 "
+              f"{(ref.argmax(1) == truth).float().mean():.2%}\n")
+        print(header)
+        for precision, compile in PATHS:
+            start = time.perf_counter()
+            pred = Predictor(model, sampling="segment", precision=precision, compile=compile)
+            pred.model.calibrate(calibration)
+            low = torch.stack([pred.logits(f) for f in files])
+            print(row(f"{pred.model.method}{' + compile' if compile else ''}", ref, low, truth,
+                      time.perf_counter() - start), flush=True)
+
+
+if __name__ == "__main__":
+    main()
