@@ -7,6 +7,7 @@ against HF (>1 is better for throughput; <1 is better for time and memory).
 
     python benchmarks/bench_model.py [--threads 2] [--quick]
     python benchmarks/bench_model.py --fast   # the inference fast path (timesformer.optimize) against HF
+    python benchmarks/bench_model.py --train  # train steps at batch 2 and 4, fp32 and bf16, and compiled
 
 ``--fast`` prints the CPU, oneDNN's ISA and this machine's fp32 / bf16 / int8 matmul peaks, then batch-1
 inference of every path: seconds per clip, the ratio to HF eager bf16 autocast, and achieved GFLOP/s.
@@ -143,6 +144,66 @@ def fast_worker(name: str, precision: str, compile: bool, quick: bool) -> dict:
     return out
 
 
+TRAIN_CELLS = [(name, precision, batch, False) for batch in (2, 4) for precision in ("fp32", "bf16")
+               for name in ("hf", "ours")] + [("ours", precision, 2, True) for precision in ("fp32", "bf16")]
+
+
+def train_worker(name: str, precision: str, batch: int, compile: bool, quick: bool) -> dict:
+    """Seconds per AdamW step (cross-entropy, autocast for bf16) and peak RSS above the built model."""
+    import time
+
+    import torch
+
+    torch.manual_seed(0)
+    model = build(name)
+    module = model.hf if isinstance(model, _Logits) else model
+    module.train()
+    base = peak_rss_mb()
+    forward = torch.compile(model) if compile else model
+    opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
+    x, y = torch.randn(batch, 8, 3, 224, 224), torch.arange(batch)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+            logits = forward(x)
+        torch.nn.functional.cross_entropy(logits.float(), y).backward()
+        opt.step()
+    start = time.perf_counter()
+    step()  # compiles, when compiling
+    out = {"first_step_s": time.perf_counter() - start}
+    out["s"] = median_seconds(step, 1 if quick else 5)
+    out["extra_mb"] = peak_rss_mb() - base
+    return out
+
+
+def train_table(threads: int, quick: bool):
+    import torch
+
+    rows = {}
+    for cell in TRAIN_CELLS:
+        name, precision, batch, compile = cell
+        rows[cell] = run(name, "trainstep", threads, quick, extra=[precision, str(batch), str(int(compile))])
+        print(f"# {cell}: {rows[cell]}", file=sys.stderr)
+    print(f"\ntorch {torch.__version__}, {threads} CPU threads; {machine()}")
+    print("TimeSformer-B 8x224, AdamW step (forward, cross-entropy, backward, update), median of 5 after one; memory: "
+          "peak RSS above the built model (gradients, AdamW moments, activations)\n")
+    print("| batch | precision | HF step (s) | ours step (s) | HF / ours (speed-up) | HF memory (MiB) | "
+          "ours memory (MiB) | ours / HF memory |")
+    print("|---|---|---|---|---|---|---|---|")
+    for batch in (2, 4):
+        for precision in ("fp32", "bf16"):
+            hf, ours = rows[("hf", precision, batch, False)], rows[("ours", precision, batch, False)]
+            print(f"| {batch} | {precision} | {hf['s']:.2f} | {ours['s']:.2f} | {hf['s'] / ours['s']:.2f}x | "
+                  f"{hf['extra_mb']:.0f} | {ours['extra_mb']:.0f} | {ours['extra_mb'] / hf['extra_mb']:.2f}x |")
+    print("\n| ours, optim.compile | step (s) | HF eager / ours compiled | first step, compiling (s) | memory (MiB) |")
+    print("|---|---|---|---|---|")
+    for precision in ("fp32", "bf16"):
+        r, hf = rows[("ours", precision, 2, True)], rows[("hf", precision, 2, False)]
+        print(f"| batch 2 {precision} | {r['s']:.2f} | {hf['s'] / r['s']:.2f}x | {r['first_step_s']:.0f} | "
+              f"{r['extra_mb']:.0f} |")
+
+
 def machine_peaks(quick: bool) -> dict:
     """GFLOP/s of a 1568x768x3072 matmul (the qkv projection of one 8x224 clip) in fp32, bf16 and int8."""
     import torch
@@ -217,6 +278,8 @@ def main():
     ap.add_argument("--device", default="cpu", help="cpu | cuda")
     ap.add_argument("--models", default=",".join(MODELS), help="which of ours,hf,seed")
     ap.add_argument("--fast", action="store_true", help="the inference fast path (timesformer.optimize) vs HF")
+    ap.add_argument("--train", action="store_true", help="train steps vs HF at batch 2 and 4, fp32 and bf16, and "
+                                                         "ours compiled (optim.compile)")
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -226,11 +289,17 @@ def main():
         if args.worker[1] == "fast":
             name, _, precision, compile = args.worker
             print(json.dumps(fast_worker(name, precision, bool(int(compile)), quick=args.quick)))
+        elif args.worker[1] == "trainstep":
+            name, _, precision, batch, compile = args.worker
+            print(json.dumps(train_worker(name, precision, int(batch), bool(int(compile)), quick=args.quick)))
         else:
             print(json.dumps(worker(*args.worker, quick=args.quick, device=args.device)))
         return
     if args.fast:
         fast_table(args.threads, args.quick)
+        return
+    if args.train:
+        train_table(args.threads, args.quick)
         return
 
     import torch

@@ -96,7 +96,6 @@ def parse_views(text: str) -> tuple[int, int]:
 def cmd_eval(args) -> int:
     from pathlib import Path
 
-    import torch
     from torch.utils.data import DataLoader
 
     from .data import ClipSpec, VideoFolder, VideoList, bad_files_report, collate
@@ -124,14 +123,7 @@ def cmd_eval(args) -> int:
     loader = DataLoader(data, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate)
     fast = optimize(model, precision=args.precision, compile=args.compile, device=device)
     if fast.method == "int8-static":  # its scales come from the data it will see: the first batches' clips
-        clips = []
-        for batch in loader:
-            if batch["video"] is not None:
-                clips.append(batch["video"])
-            if sum(len(c) for c in clips) >= args.calibration_clips:
-                break
-        if clips:
-            fast.calibrate(torch.cat(clips)[:args.calibration_clips])
+        fast.calibrate(_first_clips(loader, args.calibration_clips))
     logits, labels, bad = predict_views(fast, loader, device, "fp32")  # fp32: no autocast around the fast path
     summary = summarise(logits, labels, cfg.num_classes, data.multi_label, data.classes)
     out = Path(args.out) if args.out else Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(".")
@@ -503,11 +495,31 @@ def _sampling_options(parser):
     parser.add_argument("--fps", type=float, help="dense: the frame rate the rate counts at; default: the checkpoint's")
 
 
+def _first_clips(loader, n: int):
+    """The first ``n`` clips ``n t c H W`` a loader yields (batches of bad files only are passed over)."""
+    import torch
+
+    batches = []
+    for batch in loader:
+        if batch["video"] is not None:
+            batches.append(batch["video"])
+        if sum(len(b) for b in batches) >= n:
+            break
+    return torch.cat(batches)[:n] if batches else []
+
+
 def _calibrate(predictor, paths, args):
     """Static int8 sets its scales from clips of the data it will see: the first files' views."""
     if args.precision == "int8" and args.compile and predictor.model.method == "int8-static":
         used = predictor.calibrate(paths, args.calibration_clips)
         print(f"int8: calibrated on {used} clips of the first inputs", file=sys.stderr)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of clips; got {text}")
+    return value
 
 
 def _fast_options(parser):
@@ -516,7 +528,7 @@ def _fast_options(parser):
     parser.add_argument("--compile", action="store_true",
                         help="compile the model with torch.compile (inductor); falls back to eager with a warning. "
                              "With --precision int8: static int8 (torchao), calibrated on the first inputs")
-    parser.add_argument("--calibration-clips", type=int, default=8, metavar="N",
+    parser.add_argument("--calibration-clips", type=_positive_int, default=8, metavar="N",
                         help="--precision int8 --compile: clips of the first inputs that set the int8 scales "
                              "(default 8)")
 

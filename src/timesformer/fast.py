@@ -70,7 +70,8 @@ class _Method(nn.Module):
 def _untie_linear_weights(graph: torch.fx.Graph):
     """Give every linear call its own weight node. The cls token goes through the same ``nn.Linear`` as the patch
     tokens in a separate call; a weight with two users gets one dequantize node with two users, and inductor's
-    int8 linear pattern then leaves both calls as fp32 matmuls of dequantized weights (measured: 90 of 117)."""
+    int8 linear pattern then leaves both calls as fp32 matmuls of dequantized weights (measured: 90 of 117, torch
+    2.13, torchao 0.18)."""
     for node in list(graph.nodes):
         if node.op != "get_attr":
             continue
@@ -92,7 +93,8 @@ def _unfold_constants_added_to_linears(graph: torch.fx.Graph):
     is a view of weights -- the seed's cls token, ``cls_token.expand(b, 1, d)``, added to its first projection --
     freezing has folded ``y`` into a constant, so each call added into the next call's cls token (measured: top-1
     agreement with fp32 100 % on the first batch, 86 % after). ``y + 0 * linear(x)`` is a value of this call
-    (no fold can remove ``0 *``: it keeps NaNs), and the kernel accumulates into a buffer of its own."""
+    (no fold can remove ``0 *``: it keeps NaNs), and the kernel accumulates into a buffer of its own. Seen with
+    torch 2.13 and torchao 0.18; the test of repeated calls guards it."""
     def root(node):
         while isinstance(node, torch.fx.Node) and node.target in _VIEWS:
             node = node.args[0]
@@ -133,7 +135,7 @@ def quantize_static(model: TimeSformer, name: str, video: torch.Tensor, mask: to
     method = _Method(model, name, mask is not None)
     # traced at batch 2: export fixes a dimension of size 1 to a constant
     args = tuple(a[:1].expand(2, *a.shape[1:]) for a in ((video,) if mask is None else (video, mask)))
-    batch = torch.export.Dim("batch", min=1, max=4096)
+    batch = torch.export.Dim("batch", min=1)
     dynamic = ({0: batch},) * len(args)
     with torch.no_grad():
         # strict: torchao's quantizer finds the linear layers by the source of each node, which strict export keeps
@@ -170,7 +172,11 @@ class OptimizedTimeSformer(nn.Module):
 
     def calibrate(self, clips: torch.Tensor | Iterable[torch.Tensor]):
         """Clips ``b t c H W`` (a tensor or a list of batches) whose activation ranges set the int8 scales of every
-        graph built from now on (int8-static; the others need none)."""
+        graph built from now on (int8-static; the others need none). Graphs already built keep their scales:
+        calibrate before the first call (or pass ``calibration`` to :func:`optimize`)."""
+        if self.method == "int8-static" and self._compiled:
+            warnings.warn("calibrate() after int8 graphs were built: only graphs for new input shapes use these clips",
+                          RuntimeWarning, stacklevel=2)
         self._calibration = _clips(clips)
 
     def _key(self, name: str, video: torch.Tensor, mask: torch.Tensor | None):
@@ -190,7 +196,14 @@ class OptimizedTimeSformer(nn.Module):
         if self.method != "int8-static":
             fn = torch.compile(self._eager(name))
         else:
-            calibration = [c for c in self._calibration or () if c.shape[1:] == video.shape[1:]] or [video]
+            calibration = [c for c in self._calibration or () if c.shape[1:] == video.shape[1:]]
+            if not calibration:
+                shapes = sorted({tuple(c.shape[1:]) for c in self._calibration or ()})
+                warnings.warn(f"int8 static: no calibration clips shaped like this input ({tuple(video.shape[1:])}"
+                              + (f"; they are {shapes}" if shapes else "") + f"), so its {len(video)} clip(s) set the "
+                              f"int8 scales; pass a few clips of the data to optimize(calibration=...) or "
+                              f".calibrate()", RuntimeWarning, stacklevel=4)
+                calibration = [video]
             try:
                 graph = quantize_static(self.model, name, video, mask, calibration)
             except Exception as err:  # export or quantization failed: the eager int8 path always works
@@ -208,10 +221,10 @@ class OptimizedTimeSformer(nn.Module):
     def _call(self, name: str, video: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         self.model.check_input(video, mask)  # bad input is the caller's error, never a "failed compile"
         key = self._key(name, video, mask)
+        video = video.to(self.dtype)
         if key not in self._entries:
             self._entries[key] = self._build(key, name, video, mask)
         fn = self._entries[key]
-        video = video.to(self.dtype)
         # an exported int8 graph takes the mask only where it was exported with one
         args = (video,) if mask is None and self.method == "int8-static" else (video, mask)
         with torch.no_grad():
@@ -296,7 +309,7 @@ def optimize(model: TimeSformer, precision: str = "fp32", compile: bool = False,
                           "dynamically; `pip install torchao` for static int8 (oneDNN int8 kernels, ~2x faster)",
                           RuntimeWarning, stacklevel=2)
     fast = copy.deepcopy(model).eval().requires_grad_(False).to(device)
-    if method == "int8-dynamic":  # per-row scales fit the two maps apart better than their product
+    if method == "int8-dynamic":  # unfolded: the two maps quantize with less drift than their product (measured)
         fast = _quantize_dynamic(fast)
     else:
         for block in fast.blocks:

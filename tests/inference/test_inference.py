@@ -214,7 +214,10 @@ def test_precision_flags_on_predict_extract_and_eval(precision, ckpt, videos, tm
                      "--compile", "--sampling", "segment", "--out", str(tmp_path / "eval")]) == 0
     assert compiled and any("torch.compile failed (ZeroDivisionError" in str(w.message) for w in caught)
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
-    assert report["videos"] == 12
+    assert report["videos"] == 12 and report["views"] == "1x1"  # int8 calibration used to overwrite the views
+    with pytest.raises(SystemExit):
+        main(["eval", "--checkpoint", str(tmp_path / "synth"), "--data", str(root), "--calibration-clips", "0"])
+    assert "--calibration-clips: must be a positive number of clips; got 0" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -229,8 +232,14 @@ def test_static_int8_from_the_command_line_calibrates_on_the_first_inputs(ckpt, 
         out = capsys.readouterr()
         return [{e["class"]: e["prob"] for e in json.loads(line)["top"]} for line in out.out.splitlines()], out.err
 
-    (ref, _), (low, err) = run(), run("--precision", "int8", "--compile", "--calibration-clips", "2")
+    import warnings
+
+    ref, _ = run()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        low, err = run("--precision", "int8", "--compile", "--calibration-clips", "2")
     assert "int8: calibrated on 2 clips of the first inputs" in err
+    assert not [w for w in caught if "failed" in str(w.message)]  # static int8 ran compiled, no fallback
     assert [max(r, key=r.get) for r in ref] == [max(r, key=r.get) for r in low]
     assert all(abs(r[c] - q.get(c, 0.0)) < 0.05 for r, q in zip(ref, low) for c in r)
 

@@ -69,7 +69,7 @@ class Run:
     folder: Path
     classes: list
     model: TimeSformer  # the module itself; ``train_model`` is it, wrapped in DDP under torchrun
-    train_model: torch.nn.Module
+    train_model: torch.nn.Module  # and compiled with optim.compile, until a compile fails (then ``eager_model``)
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
     ema: EMA | None
@@ -83,6 +83,7 @@ class Run:
     metrics_bytes: int | None = None  # metrics.jsonl's length when the resumed checkpoint was saved
     started: float = field(default_factory=time.time)
     board: object = None  # a TensorBoard writer, when installed (rank 0)
+    eager_model: torch.nn.Module | None = None  # with optim.compile: ``train_model`` before compiling
 
     @property
     def total_steps(self) -> int:
@@ -209,7 +210,7 @@ def build_run(cfg: RunConfig, d: distr.Dist, device: torch.device, *, resume: bo
         ddp_args = dict(device_ids=[device.index]) if device.type == "cuda" else {}
         run.train_model = torch.nn.parallel.DistributedDataParallel(model, **ddp_args)
     if o.compile:  # compiled on the first step; attributes (DDP's no_sync) pass through to the wrapped module
-        run.train_model = torch.compile(run.train_model)
+        run.eager_model, run.train_model = run.train_model, torch.compile(run.train_model)
     return run
 
 
@@ -402,7 +403,7 @@ def _forward_backward(run: Run, batch: dict, *, sync: bool) -> float:
 def _train_forward(run: Run, video: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """``run.train_model(video, mask)``; where ``optim.compile`` fails (no C++ compiler, an unsupported op), a
     warning says why and training goes on eagerly."""
-    if not run.cfg.optim.compile or not hasattr(run.train_model, "_orig_mod"):
+    if run.eager_model is None or run.train_model is run.eager_model:
         return run.train_model(video, mask)
     try:
         return run.train_model(video, mask)
@@ -411,7 +412,7 @@ def _train_forward(run: Run, video: torch.Tensor, mask: torch.Tensor | None) -> 
     except Exception as err:  # inductor fails in many ways; nothing ran, so the micro-batch runs again eagerly
         warnings.warn(f"optim.compile: torch.compile failed ({type(err).__name__}: "
                       f"{str(err).strip().splitlines()[0][:200]}); training eagerly", RuntimeWarning, stacklevel=2)
-        run.train_model = run.train_model._orig_mod
+        run.train_model = run.eager_model
         return run.train_model(video, mask)
 
 

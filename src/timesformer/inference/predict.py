@@ -63,19 +63,22 @@ class Predictor:
         self.partial = {}  # path -> why decoding stopped early, for files that decoded only partly
 
     def calibrate(self, paths, clips: int = 8) -> int:
-        """For int8 with ``compile`` (static quantization): set the int8 scales from the views of ``paths``, up to
-        ``clips`` clips; files that fail to decode are skipped. Returns the number of clips used."""
-        views = []
+        """For int8 with ``compile`` (static quantization): set the int8 scales from views of the first ``clips``
+        files of ``paths`` that decode, one view per file in turn (a file's other views only when there are fewer
+        files than clips). Returns the number of clips used."""
+        per_file = []
         for path in paths:
-            if sum(len(v) for v in views) >= clips:
+            if len(per_file) >= clips:
                 break
             try:
-                views.append(self.views(path)[0])
+                per_file.append(self.views(path)[0])
             except DecodeError:
                 continue
-        if views:
-            self.model.calibrate(torch.cat(views)[:clips])
-        return min(clips, sum(len(v) for v in views))
+        order = [views[i] for i in range(max((len(v) for v in per_file), default=0)) for views in per_file
+                 if i < len(views)][:clips]
+        if order:
+            self.model.calibrate(torch.stack(order))
+        return len(order)
 
     def class_name(self, index: int) -> str:
         return self.labels[index] if self.labels else str(index)
