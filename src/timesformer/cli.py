@@ -346,6 +346,41 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    try:
+        import uvicorn
+
+        from .serve import create_app
+    except ImportError as err:
+        raise SystemExit(f"timesformer serve needs the serve extra: pip install 'timesformer[serve]' ({err})")
+    from .inference import Predictor
+
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {args.host}: reachable from other machines"
+              + ("" if args.api_key else "; set --api-key to require a key"), file=sys.stderr)
+    model = _load_for_inference(args)
+    clips, crops = parse_views(args.views)
+    predictor = Predictor(model, clips=clips, crops=crops, **_sampling(args, model.config),
+                          device=_device(args.device, args.precision), precision=args.precision, compile=args.compile)
+    if predictor.model.method == "int8-static":  # the warm-up's blank clip must not set the int8 scales
+        if not args.calibration_videos:
+            raise ValueError("serve --precision int8 --compile needs --calibration-videos: a few videos like the ones "
+                             "it will serve, whose clips set the int8 scales")
+        from .inference import expand_inputs
+
+        _calibrate(predictor, expand_inputs(args.calibration_videos), args)
+    app = create_app(predictor, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
+                     max_upload_mb=args.max_upload_mb, api_key=args.api_key or None)
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig, frame):  # SIGTERM/SIGINT: stop accepting, answer what is in, then exit 0
+            super().handle_exit(sig, frame)
+            getattr(self, "_captured_signals", []).clear()  # uvicorn would re-raise it after the drain
+
+    DrainingServer(uvicorn.Config(app, host=args.host, port=args.port, log_level="info",
+                                  timeout_graceful_shutdown=30)).run()
+    return 0
+
+
 def cmd_export(args) -> int:
     import os
     import tempfile
@@ -642,6 +677,24 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", required=True)
     _sampling_options(exp)
     exp.set_defaults(func=cmd_explain)
+
+    srv = sub.add_parser("serve", help="an HTTP API (and web page) around a checkpoint, batching requests")
+    srv.add_argument("--checkpoint", required=True, help="anything load_pretrained reads")
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--views", default="1x1", help="default CLIPSxCROPS per request")
+    srv.add_argument("--max-batch", type=_positive_int, default=8, help="most clips per model call (default 8)")
+    srv.add_argument("--max-wait-ms", type=float, default=20.0, help="how long a batch waits to fill (default 20)")
+    srv.add_argument("--queue-size", type=_positive_int, default=64,
+                     help="requests waiting at most; more get 503 with Retry-After (default 64)")
+    srv.add_argument("--max-upload-mb", type=float, default=200.0, help="largest upload (default 200 MiB)")
+    srv.add_argument("--api-key", help="require this key (X-API-Key or Authorization: Bearer) on all but /healthz")
+    srv.add_argument("--calibration-videos", nargs="+", metavar="VIDEO",
+                     help="--precision int8 --compile: videos (files, folders, globs) whose clips set the int8 scales")
+    _sampling_options(srv)
+    _fast_options(srv)
+    srv.add_argument("--device", default="auto")
+    srv.set_defaults(func=cmd_serve)
 
     xp = sub.add_parser("export", help="ONNX (checked against onnxruntime) or torch.export")
     xp.add_argument("--checkpoint", required=True)

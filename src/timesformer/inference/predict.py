@@ -4,6 +4,8 @@ Legend: ``t c S S`` a clip; ``v`` views (clips x crops); ``d`` model dim.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import glob
 import logging
 import os
@@ -79,6 +81,15 @@ class Predictor:
         if order:
             self.model.calibrate(torch.stack(order))
         return len(order)
+
+    def with_views(self, clips: int, crops: int) -> "Predictor":
+        """A predictor that shares this one's model but takes ``clips`` x ``crops`` test views."""
+        other = copy.copy(self)
+        other.spec = dataclasses.replace(self.spec, num_clips=clips, num_crops=crops)
+        other.transform = EvalTransform(crop_size=self.spec.crop_size, num_crops=crops, mean=self.spec.mean,
+                                        std=self.spec.std)
+        other.partial = {}
+        return other
 
     def class_name(self, index: int) -> str:
         return self.labels[index] if self.labels else str(index)

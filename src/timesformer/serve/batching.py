@@ -1,0 +1,132 @@
+"""One inference worker for many requests: clips from concurrent requests are coalesced into batches.
+
+A request submits its clips ``v t c S S`` (and their frame masks ``v t``) and gets a ``concurrent.futures.Future``
+of their logits ``v classes``. The worker thread takes the oldest request, then keeps adding requests until the
+batch holds ``max_batch`` clips or ``max_wait_ms`` have passed since it began waiting, runs the model once, and
+splits the logits back. The queue is bounded: a full queue refuses the request at once (``QueueFull``), so the
+server can answer 503 instead of growing without limit. Decoding happens in the callers, never in this thread.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+
+
+class QueueFull(Exception):
+    """The batcher's queue holds ``queue_size`` requests already."""
+
+
+class Stopped(Exception):
+    """The batcher is shutting down and takes no new requests."""
+
+
+@dataclass
+class _Request:
+    clips: torch.Tensor  # v t c S S
+    masks: torch.Tensor  # v t bool
+    future: Future = field(default_factory=Future)
+
+
+class Batcher:
+    """Coalesces requests for ``model(video, mask) -> logits`` on one thread.
+
+    Args:
+        model: called as ``model(clips, mask)`` with ``clips: b t c S S`` and ``mask: b t`` or None.
+        max_batch: the most clips per model call (a request with more clips than this runs alone).
+        max_wait_ms: how long the worker waits for more requests once it holds one.
+        queue_size: requests waiting at most; more are refused with ``QueueFull``.
+        on_batch: called with the number of clips of every batch run (metrics).
+    """
+
+    def __init__(self, model, *, max_batch: int = 8, max_wait_ms: float = 20.0, queue_size: int = 64,
+                 on_batch=None):
+        if max_batch < 1 or queue_size < 1 or max_wait_ms < 0:
+            raise ValueError(f"max_batch and queue_size must be >= 1 and max_wait_ms >= 0; got {max_batch}, "
+                             f"{queue_size}, {max_wait_ms}")
+        self.model, self.max_batch, self.max_wait = model, max_batch, max_wait_ms / 1000
+        self.on_batch = on_batch
+        self._queue: queue.Queue[_Request | None] = queue.Queue(maxsize=queue_size)
+        self._accepting = True
+        self._thread = threading.Thread(target=self._run, name="timesformer-batcher", daemon=True)
+        self._thread.start()
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting (not counting the batch being run)."""
+        return self._queue.qsize()
+
+    def submit(self, clips: torch.Tensor, masks: torch.Tensor) -> Future:
+        """Queue ``clips: v t c S S`` with ``masks: v t``; the future resolves to logits ``v classes`` (CPU, fp32)."""
+        if not self._accepting:
+            raise Stopped("the server is shutting down")
+        request = _Request(clips, masks)
+        try:
+            self._queue.put_nowait(request)
+        except queue.Full:
+            raise QueueFull(f"{self._queue.maxsize} requests are waiting") from None
+        return request.future
+
+    def close(self, timeout: float | None = None):
+        """Stop taking requests, finish every queued one, then stop the worker."""
+        self._accepting = False
+        self._queue.put(None)  # after everything queued: the worker drains, then meets this and stops
+        self._thread.join(timeout)
+
+    def _run(self):
+        carry, stopping = None, False  # carry: a request that did not fit the last batch
+        while True:
+            first = carry if carry is not None else (None if stopping else self._queue.get())
+            carry = None
+            if first is None:
+                return self._drain_late()
+            batch, clips = [first], len(first.clips)
+            deadline = time.monotonic() + self.max_wait
+            while clips < self.max_batch and not stopping:
+                try:
+                    nxt = self._queue.get(timeout=max(deadline - time.monotonic(), 0))
+                except queue.Empty:
+                    break
+                if nxt is None:  # close(): everything queued before it is in hand
+                    stopping = True
+                elif clips + len(nxt.clips) > self.max_batch:
+                    carry = nxt
+                    break
+                else:
+                    batch.append(nxt)
+                    clips += len(nxt.clips)
+            self._run_batch(batch)
+
+    def _drain_late(self):
+        """Requests that slipped in while close() ran: refused, never left waiting."""
+        while True:
+            try:
+                late = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if late is not None and late.future.set_running_or_notify_cancel():
+                late.future.set_exception(Stopped("the server is shutting down"))
+
+    def _run_batch(self, batch: list[_Request]):
+        live = [r for r in batch if r.future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        try:
+            clips = torch.cat([r.clips for r in live])
+            masks = torch.cat([r.masks for r in live])
+            with torch.inference_mode():
+                logits = self.model(clips, None if bool(masks.all()) else masks).float().cpu()
+            if self.on_batch is not None:
+                self.on_batch(len(clips))
+        except BaseException as err:  # the requests learn why; the worker keeps serving
+            for r in live:
+                r.future.set_exception(err)
+            return
+        start = 0
+        for r in live:
+            r.future.set_result(logits[start:start + len(r.clips)])
+            start += len(r.clips)

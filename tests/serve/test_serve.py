@@ -1,0 +1,245 @@
+"""timesformer serve: the HTTP API on videos the tests encode -- predictions equal to Predictor's, bad input as
+4xx JSON with the server still serving, no upload left on disk, batching, backpressure, the API key, draining."""
+import json
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+import timesformer as tf
+from timesformer.inference import Predictor
+
+from ..data.videos import write_video
+
+pytest.importorskip("av")
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from timesformer.serve import Batcher, QueueFull, create_app  # noqa: E402
+
+TINY = dict(image_size=32, patch_size=8, dim=32, depth=2, heads=2, dim_head=16, num_frames=4)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return tf.create_model("timesformer_tiny", num_classes=3, labels=("cat", "dog", "eel"), **TINY).eval()
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    write_video(root / "a.mp4", 90, fps=30, size=64)  # 3 s
+    write_video(root / "short.mp4", 2, fps=30, size=64)  # fewer frames than one clip
+    (root / "notes.mp4").write_text("this is not a video")
+    (root / "empty.mp4").write_bytes(b"")
+    write_video(root / "f.mp4", 90, fps=30, size=64, gop=10, container_options={"movflags": "faststart"})
+    data = (root / "f.mp4").read_bytes()
+    (root / "truncated.mp4").write_bytes(data[: int(len(data) * 0.6)])  # its index first: it opens, then breaks
+    return root
+
+
+@pytest.fixture
+def uploads(tmp_path, monkeypatch):
+    """Where the server's temporary upload folders go (checked empty after each test)."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    yield folder
+    assert list(folder.iterdir()) == []  # every upload deleted, on success and on error
+
+
+def post(client, path, **fields):
+    files = {"file": (Path(path).name, Path(path).read_bytes(), "video/mp4")} if path else None
+    return client.post("/v1/predict", files=files, data={k: str(v) for k, v in fields.items()})
+
+
+def test_predictions_equal_the_predictors(model, videos, uploads):
+    predictor = Predictor(model)
+    with TestClient(create_app(Predictor(model))) as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        assert client.get("/v1/labels").json() == {"labels": ["cat", "dog", "eel"]}
+        body = post(client, videos / "a.mp4", topk=3).json()
+        ref = predictor.predict(videos / "a.mp4", topk=3)["top"]
+        assert body["labels"] == [t["class"] for t in ref]
+        assert body["scores"] == pytest.approx([t["prob"] for t in ref], abs=1e-5)
+        assert body["duration"] == pytest.approx(3.0, abs=0.05) and body["latency_ms"] > 0
+        # other views, a timeline, and a video shorter than one clip
+        multi = post(client, videos / "a.mp4", views="2x3").json()
+        assert multi["scores"][0] == pytest.approx(predictor.with_views(2, 3).predict(videos / "a.mp4")["top"][0]["prob"],
+                                                   abs=1e-5)
+        timeline = post(client, videos / "a.mp4", window=1, stride=1, topk=2).json()["timeline"]
+        assert [(e["start"], e["end"]) for e in timeline] == [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0)]
+        ref_tl = predictor.timeline(videos / "a.mp4", window=1, stride=1, topk=2)["entries"]
+        assert [e["top"][0]["prob"] for e in timeline] == pytest.approx([e["top"][0]["prob"] for e in ref_tl], abs=1e-5)
+        assert post(client, videos / "short.mp4").status_code == 200
+
+
+@pytest.mark.parametrize("name, fields, status, message", [
+    ("notes.mp4", {}, 400, "not a readable video"),
+    ("empty.mp4", {}, 400, "the upload is empty"),
+    ("truncated.mp4", {}, 400, "truncated or damaged"),
+    (None, {}, 422, "'file' field (a video upload) is missing"),
+    ("a.mp4", {"topk": 0}, 422, r"topk must be in [1, 100]; got '0'"),
+    ("a.mp4", {"topk": "many"}, 422, "topk must be a int; got 'many'"),
+    ("a.mp4", {"views": "2by3"}, 422, "views must be CLIPSxCROPS"),
+    ("a.mp4", {"stride": 1}, 422, "stride needs a window"),
+])
+def test_bad_input_is_a_4xx_naming_it_and_the_server_keeps_serving(model, videos, uploads, name, fields, status,
+                                                                   message):
+    with TestClient(create_app(Predictor(model))) as client:
+        response = post(client, videos / name if name else None, **fields)
+        assert response.status_code == status and message in response.json()["error"]
+        assert "upload-" not in response.text and str(uploads) not in response.text  # no server-side path
+        assert post(client, videos / "a.mp4").status_code == 200
+        assert f'code="{status}"' in client.get("/metrics").text
+
+
+def test_an_upload_over_the_limit_is_413(model, videos, uploads):
+    with TestClient(create_app(Predictor(model), max_upload_mb=0.001)) as client:
+        response = post(client, videos / "a.mp4")
+        assert response.status_code == 413 and "over the 0.001 MiB limit" in response.json()["error"]
+        assert post(client, None).status_code == 422  # and it keeps serving
+
+
+def test_the_api_key_guards_everything_but_healthz(model, videos, uploads):
+    with TestClient(create_app(Predictor(model), api_key="s3cret")) as client:
+        assert client.get("/healthz").status_code == 200
+        for path in ("/v1/labels", "/metrics"):
+            assert client.get(path).status_code == 401
+            assert client.get(path, headers={"X-API-Key": "wrong"}).status_code == 401
+        assert client.get("/v1/labels", headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert client.get("/v1/labels", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+def test_concurrent_requests_are_batched(model, videos, uploads):
+    with TestClient(create_app(Predictor(model), max_batch=8, max_wait_ms=200)) as client:
+        with ThreadPoolExecutor(6) as pool:
+            codes = list(pool.map(lambda _: post(client, videos / "a.mp4").status_code, range(6)))
+        assert codes == [200] * 6
+        text = client.get("/metrics").text
+    counts = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("timesformer_batch")}
+    assert counts["timesformer_batch_clips_count"] < 7  # 6 requests (+ the warm-up) in fewer model calls
+    assert counts['timesformer_batch_clips_bucket{le="1"}'] < counts["timesformer_batch_clips_count"]
+
+
+class Gate:
+    """A model that waits for ``open`` before answering: lets a test fill the queue."""
+
+    def __init__(self):
+        self.open, self.batches = threading.Event(), []
+
+    def __call__(self, clips, mask):
+        self.open.wait(10)
+        self.batches.append(len(clips))
+        return clips.flatten(1)[:, :3]
+
+
+def test_a_full_queue_refuses_at_once_and_close_drains_what_is_queued():
+    gate = Gate()
+    batcher = Batcher(gate, max_batch=4, max_wait_ms=0, queue_size=2)
+    clip, mask = torch.randn(1, 4, 3, 8, 8), torch.ones(1, 4, dtype=torch.bool)
+    first = batcher.submit(clip, mask)
+    time.sleep(0.2)  # the worker holds the first request, waiting on the gate
+    queued = [batcher.submit(clip, mask), batcher.submit(clip, mask)]
+    with pytest.raises(QueueFull, match="2 requests are waiting"):
+        batcher.submit(clip, mask)
+    gate.open.set()
+    batcher.close(timeout=10)
+    assert all(torch.equal(f.result(1), clip.flatten(1)[:, :3]) for f in [first, *queued])
+    assert gate.batches == [1, 2]  # the two queued requests ran as one batch, before the worker stopped
+
+
+def test_a_full_queue_is_503_with_retry_after(model, videos, uploads, monkeypatch):
+    from timesformer.serve import batching
+
+    monkeypatch.setattr(batching.Batcher, "submit", lambda self, clips, masks: (_ for _ in ()).throw(QueueFull("x")))
+    with TestClient(create_app(Predictor(model), warmup=False)) as client:
+        response = post(client, videos / "a.mp4")
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert "busy" in response.json()["error"]
+        assert client.get("/healthz").status_code == 200
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(model, tmp_path):
+    """``timesformer serve`` in its own process on a free loopback port; yields (process, base url). A batch waits
+    1.5 s to fill, so requests sit in the queue long enough for a test to act on them."""
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    tf.save_pretrained(model, tmp_path / "ckpt")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "timesformer", "serve", "--checkpoint", str(tmp_path / "ckpt"),
+                             "--port", str(port), "--max-wait-ms", "1500"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail(f"the server did not come up:\n{proc.communicate()[0]}")
+    yield proc, url
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_sigterm_drains_queued_requests_then_exits_cleanly(server, videos):
+    import signal
+
+    import httpx
+
+    proc, url = server
+    data = (videos / "a.mp4").read_bytes()
+
+    def call(_):
+        return httpx.post(f"{url}/v1/predict", files={"file": ("a.mp4", data)}, timeout=60).status_code
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(call, i) for i in range(4)]
+        time.sleep(0.5)  # the requests are in, waiting 1.5 s for a fuller batch
+        proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        codes = [f.result() for f in futures]
+        answered = time.monotonic()
+    assert codes == [200] * 4  # every request taken before the signal was answered
+    assert answered - signalled > 0.5  # they were still queued when it came
+    assert proc.wait(timeout=60) == 0
+
+
+def test_a_client_that_disconnects_mid_upload_leaves_the_server_healthy(server, videos):
+    import socket
+
+    import httpx
+
+    proc, url = server
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as sock:  # promises 1 MB, sends 1 KB, hangs up
+        sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                     b"Content-Length: 1000000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"file\"; "
+                     b"filename=\"a.mp4\"\r\n\r\n" + b"\0" * 1000)
+    time.sleep(0.5)
+    assert httpx.get(f"{url}/healthz").status_code == 200
+    response = httpx.post(f"{url}/v1/predict", files={"file": ("a.mp4", (videos / "a.mp4").read_bytes())}, timeout=60)
+    assert response.status_code == 200 and proc.poll() is None
