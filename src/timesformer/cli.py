@@ -310,32 +310,22 @@ def cmd_extract(args) -> int:
 
 
 def cmd_explain(args) -> int:
+    import json
     from pathlib import Path
 
-    import torch
-
-    from .data import ClipSpec, open_video
-    from .data.transforms import EvalTransform, center_crop, resize_short_side
+    from .data import ClipSpec
     from .engine.checkpoint import write_json_atomic
-    from .inference.explain import attention_rollout
+    from .inference.explain import explain_video
     from .viz import plot_explanation
-
-    import json
 
     model = _load_for_inference(args)
     base = _output_bases([args.video], Path(args.out))[str(args.video)]
     target = _output(base, ".explain.json", args.video, lambda f: json.loads(f.read_text())["source"])
     cfg = model.config
     spec = ClipSpec(num_frames=cfg.num_frames, **_sampling(args, cfg))
-    with open_video(args.video) as reader:
-        frames, valid = reader.frames_at(spec.times(reader.duration, train=False))
-    view = EvalTransform(crop_size=cfg.image_size, mean=cfg.mean, std=cfg.std).view(frames, 0)
-    shown = center_crop(resize_short_side(frames, cfg.image_size), cfg.image_size).round().clamp(0, 255)
-    mask = None if bool(valid.all()) else valid[None]
-    result = attention_rollout(model, view[None], mask)
-    top = int(result["logits"].argmax())
-    name = cfg.labels[top] if cfg.labels else str(top)
-    plot_explanation(shown.to(torch.uint8), result["maps"], result["frame_importance"], _output(base, ".explain.png"),
+    result = explain_video(model, args.video, spec)
+    name = result["predicted"]
+    plot_explanation(result["frames"], result["maps"], result["frame_importance"], _output(base, ".explain.png"),
                      _output(base, ".explain.gif"), title=f"{Path(args.video).name}: predicted {name}")
     write_json_atomic(target, {"video": str(args.video), "source": str(Path(args.video).resolve()),
                                "sampling": {k: getattr(spec, k) for k in ("sampling", "sampling_rate", "fps")},
@@ -369,7 +359,7 @@ def cmd_serve(args) -> int:
         from .inference import expand_inputs
 
         _calibrate(predictor, expand_inputs(args.calibration_videos), args)
-    app = create_app(predictor, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
+    app = create_app(predictor, model=model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
                      max_upload_mb=args.max_upload_mb, api_key=args.api_key or None)
     class DrainingServer(uvicorn.Server):
         def handle_exit(self, sig, frame):  # SIGTERM/SIGINT: stop accepting, answer what is in, then exit 0

@@ -99,6 +99,24 @@ def test_bad_input_is_a_4xx_naming_it_and_the_server_keeps_serving(model, videos
         assert f'code="{status}"' in client.get("/metrics").text
 
 
+def test_explain_returns_the_rollout_with_png_and_gif(model, videos, uploads):
+    import base64
+
+    from timesformer.data import ClipSpec
+    from timesformer.inference.explain import explain_video
+
+    with TestClient(create_app(Predictor(model), model=model)) as client:
+        body = client.post("/v1/explain", files={"file": ("a.mp4", (videos / "a.mp4").read_bytes())}).json()
+        assert client.post("/v1/explain", files={"file": ("n.mp4", b"not a video")}).status_code == 400
+    ref = explain_video(model, videos / "a.mp4", ClipSpec(num_frames=4))
+    assert body["predicted"] == ref["predicted"]
+    torch.testing.assert_close(torch.tensor(body["maps"]), ref["maps"], atol=1e-6, rtol=0)
+    assert base64.b64decode(body["png"].split(",", 1)[1])[:4] == b"\x89PNG"
+    assert base64.b64decode(body["gif"].split(",", 1)[1])[:6] == b"GIF89a"
+    with TestClient(create_app(Predictor(model))) as client:  # no fp32 model given: no explanations
+        assert client.post("/v1/explain", files={"file": ("a.mp4", b"x")}).status_code == 404
+
+
 def test_an_upload_over_the_limit_is_413(model, videos, uploads):
     with TestClient(create_app(Predictor(model), max_upload_mb=0.001)) as client:
         response = post(client, videos / "a.mp4")

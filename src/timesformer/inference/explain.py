@@ -99,3 +99,22 @@ def attention_rollout(model: TimeSformer, video: torch.Tensor, mask: torch.Tenso
     per_frame = relevance.sum((1, 2))
     maps = relevance / per_frame.clamp(min=1e-12)[:, None, None]
     return {"maps": maps, "frame_importance": per_frame / per_frame.sum(), "logits": logits.float()}
+
+
+def explain_video(model: TimeSformer, path, spec) -> dict:
+    """Rollout for one clip of a video file, sampled by ``spec`` (a ``ClipSpec``: the centre clip, centre crop).
+
+    Returns ``attention_rollout``'s ``maps``, ``frame_importance`` and ``logits``, plus ``frames`` (the clip as shown:
+    ``t c S S`` uint8, resized and centre-cropped like the model's input) and ``predicted`` (the top class's name).
+    """
+    from ..data import open_video
+    from ..data.transforms import EvalTransform, center_crop, resize_short_side
+
+    cfg = model.config
+    with open_video(path) as reader:
+        frames, valid = reader.frames_at(spec.times(reader.duration, train=False))
+    view = EvalTransform(crop_size=cfg.image_size, mean=cfg.mean, std=cfg.std).view(frames, 0)
+    shown = center_crop(resize_short_side(frames, cfg.image_size), cfg.image_size).round().clamp(0, 255)
+    result = attention_rollout(model, view[None], None if bool(valid.all()) else valid[None])
+    top = int(result["logits"].argmax())
+    return {**result, "frames": shown.to(torch.uint8), "predicted": cfg.labels[top] if cfg.labels else str(top)}

@@ -65,9 +65,12 @@ def _number(form, name: str, kind, low, high, default):
     return value
 
 
-def create_app(predictor: Predictor, *, max_batch: int = 8, max_wait_ms: float = 20.0, queue_size: int = 64,
+def create_app(predictor: Predictor, *, model=None, max_batch: int = 8, max_wait_ms: float = 20.0, queue_size: int = 64,
                max_upload_mb: float = 200.0, api_key: str | None = None, warmup: bool = True):
-    """The service around ``predictor`` (its model, views and preprocessing). See the module docstring."""
+    """The service around ``predictor`` (its model, views and preprocessing). See the module docstring.
+
+    ``model``: the fp32 ``TimeSformer`` that ``/v1/explain`` runs attention rollout on (the predictor's copy may be
+    bf16 or int8); without it ``/v1/explain`` answers 404."""
     metrics = Metrics(max_batch)
     state = {"ready": False, "batcher": None}
     default_views = (predictor.spec.num_clips, predictor.spec.num_crops)
@@ -152,9 +155,7 @@ def create_app(predictor: Predictor, *, max_batch: int = 8, max_wait_ms: float =
             raise BadRequest(400, f"the upload is a truncated or damaged video: {_hide(reason, path)}")
         return views, masks
 
-    @app.post("/v1/predict")
-    async def predict(request: Request):
-        start = time.perf_counter()
+    async def read_form(request: Request):
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit + 2**16:
             raise BadRequest(413, f"the upload ({int(length) / 2**20:.1f} MiB) is over the {max_upload_mb:g} MiB limit")
@@ -162,10 +163,60 @@ def create_app(predictor: Predictor, *, max_batch: int = 8, max_wait_ms: float =
             form = await request.form(max_files=1, max_fields=16)
         except Exception as err:  # not multipart, a broken body
             raise BadRequest(400, f"expected a multipart/form-data body with a 'file' field ({err})") from None
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            await form.close()
+            raise BadRequest(422, "the 'file' field (a video upload) is missing")
+        return form, upload
+
+    async def save(upload, tmp: str) -> str:
+        path = os.path.join(tmp, "upload" + Path(upload.filename or "").suffix[:16])
+        size = await asyncio.to_thread(_copy, upload.file, path, limit)
+        if size is None:
+            raise BadRequest(413, f"the upload is over the {max_upload_mb:g} MiB limit")
+        if size == 0:
+            raise BadRequest(400, "the upload is empty")
+        return path
+
+    @app.post("/v1/explain")
+    async def explain(request: Request):
+        """Attention rollout of the centre clip: per-frame maps and importance, with the PNG grid and the GIF."""
+        import base64
+
+        from ..data import ClipSpec
+        from ..inference.explain import explain_video
+        from ..viz import plot_explanation
+
+        if model is None:
+            raise BadRequest(404, "this server was started without the fp32 model that explanations need")
+        start = time.perf_counter()
+        form, upload = await read_form(request)
+        try:
+            with tempfile.TemporaryDirectory(prefix="timesformer-upload-") as tmp:
+                path = await save(upload, tmp)
+                await asyncio.to_thread(_duration, path)
+                spec = ClipSpec(num_frames=model.config.num_frames, sampling=predictor.spec.sampling,
+                                sampling_rate=predictor.spec.sampling_rate, fps=predictor.spec.fps)
+                try:
+                    result = await asyncio.to_thread(explain_video, model, path, spec)
+                except DecodeError as err:
+                    raise BadRequest(400, f"the upload is not a readable video: {_hide(err, path)}") from None
+                png, gif = os.path.join(tmp, "explain.png"), os.path.join(tmp, "explain.gif")
+                await asyncio.to_thread(plot_explanation, result["frames"], result["maps"],
+                                        result["frame_importance"], png, gif, f"predicted {result['predicted']}")
+                images = {f"{kind}": f"data:image/{kind};base64," + base64.b64encode(Path(f).read_bytes()).decode()
+                          for kind, f in (("png", png), ("gif", gif))}
+        finally:
+            await form.close()
+        return {"predicted": result["predicted"], "frame_importance": result["frame_importance"].tolist(),
+                "maps": result["maps"].tolist(), **images,
+                "latency_ms": round((time.perf_counter() - start) * 1000, 1)}
+
+    @app.post("/v1/predict")
+    async def predict(request: Request):
+        start = time.perf_counter()
+        form, upload = await read_form(request)
         try:  # the upload's spooled copy goes with the form
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                raise BadRequest(422, "the 'file' field (a video upload) is missing")
             topk = _number(form, "topk", int, 1, MAX_TOPK, 5)
             views = _views_option(form.get("views"), default_views)
             window = _number(form, "window", float, 0.01, 3600.0, None)
@@ -173,12 +224,7 @@ def create_app(predictor: Predictor, *, max_batch: int = 8, max_wait_ms: float =
             if stride is not None and window is None:
                 raise BadRequest(422, "stride needs a window (seconds)")
             with tempfile.TemporaryDirectory(prefix="timesformer-upload-") as tmp:
-                path = os.path.join(tmp, "upload" + Path(upload.filename or "").suffix[:16])
-                size = await asyncio.to_thread(_copy, upload.file, path, limit)
-                if size is None:
-                    raise BadRequest(413, f"the upload is over the {max_upload_mb:g} MiB limit")
-                if size == 0:
-                    raise BadRequest(400, "the upload is empty")
+                path = await save(upload, tmp)
                 pred = predictor_for(views)
                 duration = await asyncio.to_thread(_duration, path)
                 body = {"duration": duration}
