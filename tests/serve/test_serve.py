@@ -261,3 +261,37 @@ def test_a_client_that_disconnects_mid_upload_leaves_the_server_healthy(server, 
     assert httpx.get(f"{url}/healthz").status_code == 200
     response = httpx.post(f"{url}/v1/predict", files={"file": ("a.mp4", (videos / "a.mp4").read_bytes())}, timeout=60)
     assert response.status_code == 200 and proc.poll() is None
+
+
+def test_the_web_page_in_a_real_browser(server, videos, tmp_path):
+    """Headless Chromium (Debian's package, driven by Playwright) opens the page, uploads a clip, and shows the
+    predicted label, the top-k bars, the timeline plot and the attention GIF. TIMESFORMER_SCREENSHOT=path keeps the
+    screenshot (the README's)."""
+    import os
+    import shutil
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no Chromium on PATH (apt-get install chromium); .ci/run installs it")
+    _, url = server
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1000, "height": 760})
+        page.goto(url)
+        assert "timesformer" in page.title()
+        page.fill("#window", "1")
+        page.set_input_files("#file", str(videos / "a.mp4"))
+        page.wait_for_selector("#status:has-text('predicted')", timeout=30000)
+        label = page.inner_text("#bars .bar .name")
+        assert label in ("cat", "dog", "eel") and label in page.inner_text("#status")
+        assert page.locator("#bars .bar").count() == 3
+        assert page.locator("#timeline svg polyline").count() == 3  # one line per class over the 3 windows
+        page.click("#explain")
+        page.wait_for_selector("#gif:visible", timeout=30000)
+        assert page.get_attribute("#gif", "src").startswith("data:image/gif;base64,")
+        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        browser.close()
+    assert (tmp_path / "page.png").stat().st_size > 10_000
+    if os.environ.get("TIMESFORMER_SCREENSHOT"):
+        shutil.copy(tmp_path / "page.png", os.environ["TIMESFORMER_SCREENSHOT"])

@@ -5,6 +5,8 @@ Endpoints:
 - ``POST /v1/predict``: multipart ``file`` (a video) with optional form fields ``topk`` (1..100), ``views``
   (``CLIPSxCROPS``; default the server's), ``window`` and ``stride`` (seconds: a timeline of predictions). Returns
   ``{"labels", "scores", "top", "duration", "latency_ms"}`` and ``"timeline"`` when a window was asked for.
+- ``POST /v1/explain``: multipart ``file``: attention rollout of the centre clip, with PNG and GIF data URLs.
+- ``GET /``: a web page (plain HTML and JS, no CDN) that drops a video on these endpoints.
 - ``GET /v1/labels``, ``GET /healthz`` (200 once the warm-up forward ran, else 503), ``GET /metrics`` (Prometheus).
 
 Bad input is a 4xx JSON ``{"error": ...}`` naming the problem; a full queue is 503 with ``Retry-After``. Uploads go to
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 from ..data import DecodeError, open_video
 from ..data.sampling import clip_start_times
@@ -120,6 +122,11 @@ def create_app(predictor: Predictor, *, model=None, max_batch: int = 8, max_wait
     @app.exception_handler(BadRequest)
     async def bad_request(request: Request, err: BadRequest):
         return JSONResponse({"error": err.message}, status_code=err.status, headers=err.headers)
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        """The web page: drop a video, watch it, see the top-k bars, the timeline and the attention GIF."""
+        return HTMLResponse((Path(__file__).parent / "page.html").read_text())
 
     @app.get("/healthz")
     async def healthz():
