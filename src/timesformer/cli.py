@@ -371,6 +371,27 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_stream(args) -> int:
+    import json
+
+    from .inference import Predictor
+    from .inference.stream import frames_from
+
+    model = _load_for_inference(args)
+    predictor = Predictor(model, **_sampling(args, model.config), device=_device(args.device, args.precision),
+                          precision=args.precision, compile=args.compile)
+    for out in predictor.stream(frames_from(args.source), every=args.every, smooth=args.smooth, topk=args.topk,
+                                realtime=args.realtime):
+        out.pop("logits")
+        if args.json:
+            print(json.dumps({k: out[k] for k in ("time", "top", "latency_ms", "dropped") if k in out}), flush=True)
+        else:
+            best = "  ".join(f"{t['class']} {t['prob']:.0%}" for t in out["top"])
+            dropped = f"  (dropped {out['dropped']})" if out.get("dropped") else ""
+            print(f"{out['time']:8.2f} s  {best}{dropped}", flush=True)
+    return 0
+
+
 def cmd_export(args) -> int:
     import os
     import tempfile
@@ -685,6 +706,20 @@ def build_parser() -> argparse.ArgumentParser:
     _fast_options(srv)
     srv.add_argument("--device", default="auto")
     srv.set_defaults(func=cmd_serve)
+
+    st = sub.add_parser("stream", help="predictions on live video: a file, a URL, - (stdin) or /dev/videoN")
+    st.add_argument("--checkpoint", required=True, help="anything load_pretrained reads")
+    st.add_argument("--source", required=True, help="FILE | URL | - (e.g. MPEG-TS piped from ffmpeg) | /dev/videoN")
+    st.add_argument("--every", type=_positive_int, default=8, help="predict every N input frames (default 8)")
+    st.add_argument("--smooth", type=_positive_int, default=1, help="average the last N predictions (default 1)")
+    st.add_argument("--topk", type=_positive_int, default=5)
+    st.add_argument("--realtime", action="store_true",
+                    help="pace a file to its frame rate; windows due while the model is busy are dropped and counted")
+    st.add_argument("--json", action="store_true", help="JSON lines {time, top, latency_ms}")
+    _sampling_options(st)
+    _fast_options(st)
+    st.add_argument("--device", default="auto")
+    st.set_defaults(func=cmd_stream)
 
     xp = sub.add_parser("export", help="ONNX (checked against onnxruntime) or torch.export")
     xp.add_argument("--checkpoint", required=True)

@@ -91,6 +91,13 @@ class Predictor:
         other.partial = {}
         return other
 
+    def stream(self, frames, *, every: int = 8, smooth: int = 1, topk: int = 5, realtime: bool = False):
+        """Predictions on frames as they arrive: ``frames`` yields ``(seconds, uint8 c H W)`` (e.g.
+        ``inference.stream.frames_from(source)``); see ``inference.stream.stream_predictions``."""
+        from .stream import stream_predictions
+
+        return stream_predictions(self, frames, every=every, smooth=smooth, topk=topk, realtime=realtime)
+
     def class_name(self, index: int) -> str:
         return self.labels[index] if self.labels else str(index)
 

@@ -1,0 +1,89 @@
+"""timesformer stream: predictions on frames as they arrive, from a file, a stdin pipe and with real-time pacing."""
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import timesformer as tf
+from timesformer.inference import Predictor
+from timesformer.inference.stream import frames_from
+
+from ..data.videos import write_video
+
+pytest.importorskip("av")
+
+TINY = dict(image_size=32, patch_size=8, dim=32, depth=2, heads=2, dim_head=16, num_frames=4)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return tf.create_model("timesformer_tiny", num_classes=3, labels=("cat", "dog", "eel"), **TINY).eval()
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stream")
+    write_video(root / "a.mp4", 60, fps=30, size=64)  # 2 s
+    write_video(root / "a.ts", 60, fps=30, size=64)  # MPEG-TS: what ffmpeg pipes
+    return root
+
+
+def test_a_file_streams_predictions_whose_times_follow_the_video_with_predicts_logits(model, clip):
+    predictor = Predictor(model, sampling_rate=3)  # 4 frames every 3rd at 30 fps: a 0.4 s clip
+    out = list(predictor.stream(frames_from(str(clip / "a.mp4")), every=8, topk=2))
+    # the buffer is full from frame 10 (t = 0.3 s); a prediction every 8th frame from then on
+    assert [o["time"] for o in out] == pytest.approx([k / 30 for k in (15, 23, 31, 39, 47, 55)], abs=1e-3)
+    for o in out:  # 4 frames 0.1 s apart, the newest at most one stride back
+        end = o["frames"][-1]
+        assert o["frames"] == pytest.approx([end - 0.3, end - 0.2, end - 0.1, end], abs=1e-3)
+        assert o["time"] - 0.1 < end <= o["time"] + 1e-6
+    from timesformer.data import open_video
+
+    with open_video(clip / "a.mp4") as reader, torch.no_grad():
+        for o in out:  # the same window through predict's path: frames at those times, its transform, the model
+            frames, valid = reader.frames_at(o["frames"])
+            assert bool(valid.all())
+            ref = model(predictor.transform.view(frames, 0)[None])[0]
+            torch.testing.assert_close(o["logits"], ref, atol=1e-5, rtol=1e-5)
+    smoothed = list(predictor.stream(frames_from(str(clip / "a.mp4")), every=8, smooth=3, topk=3))
+    probs = [torch.tensor([t["prob"] for t in sorted(o["top"], key=lambda t: t["index"])]) for o in smoothed]
+    raw = [o["logits"].softmax(-1) for o in out]
+    torch.testing.assert_close(probs[2], torch.stack(raw[:3]).mean(0), atol=1e-6, rtol=0)
+
+
+def test_a_stream_shorter_than_one_clip_gets_one_masked_prediction(model, clip):
+    out = list(Predictor(model).stream(frames_from(str(clip / "a.mp4"))))  # 4 frames every 32nd: 4.3 s > 2 s
+    assert len(out) == 1 and out[0]["frames"] == [0.0, pytest.approx(32 / 30, abs=1e-3)]
+    assert out[0]["time"] == pytest.approx(59 / 30, abs=1e-3)  # made when the stream ended
+
+
+def test_stdin_pipe_from_the_command_line(model, clip, tmp_path):
+    tf.save_pretrained(model, tmp_path / "ckpt")
+    with open(clip / "a.ts", "rb") as stdin:
+        proc = subprocess.run([sys.executable, "-m", "timesformer", "stream", "--checkpoint", str(tmp_path / "ckpt"),
+                               "--source", "-", "--sampling-rate", "3", "--every", "8", "--json", "--topk", "2"],
+                              stdin=stdin, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(lines) == 6 and set(lines[0]) == {"time", "top", "latency_ms"}
+    assert [t["time"] for t in lines] == sorted(t["time"] for t in lines)
+    assert lines[0]["top"][0]["class"] in ("cat", "dog", "eel")
+
+
+def test_realtime_paces_the_file_and_counts_the_windows_it_drops(model, clip):
+    predictor = Predictor(model, sampling_rate=3)
+    slow = predictor.model
+
+    def model_taking_100ms(video, mask=None):
+        time.sleep(0.1)
+        return slow(video, mask)
+    predictor.model = model_taking_100ms
+    start = time.monotonic()
+    out = list(predictor.stream(frames_from(str(clip / "a.mp4")), every=1, realtime=True))
+    assert time.monotonic() - start >= 1.9  # 60 frames at 30 fps, played as if live
+    assert 10 < len(out) < 40 and out[-1]["dropped"] > 0  # 51 windows due, ~0.1 s each: most are dropped
+    assert 45 <= len(out) + out[-1]["dropped"] <= 51  # (drops after the last prediction are not in it)
