@@ -175,6 +175,11 @@ def main():
     nan = float("nan")
     print(f"\n5xx or dropped connections: {five}; upload folders left behind: {left}; batching at 16 clients: "
           f"{batched16['ok_per_s'] / single16['ok_per_s']:.2f}x the unbatched throughput")
+    growth = rss.get(1000, nan) / rss.get(100, nan) - 1
+    ratio = batched16["ok_per_s"] / single16["ok_per_s"]
+    verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
+    print(f"targets: 0 5xx {verdict(five == 0)}; 0 files left {verdict(left == 0)}; RSS growth <= 10 % "
+          f"{verdict(growth <= 0.10)} ({growth:+.1%}); batching >= 1.5x {verdict(ratio >= 1.5)} ({ratio:.2f}x)")
     print(f"server RSS after 100 requests {rss.get(100, nan):.0f} MiB, after 400 (100 of them at 16 clients) "
           f"{rss.get(400, nan):.0f} MiB, after 1,000 {rss.get(1000, nan):.0f} MiB: "
           f"{(rss.get(1000, nan) / rss.get(100, nan) - 1) * 100:+.1f} % from 100, "

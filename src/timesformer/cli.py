@@ -384,7 +384,8 @@ def cmd_stream(args) -> int:
                                 realtime=args.realtime):
         out.pop("logits")
         if args.json:
-            print(json.dumps({k: out[k] for k in ("time", "top", "latency_ms", "dropped") if k in out}), flush=True)
+            line = {"time": out["time"], "topk": out["top"], "latency_ms": out["latency_ms"]}
+            print(json.dumps({**line, **({"dropped": out["dropped"]} if "dropped" in out else {})}), flush=True)
         else:
             best = "  ".join(f"{t['class']} {t['prob']:.0%}" for t in out["top"])
             dropped = f"  (dropped {out['dropped']})" if out.get("dropped") else ""
@@ -715,7 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--topk", type=_positive_int, default=5)
     st.add_argument("--realtime", action="store_true",
                     help="pace a file to its frame rate; windows due while the model is busy are dropped and counted")
-    st.add_argument("--json", action="store_true", help="JSON lines {time, top, latency_ms}")
+    st.add_argument("--json", action="store_true", help="JSON lines {time, topk, latency_ms}")
     _sampling_options(st)
     _fast_options(st)
     st.add_argument("--device", default="auto")

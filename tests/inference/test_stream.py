@@ -69,9 +69,9 @@ def test_stdin_pipe_from_the_command_line(model, clip, tmp_path):
                               stdin=stdin, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert len(lines) == 6 and set(lines[0]) == {"time", "top", "latency_ms"}
+    assert len(lines) == 6 and set(lines[0]) == {"time", "topk", "latency_ms"}
     assert [t["time"] for t in lines] == sorted(t["time"] for t in lines)
-    assert lines[0]["top"][0]["class"] in ("cat", "dog", "eel")
+    assert lines[0]["topk"][0]["class"] in ("cat", "dog", "eel")
 
 
 def test_realtime_paces_the_file_and_counts_the_windows_it_drops(model, clip):

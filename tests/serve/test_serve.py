@@ -132,6 +132,15 @@ def test_the_api_key_guards_everything_but_healthz(model, videos, uploads):
             assert client.get(path, headers={"X-API-Key": "wrong"}).status_code == 401
         assert client.get("/v1/labels", headers={"X-API-Key": "s3cret"}).status_code == 200
         assert client.get("/v1/labels", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        for endpoint in ("/v1/predict", "/v1/explain"):
+            assert client.post(endpoint, files={"file": ("a.mp4", (videos / "a.mp4").read_bytes())}).status_code == 401
+        assert client.post("/v1/predict", files={"file": ("a.mp4", (videos / "a.mp4").read_bytes())},
+                           headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert client.get("/").status_code == 200  # the page holds no data; its calls carry the key
+        assert 'timesformer_requests_total{path="/v1/predict",code="401"} 1' in client.get(
+            "/metrics", headers={"X-API-Key": "s3cret"}).text
+        assert client.get("/no/such/%22path").status_code == 401
+        assert 'path="other"' in client.get("/metrics", headers={"X-API-Key": "s3cret"}).text  # labels stay few
 
 
 def test_concurrent_requests_are_batched(model, videos, uploads):
@@ -172,15 +181,24 @@ def test_a_full_queue_refuses_at_once_and_close_drains_what_is_queued():
     assert gate.batches == [1, 2]  # the two queued requests ran as one batch, before the worker stopped
 
 
-def test_a_full_queue_is_503_with_retry_after(model, videos, uploads, monkeypatch):
-    from timesformer.serve import batching
-
-    monkeypatch.setattr(batching.Batcher, "submit", lambda self, clips, masks: (_ for _ in ()).throw(QueueFull("x")))
-    with TestClient(create_app(Predictor(model), warmup=False)) as client:
-        response = post(client, videos / "a.mp4")
+def test_a_full_queue_is_503_with_retry_after(model, videos, uploads):
+    """One request runs (held at a gate), one waits in the one-slot queue: the third is refused at once."""
+    gate = threading.Event()
+    predictor = Predictor(model)
+    real = predictor.clip_logits
+    predictor.clip_logits = lambda clips, masks: gate.wait(10) and real(clips, masks)
+    with TestClient(create_app(predictor, max_batch=1, max_wait_ms=0, queue_size=1, warmup=False)) as client:
+        with ThreadPoolExecutor(2) as pool:
+            held = [pool.submit(post, client, videos / "a.mp4") for _ in range(2)]
+            deadline = time.monotonic() + 10
+            while client.get("/metrics").text.count("timesformer_queue_depth 1") == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            response = post(client, videos / "a.mp4")
+            gate.set()
+            assert [f.result().status_code for f in held] == [200, 200]
         assert response.status_code == 503 and response.headers["retry-after"] == "1"
         assert "busy" in response.json()["error"]
-        assert client.get("/healthz").status_code == 200
+        assert post(client, videos / "a.mp4").status_code == 200  # and it serves again
 
 
 def free_port() -> int:
@@ -203,10 +221,11 @@ def server(model, tmp_path):
 
     tf.save_pretrained(model, tmp_path / "ckpt")
     port = free_port()
+    (tmp_path / "srvtmp").mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "timesformer", "serve", "--checkpoint", str(tmp_path / "ckpt"),
                              "--port", str(port), "--max-wait-ms", "1500"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+                            env=dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path / "srvtmp")))
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -261,6 +280,8 @@ def test_a_client_that_disconnects_mid_upload_leaves_the_server_healthy(server, 
     assert httpx.get(f"{url}/healthz").status_code == 200
     response = httpx.post(f"{url}/v1/predict", files={"file": ("a.mp4", (videos / "a.mp4").read_bytes())}, timeout=60)
     assert response.status_code == 200 and proc.poll() is None
+    server_tmp = Path(proc.args[proc.args.index("--checkpoint") + 1]).parent / "srvtmp"
+    assert not [p for p in server_tmp.iterdir() if p.name.startswith("timesformer-upload-")]  # nor of either upload
 
 
 def test_the_web_page_in_a_real_browser(server, videos, tmp_path):

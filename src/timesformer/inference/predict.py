@@ -101,6 +101,10 @@ class Predictor:
     def class_name(self, index: int) -> str:
         return self.labels[index] if self.labels else str(index)
 
+    def clip_logits(self, views: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Logits of clips on the predictor's device: ``views: v t c S S``, ``masks: v t`` -> ``v classes`` (CPU)."""
+        return self._run(views, masks)
+
     def _run(self, views: torch.Tensor, masks: torch.Tensor, features: bool = False) -> torch.Tensor:
         """``views: v t c S S -> v classes`` (or ``v d`` features)."""
         video, mask = views.to(self.device), masks.to(self.device)

@@ -9,6 +9,7 @@ prediction, its missing frames masked).
 from __future__ import annotations
 
 import collections
+import logging
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -17,11 +18,15 @@ import torch
 
 from ..data import DecodeError
 
+log = logging.getLogger(__name__)
+
 
 def frames_from(source: str) -> Iterator[tuple[float, torch.Tensor]]:
     """``(seconds since the first frame, uint8 c H W)`` for every frame of ``source``, as it is decoded."""
-    import av
-
+    try:
+        import av
+    except ImportError:
+        raise ImportError("reading video needs PyAV: pip install 'timesformer[video]'") from None
     options = {}
     if source == "-":
         target, options["format"] = sys.stdin.buffer, None
@@ -47,7 +52,7 @@ def frames_from(source: str) -> Iterator[tuple[float, torch.Tensor]]:
                 image = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
                 yield float((frame.pts - first) * base), image
         except av.error.FFmpegError as err:  # a stream that breaks: what came before was predicted
-            print(f"warning: {source}: decoding stopped ({err})", file=sys.stderr)
+            log.warning("%s: decoding stopped (%s); the frames before it were predicted", source, err)
 
 
 def stream_predictions(predictor, frames: Iterable[tuple[float, torch.Tensor]], *, every: int = 8, smooth: int = 1,
@@ -92,8 +97,7 @@ def _predict(predictor, now: float, buffer, recent, topk: int, dropped: int | No
     if len(frames) < len(valid):  # pad by repeating the last frame, masked out
         valid[len(frames):] = False
         frames = torch.cat([frames, frames[-1:].expand(len(valid) - len(frames), -1, -1, -1)])
-    clip = predictor.transform.view(frames, 0)[None]
-    logits = predictor.model(clip, None if bool(valid.all()) else valid[None])[0].float()
+    logits = predictor.clip_logits(predictor.transform.view(frames, 0)[None], valid[None])[0].float()
     recent.append(logits.softmax(-1))
     out = {"time": round(now, 4), "top": predictor.top(torch.stack(list(recent)).mean(0), topk),
            "frames": [round(t, 4) for t in times], "logits": logits,

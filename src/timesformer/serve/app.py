@@ -34,6 +34,7 @@ from .batching import Batcher, QueueFull, Stopped
 from .metrics import Metrics
 
 MAX_TOPK = 100
+MAX_WINDOWS = 1000  # timeline windows per request
 
 
 class BadRequest(Exception):
@@ -74,7 +75,8 @@ def create_app(predictor: Predictor, *, model=None, max_batch: int = 8, max_wait
     ``model``: the fp32 ``TimeSformer`` that ``/v1/explain`` runs attention rollout on (the predictor's copy may be
     bf16 or int8); without it ``/v1/explain`` answers 404."""
     metrics = Metrics(max_batch)
-    state = {"ready": False, "batcher": None}
+    state = {"ready": False, "batcher": None, "explaining": 0}
+    explaining = asyncio.Lock()
     default_views = (predictor.spec.num_clips, predictor.spec.num_crops)
     limit = int(max_upload_mb * 2**20)
     transforms = {}  # (clips, crops) -> a Predictor sharing the model, for requests asking for other views
@@ -88,7 +90,7 @@ def create_app(predictor: Predictor, *, model=None, max_batch: int = 8, max_wait
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        batcher = Batcher(predictor.model, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
+        batcher = Batcher(predictor.clip_logits, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
                           on_batch=metrics.batch_size)
         metrics.queue_depth = lambda: batcher.depth
         state["batcher"] = batcher
@@ -105,18 +107,26 @@ def create_app(predictor: Predictor, *, model=None, max_batch: int = 8, max_wait
 
     app = FastAPI(title="timesformer", lifespan=lifespan)
 
+    open_paths = {"/healthz", "/"}  # the page holds no data; it sends the key it is given with each call
+    known = {"/", "/healthz", "/metrics", "/v1/labels", "/v1/predict", "/v1/explain"}
+
     @app.middleware("http")
     async def guard(request: Request, call_next):
         start = time.perf_counter()
-        if api_key is not None and request.url.path != "/healthz":
+        path = request.url.path if request.url.path in known else "other"  # metrics labels stay few and safe
+        if api_key is not None and request.url.path not in open_paths:
             given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix(
                 "Bearer ")
             if not hmac.compare_digest(given.encode(), api_key.encode()):
                 response = JSONResponse({"error": "a valid API key is required (X-API-Key header)"}, status_code=401)
-                metrics.request(request.url.path, 401, time.perf_counter() - start)
+                metrics.request(path, 401, time.perf_counter() - start)
                 return response
-        response = await call_next(request)
-        metrics.request(request.url.path, response.status_code, time.perf_counter() - start)
+        try:
+            response = await call_next(request)
+        except Exception:
+            metrics.request(path, 500, time.perf_counter() - start)
+            raise
+        metrics.request(path, response.status_code, time.perf_counter() - start)
         return response
 
     @app.exception_handler(BadRequest)
@@ -150,7 +160,10 @@ def create_app(predictor: Predictor, *, model=None, max_batch: int = 8, max_wait
                              {"Retry-After": "1"}) from None
         except Stopped:
             raise BadRequest(503, "the server is shutting down", {"Retry-After": "5"}) from None
-        return (await asyncio.wrap_future(future)).mean(0)
+        try:
+            return (await asyncio.wrap_future(future)).mean(0)
+        except Stopped:
+            raise BadRequest(503, "the server is shutting down", {"Retry-After": "5"}) from None
 
     async def decode(pred: Predictor, path: str, start=None, window=None):
         try:
@@ -177,7 +190,8 @@ def create_app(predictor: Predictor, *, model=None, max_batch: int = 8, max_wait
         return form, upload
 
     async def save(upload, tmp: str) -> str:
-        path = os.path.join(tmp, "upload" + Path(upload.filename or "").suffix[:16])
+        suffix = "".join(c for c in Path(upload.filename or "").suffix[:16] if c.isalnum() or c == ".")
+        path = os.path.join(tmp, "upload" + suffix)  # the extension helps the demuxer; nothing else of the name
         size = await asyncio.to_thread(_copy, upload.file, path, limit)
         if size is None:
             raise BadRequest(413, f"the upload is over the {max_upload_mb:g} MiB limit")
@@ -188,36 +202,45 @@ def create_app(predictor: Predictor, *, model=None, max_batch: int = 8, max_wait
     @app.post("/v1/explain")
     async def explain(request: Request):
         """Attention rollout of the centre clip: per-frame maps and importance, with the PNG grid and the GIF."""
+        if model is None:
+            raise BadRequest(404, "this server was started without the fp32 model that explanations need")
+        start = time.perf_counter()
+        form, upload = await read_form(request)
+        try:
+            if state["explaining"] >= queue_size:  # running or waiting their turn
+                raise BadRequest(503, "the server is busy explaining; retry shortly", {"Retry-After": "5"})
+            state["explaining"] += 1
+            try:
+                async with explaining:  # one rollout at a time: a full forward each, and pyplot is not thread-safe
+                    with tempfile.TemporaryDirectory(prefix="timesformer-upload-") as tmp:
+                        body = await explain_file(await save(upload, tmp), tmp)
+            finally:
+                state["explaining"] -= 1
+        finally:
+            await form.close()
+        return {**body, "latency_ms": round((time.perf_counter() - start) * 1000, 1)}
+
+    async def explain_file(path: str, tmp: str) -> dict:
         import base64
 
         from ..data import ClipSpec
         from ..inference.explain import explain_video
         from ..viz import plot_explanation
 
-        if model is None:
-            raise BadRequest(404, "this server was started without the fp32 model that explanations need")
-        start = time.perf_counter()
-        form, upload = await read_form(request)
+        await asyncio.to_thread(_duration, path)
+        spec = ClipSpec(num_frames=model.config.num_frames, sampling=predictor.spec.sampling,
+                        sampling_rate=predictor.spec.sampling_rate, fps=predictor.spec.fps)
         try:
-            with tempfile.TemporaryDirectory(prefix="timesformer-upload-") as tmp:
-                path = await save(upload, tmp)
-                await asyncio.to_thread(_duration, path)
-                spec = ClipSpec(num_frames=model.config.num_frames, sampling=predictor.spec.sampling,
-                                sampling_rate=predictor.spec.sampling_rate, fps=predictor.spec.fps)
-                try:
-                    result = await asyncio.to_thread(explain_video, model, path, spec)
-                except DecodeError as err:
-                    raise BadRequest(400, f"the upload is not a readable video: {_hide(err, path)}") from None
-                png, gif = os.path.join(tmp, "explain.png"), os.path.join(tmp, "explain.gif")
-                await asyncio.to_thread(plot_explanation, result["frames"], result["maps"],
-                                        result["frame_importance"], png, gif, f"predicted {result['predicted']}")
-                images = {f"{kind}": f"data:image/{kind};base64," + base64.b64encode(Path(f).read_bytes()).decode()
-                          for kind, f in (("png", png), ("gif", gif))}
-        finally:
-            await form.close()
+            result = await asyncio.to_thread(explain_video, model, path, spec)
+        except DecodeError as err:
+            raise BadRequest(400, f"the upload is not a readable video: {_hide(err, path)}") from None
+        png, gif = os.path.join(tmp, "explain.png"), os.path.join(tmp, "explain.gif")
+        await asyncio.to_thread(plot_explanation, result["frames"], result["maps"], result["frame_importance"], png,
+                                gif, f"predicted {result['predicted']}")
+        images = {kind: f"data:image/{kind};base64," + base64.b64encode(Path(f).read_bytes()).decode()
+                  for kind, f in (("png", png), ("gif", gif))}
         return {"predicted": result["predicted"], "frame_importance": result["frame_importance"].tolist(),
-                "maps": result["maps"].tolist(), **images,
-                "latency_ms": round((time.perf_counter() - start) * 1000, 1)}
+                "maps": result["maps"].tolist(), **images}
 
     @app.post("/v1/predict")
     async def predict(request: Request):
@@ -238,8 +261,12 @@ def create_app(predictor: Predictor, *, model=None, max_batch: int = 8, max_wait
                 if window is None:
                     probs = (await run(*(await decode(pred, path)))).softmax(-1)
                 else:  # one prediction per window; the answer's top-k averages them
+                    starts = clip_start_times(duration, window=window, stride=stride).tolist()
+                    if len(starts) > MAX_WINDOWS:
+                        raise BadRequest(422, f"window {window:g} s every {stride:g} s makes {len(starts)} windows of "
+                                              f"this {duration:.0f} s video; at most {MAX_WINDOWS}")
                     entries, every = [], []
-                    for begin in clip_start_times(duration, window=window, stride=stride).tolist():
+                    for begin in starts:
                         every.append((await run(*(await decode(pred, path, begin, window)))).softmax(-1))
                         entries.append({"start": begin, "end": min(begin + window, duration),
                                         "top": pred.top(every[-1], topk)})

@@ -36,7 +36,7 @@ class Batcher:
     """Coalesces requests for ``model(video, mask) -> logits`` on one thread.
 
     Args:
-        model: called as ``model(clips, mask)`` with ``clips: b t c S S`` and ``mask: b t`` or None.
+        model: called as ``model(clips, masks)`` with ``clips: b t c S S`` and ``masks: b t`` bool, on this thread.
         max_batch: the most clips per model call (a request with more clips than this runs alone).
         max_wait_ms: how long the worker waits for more requests once it holds one.
         queue_size: requests waiting at most; more are refused with ``QueueFull``.
@@ -49,46 +49,56 @@ class Batcher:
             raise ValueError(f"max_batch and queue_size must be >= 1 and max_wait_ms >= 0; got {max_batch}, "
                              f"{queue_size}, {max_wait_ms}")
         self.model, self.max_batch, self.max_wait = model, max_batch, max_wait_ms / 1000
-        self.on_batch = on_batch
-        self._queue: queue.Queue[_Request | None] = queue.Queue(maxsize=queue_size)
-        self._accepting = True
+        self.on_batch, self.queue_size = on_batch, queue_size
+        self._queue: queue.Queue[_Request | None] = queue.Queue()  # bounded by the count below, under the lock
+        self._lock = threading.Lock()
+        self._waiting, self._accepting = 0, True
         self._thread = threading.Thread(target=self._run, name="timesformer-batcher", daemon=True)
         self._thread.start()
 
     @property
     def depth(self) -> int:
         """Requests waiting (not counting the batch being run)."""
-        return self._queue.qsize()
+        return self._waiting
 
     def submit(self, clips: torch.Tensor, masks: torch.Tensor) -> Future:
         """Queue ``clips: v t c S S`` with ``masks: v t``; the future resolves to logits ``v classes`` (CPU, fp32)."""
-        if not self._accepting:
-            raise Stopped("the server is shutting down")
         request = _Request(clips, masks)
-        try:
+        with self._lock:  # the check and the put together: nothing slips in after close()
+            if not self._accepting:
+                raise Stopped("the server is shutting down")
+            if self._waiting >= self.queue_size:
+                raise QueueFull(f"{self.queue_size} requests are waiting")
+            self._waiting += 1
             self._queue.put_nowait(request)
-        except queue.Full:
-            raise QueueFull(f"{self._queue.maxsize} requests are waiting") from None
         return request.future
 
     def close(self, timeout: float | None = None):
         """Stop taking requests, finish every queued one, then stop the worker."""
-        self._accepting = False
-        self._queue.put(None)  # after everything queued: the worker drains, then meets this and stops
+        with self._lock:
+            self._accepting = False
+            self._queue.put_nowait(None)  # after everything queued: the worker drains, then meets this and stops
         self._thread.join(timeout)
+
+    def _get(self, timeout: float | None = None) -> _Request | None:
+        item = self._queue.get(timeout=timeout)
+        if item is not None:
+            with self._lock:
+                self._waiting -= 1
+        return item
 
     def _run(self):
         carry, stopping = None, False  # carry: a request that did not fit the last batch
         while True:
-            first = carry if carry is not None else (None if stopping else self._queue.get())
+            first = carry if carry is not None else (None if stopping else self._get())
             carry = None
             if first is None:
-                return self._drain_late()
+                return
             batch, clips = [first], len(first.clips)
             deadline = time.monotonic() + self.max_wait
             while clips < self.max_batch and not stopping:
                 try:
-                    nxt = self._queue.get(timeout=max(deadline - time.monotonic(), 0))
+                    nxt = self._get(timeout=max(deadline - time.monotonic(), 0))
                 except queue.Empty:
                     break
                 if nxt is None:  # close(): everything queued before it is in hand
@@ -101,16 +111,6 @@ class Batcher:
                     clips += len(nxt.clips)
             self._run_batch(batch)
 
-    def _drain_late(self):
-        """Requests that slipped in while close() ran: refused, never left waiting."""
-        while True:
-            try:
-                late = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if late is not None and late.future.set_running_or_notify_cancel():
-                late.future.set_exception(Stopped("the server is shutting down"))
-
     def _run_batch(self, batch: list[_Request]):
         live = [r for r in batch if r.future.set_running_or_notify_cancel()]
         if not live:
@@ -119,7 +119,7 @@ class Batcher:
             clips = torch.cat([r.clips for r in live])
             masks = torch.cat([r.masks for r in live])
             with torch.inference_mode():
-                logits = self.model(clips, None if bool(masks.all()) else masks).float().cpu()
+                logits = self.model(clips, masks).float().cpu()
             if self.on_batch is not None:
                 self.on_batch(len(clips))
         except BaseException as err:  # the requests learn why; the worker keeps serving
