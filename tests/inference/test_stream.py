@@ -33,32 +33,28 @@ def clip(tmp_path_factory):
 
 
 def test_a_file_streams_predictions_whose_times_follow_the_video_with_predicts_logits(model, clip):
-    predictor = Predictor(model, sampling_rate=3)  # 4 frames every 3rd at 30 fps: a 0.4 s clip
+    """Each prediction is ``predict``'s on the window ending now: ``Predictor.views(path, start, window=span)``
+    decodes the same frames, so the logits are equal."""
+    predictor = Predictor(model, sampling_rate=3)  # 4 frames in 12 at 30 fps: a 0.4 s window
     out = list(predictor.stream(frames_from(str(clip / "a.mp4")), every=8, topk=2))
-    # the buffer is full from frame 10 (t = 0.3 s); a prediction every 8th frame from then on
+    # the first window is complete at frame 11 (0.367 s); a prediction every 8th frame from then on
     assert [o["time"] for o in out] == pytest.approx([k / 30 for k in (15, 23, 31, 39, 47, 55)], abs=1e-3)
-    for o in out:  # 4 frames 0.1 s apart, the newest at most one stride back
-        end = o["frames"][-1]
-        assert o["frames"] == pytest.approx([end - 0.3, end - 0.2, end - 0.1, end], abs=1e-3)
-        assert o["time"] - 0.1 < end <= o["time"] + 1e-6
-    from timesformer.data import open_video
-
-    with open_video(clip / "a.mp4") as reader, torch.no_grad():
-        for o in out:  # the same window through predict's path: frames at those times, its transform, the model
-            frames, valid = reader.frames_at(o["frames"])
-            assert bool(valid.all())
-            ref = model(predictor.transform.view(frames, 0)[None])[0]
-            torch.testing.assert_close(o["logits"], ref, atol=1e-5, rtol=1e-5)
+    for o in out:  # the official placement within the clip: frames 0, 3, 7, 11 of 12, the last one now
+        assert o["frames"] == pytest.approx([o["time"] - (11 - k) / 30 for k in (0, 3, 7, 11)], abs=1e-3)
+        views, masks = predictor.views(clip / "a.mp4", start=o["window"][0], window=0.4)
+        torch.testing.assert_close(o["logits"], predictor.clip_logits(views, masks)[0], atol=1e-5, rtol=1e-5)
     smoothed = list(predictor.stream(frames_from(str(clip / "a.mp4")), every=8, smooth=3, topk=3))
     probs = [torch.tensor([t["prob"] for t in sorted(o["top"], key=lambda t: t["index"])]) for o in smoothed]
     raw = [o["logits"].softmax(-1) for o in out]
     torch.testing.assert_close(probs[2], torch.stack(raw[:3]).mean(0), atol=1e-6, rtol=0)
 
 
-def test_a_stream_shorter_than_one_clip_gets_one_masked_prediction(model, clip):
-    out = list(Predictor(model).stream(frames_from(str(clip / "a.mp4"))))  # 4 frames every 32nd: 4.3 s > 2 s
-    assert len(out) == 1 and out[0]["frames"] == [0.0, pytest.approx(32 / 30, abs=1e-3)]
-    assert out[0]["time"] == pytest.approx(59 / 30, abs=1e-3)  # made when the stream ended
+def test_a_stream_shorter_than_one_clip_gets_one_prediction_as_predict_gives(model, clip):
+    predictor = Predictor(model)  # 4 frames in 128 at 30 fps: a 4.3 s window, longer than the 2 s video
+    out = list(predictor.stream(frames_from(str(clip / "a.mp4"))))
+    assert len(out) == 1 and out[0]["time"] == pytest.approx(59 / 30, abs=1e-3)  # made when the stream ended
+    assert out[0]["frames"] == pytest.approx([0.0, 42 / 30, 84 / 30, 127 / 30], abs=1e-3)
+    torch.testing.assert_close(out[0]["logits"], predictor.logits(clip / "a.mp4"), atol=1e-5, rtol=1e-5)
 
 
 def test_stdin_pipe_from_the_command_line(model, clip, tmp_path):

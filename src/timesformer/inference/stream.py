@@ -1,10 +1,9 @@
 """Predictions on live video: frames as they arrive, a ring buffer at the model's sampling stride.
 
 ``frames_from(source)`` yields ``(seconds, frame: uint8 c H W)`` from a file, a URL, ``-`` (a stream on stdin, e.g.
-MPEG-TS from ffmpeg) or a capture device (``/dev/videoN``). ``stream_predictions(predictor, frames)`` keeps the
-newest ``num_frames`` frames spaced ``sampling_rate / fps`` seconds apart (the clip the model was trained on, ending
-now) and predicts every ``every`` input frames once the buffer is full (a stream that ends before it fills gets one
-prediction, its missing frames masked).
+MPEG-TS from ffmpeg) or a capture device (``/dev/videoN``). ``stream_predictions(predictor, frames)`` keeps the last
+clip's worth of frames (``num_frames * sampling_rate / fps`` seconds, each resized and cropped as the model sees it)
+in a ring buffer and predicts every ``every`` input frames on the clip ending now, sampled as ``predict`` samples.
 """
 from __future__ import annotations
 
@@ -57,51 +56,63 @@ def frames_from(source: str) -> Iterator[tuple[float, torch.Tensor]]:
 
 def stream_predictions(predictor, frames: Iterable[tuple[float, torch.Tensor]], *, every: int = 8, smooth: int = 1,
                        topk: int = 5, realtime: bool = False) -> Iterator[dict]:
-    """``{"time", "top", "logits", "frames", "latency_ms"}`` per prediction: ``time`` is the stream's time when it was
-    made (the newest frame's), ``frames`` the buffered frames' times (the newest at most one stride before),
-    ``logits`` this window's, before smoothing. ``smooth`` averages the probabilities of the last N predictions.
+    """``{"time", "top", "logits", "window", "frames", "latency_ms"}`` per prediction.
+
+    The window is the clip the model was trained on, ending now: ``span = num_frames * sampling_rate / fps`` seconds,
+    sampled as ``predict`` samples a video of that length (``ClipSpec.times``), each time taking the frame on screen
+    then. So a prediction's logits are ``predict``'s on ``Predictor.views(path, start=window[0], window=span)``.
+    ``time`` is the stream's time when it was made, ``frames`` the sampled times, ``logits`` this window's (before
+    smoothing); ``smooth`` averages the probabilities of the last N predictions. A stream that ends before one span
+    gets one prediction, its missing frames masked.
 
     ``realtime``: pace the frames to their timestamps (a file plays as if live). A prediction due while the model
     is still busy with an earlier one is dropped; ``"dropped"`` counts them so far.
     """
+    from ..data.transforms import center_crop, resize_short_side
+
     if every < 1 or smooth < 1:
         raise ValueError(f"every and smooth must be >= 1; got {every}, {smooth}")
-    spec = predictor.spec
-    stride = spec.sampling_rate / spec.fps if spec.sampling == "dense" else 1 / spec.fps
-    buffer: collections.deque = collections.deque(maxlen=spec.num_frames)  # (time, frame)
+    spec, size = predictor.spec, predictor.spec.crop_size
+    span = spec.num_frames * spec.sampling_rate / spec.fps
+    offsets = [float(t) for t in spec.times(span, train=False)]
+    buffer: collections.deque = collections.deque()  # (time, frame resized and centre-cropped, as the model sees it)
     recent: collections.deque = collections.deque(maxlen=smooth)
-    start_wall, busy_until, dropped, seen = None, 0.0, 0, 0
-    for seconds, frame in frames:
+    start_wall, busy_until, dropped, seen, now = None, 0.0, 0, 0, 0.0
+    for now, frame in frames:
         if realtime:
-            start_wall = time.monotonic() - seconds if start_wall is None else start_wall
-            time.sleep(max(0.0, start_wall + seconds - time.monotonic()))
-        if not buffer or seconds >= buffer[-1][0] + stride - 1e-6:
-            buffer.append((seconds, frame))
+            start_wall = time.monotonic() - now if start_wall is None else start_wall
+            time.sleep(max(0.0, start_wall + now - time.monotonic()))
+        buffer.append((now, center_crop(resize_short_side(frame[None], size), size)[0]))
+        while len(buffer) > 1 and buffer[1][0] <= now - span:  # the frame on screen at the window's start stays
+            buffer.popleft()
         seen += 1
-        if len(buffer) < spec.num_frames or seen % every:
-            continue
-        if realtime and start_wall + seconds < busy_until:  # this frame came while the model was busy
+        if now - buffer[0][0] < offsets[-1] - 1e-6 or seen % every:
+            continue  # less than one window seen yet, or not due
+        if realtime and start_wall + now < busy_until:  # this frame came while the model was busy
             dropped += 1
             continue
-        yield _predict(predictor, seconds, buffer, recent, topk, dropped if realtime else None)
+        yield _predict(predictor, now, now - offsets[-1], offsets, buffer, recent, topk,
+                       dropped if realtime else None)
         busy_until = time.monotonic()
-    if buffer and len(buffer) < spec.num_frames:  # a stream shorter than one clip
-        yield _predict(predictor, seconds, buffer, recent, topk, dropped if realtime else None)
+    if buffer and now - buffer[0][0] < offsets[-1] - 1e-6:  # a stream shorter than one window
+        yield _predict(predictor, now, buffer[0][0], offsets, buffer, recent, topk, dropped if realtime else None)
 
 
-def _predict(predictor, now: float, buffer, recent, topk: int, dropped: int | None) -> dict:
-    start = time.perf_counter()
-    times = [t for t, _ in buffer]
-    frames = torch.stack([f for _, f in buffer])
-    valid = torch.ones(predictor.spec.num_frames, dtype=torch.bool)
-    if len(frames) < len(valid):  # pad by repeating the last frame, masked out
-        valid[len(frames):] = False
-        frames = torch.cat([frames, frames[-1:].expand(len(valid) - len(frames), -1, -1, -1)])
-    logits = predictor.clip_logits(predictor.transform.view(frames, 0)[None], valid[None])[0].float()
+def _predict(predictor, now: float, start: float, offsets, buffer, recent, topk: int, dropped: int | None) -> dict:
+    begin = time.perf_counter()
+    picked, valid = [], []
+    for offset in offsets:  # the frame on screen at each sampled time (the last one past the end, masked)
+        target = start + offset
+        frame = next((f for t, f in reversed(buffer) if t <= target + 1e-4), buffer[0][1])  # as frames_at picks
+        picked.append(frame)
+        valid.append(target <= now + 1e-6)
+    clip = predictor.transform.view(torch.stack(picked), 0)[None]
+    logits = predictor.clip_logits(clip, torch.tensor(valid)[None])[0].float()
     recent.append(logits.softmax(-1))
     out = {"time": round(now, 4), "top": predictor.top(torch.stack(list(recent)).mean(0), topk),
-           "frames": [round(t, 4) for t in times], "logits": logits,
-           "latency_ms": round((time.perf_counter() - start) * 1000, 1)}
+           "window": [round(start, 4), round(start + offsets[-1], 4)],
+           "frames": [round(start + o, 4) for o in offsets], "logits": logits,
+           "latency_ms": round((time.perf_counter() - begin) * 1000, 1)}
     if dropped is not None:
         out["dropped"] = dropped
     return out
