@@ -94,10 +94,11 @@ def create_app(predictor: Predictor, *, model=None, max_batch: int = 8, max_wait
                           on_batch=metrics.batch_size)
         metrics.queue_depth = lambda: batcher.depth
         state["batcher"] = batcher
-        if warmup:  # one forward before /healthz says ready: the first request doesn't pay for it
+        if warmup:  # a full batch before /healthz says ready: no request pays for the first one's allocations
             spec = predictor.spec
-            clip = torch.zeros(1, spec.num_frames, 3, spec.crop_size, spec.crop_size)
-            await asyncio.wrap_future(batcher.submit(clip, torch.ones(1, spec.num_frames, dtype=torch.bool)))
+            clips = torch.zeros(max_batch, spec.num_frames, 3, spec.crop_size, spec.crop_size)
+            masks = torch.ones(max_batch, spec.num_frames, dtype=torch.bool)
+            await asyncio.wrap_future(batcher.submit(clips, masks))
         state["ready"] = True
         try:
             yield
