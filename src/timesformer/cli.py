@@ -366,8 +366,9 @@ def cmd_serve(args) -> int:
             super().handle_exit(sig, frame)
             getattr(self, "_captured_signals", []).clear()  # uvicorn would re-raise it after the drain
 
-    DrainingServer(uvicorn.Config(app, host=args.host, port=args.port, log_level="info",
-                                  timeout_graceful_shutdown=30)).run()
+    # connections past what the queue and the decoding threads can hold get 503 before their upload is read
+    DrainingServer(uvicorn.Config(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=30,
+                                  limit_concurrency=args.queue_size + 2 * args.max_batch + 8)).run()
     return 0
 
 
