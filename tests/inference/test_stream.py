@@ -11,17 +11,14 @@ import timesformer as tf
 from timesformer.inference import Predictor
 from timesformer.inference.stream import frames_from
 
+from ..conftest import labelled_tiny_model
 from ..data.videos import write_video
 
 pytest.importorskip("av")
 
-TINY = dict(image_size=32, patch_size=8, dim=32, depth=2, heads=2, dim_head=16, num_frames=4)
-
-
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return tf.create_model("timesformer_tiny", num_classes=3, labels=("cat", "dog", "eel"), **TINY).eval()
+    return labelled_tiny_model()
 
 
 @pytest.fixture(scope="module")
