@@ -1,7 +1,7 @@
 PY := .venv/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: setup test test-all demo bench clean
+.PHONY: setup lint test test-all demo bench clean
 
 # Idempotent: create the venv once, install the CPU torch wheel only if torch is missing,
 # then the package with its dev extra. timesformer-pytorch is installed --no-deps so that
@@ -9,9 +9,13 @@ PIP := $(PY) -m pip
 setup:
 	@test -x $(PY) || python3 -m venv .venv
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
-	@$(PY) -c "import timesformer, pytest, transformers, einops, safetensors, av, matplotlib, onnxruntime, yaml, torchao, fastapi, uvicorn, multipart, httpx, playwright, \
+	@$(PY) -c "import timesformer, pytest, transformers, einops, safetensors, av, matplotlib, onnxruntime, yaml, torchao, fastapi, uvicorn, multipart, httpx, playwright, ruff, \
 		timesformer_pytorch" \
 		2>/dev/null || ( $(PIP) install -q -e '.[dev]' && $(PIP) install -q --no-deps timesformer-pytorch==0.4.1 )
+
+lint: setup
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff format --check src tests benchmarks
 
 test: setup
 	$(PY) -m pytest

@@ -8,6 +8,7 @@ files by PyAV, then decoded, resized and normalised by ``Predictor`` as ``timesf
 
 Static int8 is calibrated on 16 training clips (never the held-out ones).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,9 +42,11 @@ def short_run(steps: int = 300) -> tf.TimeSformer:
 
 def row(name: str, ref: torch.Tensor, low: torch.Tensor, labels: torch.Tensor, seconds: float) -> str:
     delta = (low - ref).abs()
-    return (f"| {name} | {len(ref)} | {(low.argmax(1) == ref.argmax(1)).float().mean():.2%} | "
-            f"{(low.argmax(1) == labels).float().mean():.2%} | {delta.mean():.4f} | {delta.max():.4f} | "
-            f"{delta.mean() / ref.abs().mean():.2%} | {seconds:.1f} |")
+    return (
+        f"| {name} | {len(ref)} | {(low.argmax(1) == ref.argmax(1)).float().mean():.2%} | "
+        f"{(low.argmax(1) == labels).float().mean():.2%} | {delta.mean():.4f} | {delta.max():.4f} | "
+        f"{delta.mean() / ref.abs().mean():.2%} | {seconds:.1f} |"
+    )
 
 
 def main():
@@ -65,8 +68,10 @@ def main():
     with torch.no_grad():
         ref = torch.cat([model(b["video"]) for b in batches])
 
-    header = ("| path | inputs | top-1 agreement with fp32 | top-1 (labels) | mean abs delta logit | "
-              "max abs delta logit | mean delta / mean abs logit | s |\n|---|---|---|---|---|---|---|---|")
+    header = (
+        "| path | inputs | top-1 agreement with fp32 | top-1 (labels) | mean abs delta logit | "
+        "max abs delta logit | mean delta / mean abs logit | s |\n|---|---|---|---|---|---|---|---|"
+    )
     print(f"\n{source}; torch {torch.__version__}, {args.threads} threads\n")
     print(f"Held-out clips (tensors): fp32 top-1 {(ref.argmax(1) == labels).float().mean():.2%}\n")
     print(header)
@@ -75,8 +80,10 @@ def main():
         fast = tf.optimize(model, precision=precision, compile=compile, calibration=calibration)
         with torch.no_grad():
             low = torch.cat([fast(b["video"]) for b in batches])
-        print(row(f"{fast.method}{' + compile' if compile else ''}", ref, low, labels, time.perf_counter() - start),
-              flush=True)
+        print(
+            row(f"{fast.method}{' + compile' if compile else ''}", ref, low, labels, time.perf_counter() - start),
+            flush=True,
+        )
 
     with tempfile.TemporaryDirectory() as tmp:
         root = write_synthetic(tmp, args.videos, split="test", seed=4, num_frames=cfg.num_frames)
@@ -85,16 +92,26 @@ def main():
         truth = torch.tensor([names.index(Path(f).parent.name) for f in files])
         base = Predictor(model, sampling="segment")
         ref = torch.stack([base.logits(f) for f in files])
-        print(f"\nEncoded H.264 videos, decoded by Predictor (segment sampling): fp32 top-1 "
-              f"{(ref.argmax(1) == truth).float().mean():.2%}\n")
+        print(
+            f"\nEncoded H.264 videos, decoded by Predictor (segment sampling): fp32 top-1 "
+            f"{(ref.argmax(1) == truth).float().mean():.2%}\n"
+        )
         print(header)
         for precision, compile in PATHS:
             start = time.perf_counter()
             pred = Predictor(model, sampling="segment", precision=precision, compile=compile)
             pred.model.calibrate(calibration)
             low = torch.stack([pred.logits(f) for f in files])
-            print(row(f"{pred.model.method}{' + compile' if compile else ''}", ref, low, truth,
-                      time.perf_counter() - start), flush=True)
+            print(
+                row(
+                    f"{pred.model.method}{' + compile' if compile else ''}",
+                    ref,
+                    low,
+                    truth,
+                    time.perf_counter() - start,
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

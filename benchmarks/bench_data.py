@@ -7,6 +7,7 @@ and converts every frame and then picks the clip's frames (what naive loaders do
 
     python benchmarks/bench_data.py [--threads 2] [--reps 6]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,7 @@ def write_test_video(path: Path, seconds: int = 10, fps: int = 30, width: int = 
             t = i / fps
             img = np.stack([(xx + 40 * t) % 256, (yy + 25 * t) % 256, (xx + yy) // 4 % 256], -1).astype(np.float32)
             cx, cy = width / 2 + width / 3 * np.sin(t), height / 2 + height / 3 * np.cos(1.3 * t)
-            img[(xx - cx) ** 2 + (yy - cy) ** 2 < 50 ** 2] = (250, 240, 40)
+            img[(xx - cx) ** 2 + (yy - cy) ** 2 < 50**2] = (250, 240, 40)
             img += rng.normal(0, 6, img.shape)
             frame = av.VideoFrame.from_ndarray(img.clip(0, 255).astype(np.uint8), format="rgb24")
             container.mux(stream.encode(frame))
@@ -75,6 +76,7 @@ def main():
             with VideoReader(video) as r:
                 r.frames_at(spec.times(duration, train=True, generator=g))
                 decoded.append(r.frames_decoded)
+
         rate = clips_per_s(run, args.reps)
         rows.append((name, rate, statistics.median(decoded)))
 
@@ -93,8 +95,7 @@ def main():
     data = VideoFolder(tmp, spec=spec, train=True)
     loader_rates = {}
     for workers in (0, 2):
-        loader = DataLoader(data, batch_size=4, num_workers=workers, collate_fn=collate,
-                            persistent_workers=workers > 0)
+        loader = DataLoader(data, batch_size=4, num_workers=workers, collate_fn=collate, persistent_workers=workers > 0)
         next(iter(loader))  # start workers
         start = time.perf_counter()
         n = 0
@@ -104,8 +105,10 @@ def main():
         loader_rates[workers] = n / (time.perf_counter() - start)
 
     base = rows[0][1]
-    print(f"\n10 s 568x320 30 fps H.264 (GOP 60, B-frames), {total} frames; torch threads {args.threads}; "
-          f"median of {args.reps}\n")
+    print(
+        f"\n10 s 568x320 30 fps H.264 (GOP 60, B-frames), {total} frames; torch threads {args.threads}; "
+        f"median of {args.reps}\n"
+    )
     print("| sampling | clips/s | frames decoded per clip | vs baseline |")
     print("|---|---|---|---|")
     for name, rate, dec in rows:

@@ -5,6 +5,7 @@ Each cell runs in its own process, so peak RSS is that cell's alone. The dense m
 
     python benchmarks/bench_explain.py [--threads 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,13 @@ def worker(model_name: str, method: str) -> dict:
 
         maps = _dense_rollout(model, video)[0].float()
     seconds = time.perf_counter() - start
-    return {"s": seconds, "forward_s": forward_s, "recording_s": recording_s, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "maps": maps.flatten()[:4096].tolist()}
+    return {
+        "s": seconds,
+        "forward_s": forward_s,
+        "recording_s": recording_s,
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "maps": maps.flatten()[:4096].tolist(),
+    }
 
 
 def run(model_name: str, method: str, threads: int) -> dict:
@@ -80,22 +86,28 @@ def main():
     dense = next(r for m, k, r in rows if m == "timesformer_base" and k == "dense")
     vector = next(r for m, k, r in rows if m == "timesformer_base" and k == "vector")
     same = max(abs(a - b) for a, b in zip(dense["maps"], vector["maps"]))
-    print(f"\ntorch {torch.__version__}, {args.threads} CPU threads; divided attention, one clip, random init; "
-          f"base maps: max |vector - dense| = {same:.1e}\n")
-    print("| model | method | tokens N | rollout (s, forward with probabilities included) | plain forward (s) | "
-          "forward keeping probabilities (s) | rollout past that forward (s) | peak RSS (MiB) | vs dense |")
+    print(
+        f"\ntorch {torch.__version__}, {args.threads} CPU threads; divided attention, one clip, random init; "
+        f"base maps: max |vector - dense| = {same:.1e}\n"
+    )
+    print(
+        "| model | method | tokens N | rollout (s, forward with probabilities included) | plain forward (s) | "
+        "forward keeping probabilities (s) | rollout past that forward (s) | peak RSS (MiB) | vs dense |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for model_name, method, r in rows:
         cfg = __import__("timesformer").get_config(model_name)
         n = 1 + cfg.num_frames * (cfg.image_size // cfg.patch_size) ** 2
-        ratio = f"{dense['s'] / r['s']:.1f}x faster" if model_name == "timesformer_base" and method == "vector" \
-            else ""
-        print(f"| {model_name} ({cfg.num_frames}x{cfg.image_size}) | {method} | {n} | {r['s']:.2f} | "
-              f"{r['forward_s']:.2f} | {r['recording_s']:.2f} | {max(r['s'] - r['recording_s'], 0):.2f} | "
-              f"{r['peak_mb']:.0f} | {ratio} |")
+        ratio = f"{dense['s'] / r['s']:.1f}x faster" if model_name == "timesformer_base" and method == "vector" else ""
+        print(
+            f"| {model_name} ({cfg.num_frames}x{cfg.image_size}) | {method} | {n} | {r['s']:.2f} | "
+            f"{r['forward_s']:.2f} | {r['recording_s']:.2f} | {max(r['s'] - r['recording_s'], 0):.2f} | "
+            f"{r['peak_mb']:.0f} | {ratio} |"
+        )
     n = 1 + 16 * 28 * 28
-    print(f"\nThe dense method at 16x448 would hold float64 {n}x{n} matrices: {n * n * 8 / 2**30:.2f} GiB each "
-          f"(not run).")
+    print(
+        f"\nThe dense method at 16x448 would hold float64 {n}x{n} matrices: {n * n * 8 / 2**30:.2f} GiB each (not run)."
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ autocast, one run. The int8 row also gives its logits' drift from PyTorch fp32.
 
     python benchmarks/bench_export.py [--model timesformer_base] [--batch 1] [--threads 2] [--reps 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,16 +51,21 @@ def main():
         def run():
             with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=dtype == "bf16"):
                 model(video)
+
         return run
 
-    rows = [("PyTorch eager fp32", median_ms(eager("fp32"), args.reps)),
-            ("PyTorch eager bf16 autocast", median_ms(eager("bf16"), args.reps)),
-            ("onnxruntime CPU fp32", median_ms(lambda: session.run(["logits"], feed), args.reps)),
-            ("onnxruntime CPU int8 (dynamic)", median_ms(lambda: session8.run(["logits"], feed), args.reps))]
+    rows = [
+        ("PyTorch eager fp32", median_ms(eager("fp32"), args.reps)),
+        ("PyTorch eager bf16 autocast", median_ms(eager("bf16"), args.reps)),
+        ("onnxruntime CPU fp32", median_ms(lambda: session.run(["logits"], feed), args.reps)),
+        ("onnxruntime CPU int8 (dynamic)", median_ms(lambda: session8.run(["logits"], feed), args.reps)),
+    ]
     base = rows[0][1]
-    print(f"\n{args.model} ({cfg.num_frames}x{cfg.image_size}), batch {args.batch}, {args.threads} threads, median of "
-          f"{args.reps}; ONNX vs PyTorch max abs diff {diff:.1e}; int8 ONNX: max |logit diff| {drift:.1%} of the "
-          f"largest logit, top-1 as fp32 on {agree:.0%} of the batch (random init)\n")
+    print(
+        f"\n{args.model} ({cfg.num_frames}x{cfg.image_size}), batch {args.batch}, {args.threads} threads, median of "
+        f"{args.reps}; ONNX vs PyTorch max abs diff {diff:.1e}; int8 ONNX: max |logit diff| {drift:.1%} of the "
+        f"largest logit, top-1 as fp32 on {agree:.0%} of the batch (random init)\n"
+    )
     print("| runtime | latency (ms) | vs eager fp32 |")
     print("|---|---|---|")
     for name, ms in rows:

@@ -12,6 +12,7 @@ against HF (>1 is better for throughput; <1 is better for time and memory).
 ``--fast`` prints the CPU, oneDNN's ISA and this machine's fp32 / bf16 / int8 matmul peaks, then batch-1
 inference of every path: seconds per clip, the ratio to HF eager bf16 autocast, and achieved GFLOP/s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,9 @@ def build(name: str):
     if name == "seed":
         from timesformer_pytorch import TimeSformer
 
-        return TimeSformer(dim=768, image_size=224, patch_size=16, num_frames=8, num_classes=400, depth=12,
-                           heads=12, dim_head=64)
+        return TimeSformer(
+            dim=768, image_size=224, patch_size=16, num_frames=8, num_classes=400, depth=12, heads=12, dim_head=64
+        )
     raise ValueError(name)
 
 
@@ -73,10 +75,12 @@ def worker(name: str, task: str, quick: bool, device: str = "cpu") -> dict:
         for batch in (1, 4):
             x = torch.randn(batch, 8, 3, 224, 224, device=device)
             for dtype in ("fp32", "bf16"):
+
                 def step():
                     with torch.no_grad(), torch.autocast(device, torch.bfloat16, enabled=dtype == "bf16"):
                         model(x)
                     sync()
+
                 iters = 1 if quick else (5 if batch == 1 else 3)
                 out[f"infer_b{batch}_{dtype}"] = batch / median_seconds(step, iters)
     else:
@@ -99,6 +103,7 @@ def worker(name: str, task: str, quick: bool, device: str = "cpu") -> dict:
             torch.nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
             sync()
+
         out["train_s"] = median_seconds(step, 1 if quick else 3)
         out["model_rss_mb"] = base
     # on CUDA "rss" is the GPU allocator's peak (weights, grads, optimizer state and activations)
@@ -107,8 +112,15 @@ def worker(name: str, task: str, quick: bool, device: str = "cpu") -> dict:
 
 
 FAST_PATHS = (  # (model, precision, compile): HF's two eager paths, then ours
-    ("hf", "fp32", False), ("hf", "bf16-autocast", False), ("ours", "fp32", False), ("ours", "bf16-autocast", False),
-    ("ours", "bf16", False), ("ours", "int8", False), ("ours", "bf16", True), ("ours", "int8", True))
+    ("hf", "fp32", False),
+    ("hf", "bf16-autocast", False),
+    ("ours", "fp32", False),
+    ("ours", "bf16-autocast", False),
+    ("ours", "bf16", False),
+    ("ours", "int8", False),
+    ("ours", "bf16", True),
+    ("ours", "int8", True),
+)
 
 
 def fast_worker(name: str, precision: str, compile: bool, quick: bool) -> dict:
@@ -128,6 +140,7 @@ def fast_worker(name: str, precision: str, compile: bool, quick: bool) -> dict:
         ref = model(x)
     out = {}
     if precision in ("fp32", "bf16-autocast"):
+
         def step():
             with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=precision != "fp32"):
                 return model(x)
@@ -144,8 +157,9 @@ def fast_worker(name: str, precision: str, compile: bool, quick: bool) -> dict:
     return out
 
 
-TRAIN_CELLS = [(name, precision, batch, False) for batch in (2, 4) for precision in ("fp32", "bf16")
-               for name in ("hf", "ours")] + [("ours", precision, 2, True) for precision in ("fp32", "bf16")]
+TRAIN_CELLS = [
+    (name, precision, batch, False) for batch in (2, 4) for precision in ("fp32", "bf16") for name in ("hf", "ours")
+] + [("ours", precision, 2, True) for precision in ("fp32", "bf16")]
 
 
 def train_worker(name: str, precision: str, batch: int, compile: bool, quick: bool) -> dict:
@@ -169,6 +183,7 @@ def train_worker(name: str, precision: str, batch: int, compile: bool, quick: bo
             logits = forward(x)
         torch.nn.functional.cross_entropy(logits.float(), y).backward()
         opt.step()
+
     start = time.perf_counter()
     step()  # compiles, when compiling
     out = {"first_step_s": time.perf_counter() - start}
@@ -186,22 +201,30 @@ def train_table(threads: int, quick: bool):
         rows[cell] = run(name, "trainstep", threads, quick, extra=[precision, str(batch), str(int(compile))])
         print(f"# {cell}: {rows[cell]}", file=sys.stderr)
     print(f"\ntorch {torch.__version__}, {threads} CPU threads; {machine()}")
-    print("TimeSformer-B 8x224, AdamW step (forward, cross-entropy, backward, update), median of 5 after one; memory: "
-          "peak RSS above the built model (gradients, AdamW moments, activations)\n")
-    print("| batch | precision | HF step (s) | ours step (s) | HF / ours (speed-up) | HF memory (MiB) | "
-          "ours memory (MiB) | ours / HF memory |")
+    print(
+        "TimeSformer-B 8x224, AdamW step (forward, cross-entropy, backward, update), median of 5 after one; memory: "
+        "peak RSS above the built model (gradients, AdamW moments, activations)\n"
+    )
+    print(
+        "| batch | precision | HF step (s) | ours step (s) | HF / ours (speed-up) | HF memory (MiB) | "
+        "ours memory (MiB) | ours / HF memory |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for batch in (2, 4):
         for precision in ("fp32", "bf16"):
             hf, ours = rows[("hf", precision, batch, False)], rows[("ours", precision, batch, False)]
-            print(f"| {batch} | {precision} | {hf['s']:.2f} | {ours['s']:.2f} | {hf['s'] / ours['s']:.2f}x | "
-                  f"{hf['extra_mb']:.0f} | {ours['extra_mb']:.0f} | {ours['extra_mb'] / hf['extra_mb']:.2f}x |")
+            print(
+                f"| {batch} | {precision} | {hf['s']:.2f} | {ours['s']:.2f} | {hf['s'] / ours['s']:.2f}x | "
+                f"{hf['extra_mb']:.0f} | {ours['extra_mb']:.0f} | {ours['extra_mb'] / hf['extra_mb']:.2f}x |"
+            )
     print("\n| ours, optim.compile | step (s) | HF eager / ours compiled | first step, compiling (s) | memory (MiB) |")
     print("|---|---|---|---|---|")
     for precision in ("fp32", "bf16"):
         r, hf = rows[("ours", precision, 2, True)], rows[("hf", precision, 2, False)]
-        print(f"| batch 2 {precision} | {r['s']:.2f} | {hf['s'] / r['s']:.2f}x | {r['first_step_s']:.0f} | "
-              f"{r['extra_mb']:.0f} |")
+        print(
+            f"| batch 2 {precision} | {r['s']:.2f} | {hf['s'] / r['s']:.2f}x | {r['first_step_s']:.0f} | "
+            f"{r['extra_mb']:.0f} |"
+        )
 
 
 def machine_peaks(quick: bool) -> dict:
@@ -228,10 +251,20 @@ def machine() -> str:
     """The CPU's model name and the ISA oneDNN dispatches to (from its verbose log of one bf16 matmul)."""
     import platform
 
-    name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
-    probe = subprocess.run([sys.executable, "-c", "import torch; a = torch.ones(64, 64, dtype=torch.bfloat16); a @ a"],
-                           env=dict(os.environ, ONEDNN_VERBOSE="1"), capture_output=True, text=True)
+    name = (
+        next(
+            (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+            platform.processor(),
+        )
+        if os.path.exists("/proc/cpuinfo")
+        else platform.processor()
+    )
+    probe = subprocess.run(
+        [sys.executable, "-c", "import torch; a = torch.ones(64, 64, dtype=torch.bfloat16); a @ a"],
+        env=dict(os.environ, ONEDNN_VERBOSE="1"),
+        capture_output=True,
+        text=True,
+    )
     isa = next((line.split("isa:", 1)[1].strip() for line in probe.stdout.splitlines() if "isa:" in line), "unknown")
     return f"{name}; oneDNN ISA: {isa}"
 
@@ -251,10 +284,14 @@ def fast_table(threads: int, quick: bool):
         print(f"# {name} {precision} compile={compile}: {rows[(name, precision, compile)]}", file=sys.stderr)
     base = rows[("hf", "bf16-autocast", False)]["s"]
     print(f"\ntorch {torch.__version__}, {threads} CPU threads; {machine()}")
-    print(f"matmul peaks (1568x768x3072): fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f}, int8 "
-          f"{peaks['int8']:.0f} GFLOP/s; TimeSformer-B 8x224: {gflop:.0f} GFLOP per clip\n")
-    print("| path, batch 1 | s per clip | vs HF bf16 autocast | GFLOP/s | peak of its precision | max logit drift "
-          "vs fp32 | compile s |")
+    print(
+        f"matmul peaks (1568x768x3072): fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f}, int8 "
+        f"{peaks['int8']:.0f} GFLOP/s; TimeSformer-B 8x224: {gflop:.0f} GFLOP per clip\n"
+    )
+    print(
+        "| path, batch 1 | s per clip | vs HF bf16 autocast | GFLOP/s | peak of its precision | max logit drift "
+        "vs fp32 | compile s |"
+    )
     print("|---|---|---|---|---|---|---|")
     for (name, precision, compile), r in rows.items():
         peak = peaks["int8" if precision == "int8" else "fp32" if precision == "fp32" else "bf16"]
@@ -262,13 +299,19 @@ def fast_table(threads: int, quick: bool):
         if compile and not r.get("compiled"):
             label += " (compile failed: eager)"
         prep = f"{r['prepare_s']:.0f}" if compile else ""
-        print(f"| {label} | {r['s']:.3f} | {base / r['s']:.2f}x | {gflop / r['s']:.0f} | {peak:.0f} | "
-              f"{r['drift']:.4f} | {prep} |")
+        print(
+            f"| {label} | {r['s']:.3f} | {base / r['s']:.2f}x | {gflop / r['s']:.0f} | {peak:.0f} | "
+            f"{r['drift']:.4f} | {prep} |"
+        )
 
 
 def run(name: str, task: str, threads: int, quick: bool, device: str = "cpu", extra=()) -> dict:
-    return run_worker(__file__, ["--worker", name, task, *extra, "--threads", str(threads), "--device", device] +
-                      (["--quick"] if quick else []), threads)
+    return run_worker(
+        __file__,
+        ["--worker", name, task, *extra, "--threads", str(threads), "--device", device]
+        + (["--quick"] if quick else []),
+        threads,
+    )
 
 
 def main():
@@ -278,8 +321,11 @@ def main():
     ap.add_argument("--device", default="cpu", help="cpu | cuda")
     ap.add_argument("--models", default=",".join(MODELS), help="which of ours,hf,seed")
     ap.add_argument("--fast", action="store_true", help="the inference fast path (timesformer.optimize) vs HF")
-    ap.add_argument("--train", action="store_true", help="train steps vs HF at batch 2 and 4, fp32 and bf16, and "
-                                                         "ours compiled (optim.compile)")
+    ap.add_argument(
+        "--train",
+        action="store_true",
+        help="train steps vs HF at batch 2 and 4, fp32 and bf16, and ours compiled (optim.compile)",
+    )
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -332,8 +378,10 @@ def main():
         ("train RSS above the built model, checkpointing (MiB)", "train_ckpt_extra_mb", "{:.0f}", "down"),
     ]
     where = torch.cuda.get_device_name() if args.device == "cuda" else f"{args.threads} CPU threads"
-    print(f"\ntorch {torch.__version__}, {where}, input 8x3x224x224; ratio = ours / HF "
-          f"(throughput: higher is better; time, memory: lower is better)\n")
+    print(
+        f"\ntorch {torch.__version__}, {where}, input 8x3x224x224; ratio = ours / HF "
+        f"(throughput: higher is better; time, memory: lower is better)\n"
+    )
     print("| metric | ours | HF transformers | timesformer-pytorch | ours / HF |")
     print("|---|---|---|---|---|")
     for label, key, fmt, _ in rows:

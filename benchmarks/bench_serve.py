@@ -8,6 +8,7 @@ requests, and one base-size figure (timesformer_base, one client).
 
     python benchmarks/bench_serve.py [--requests 1000] [--seconds 120]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,9 +43,22 @@ class Server:
         tmp.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         env = dict(os.environ, TMPDIR=str(tmp), OMP_NUM_THREADS=str(threads))
-        self.proc = subprocess.Popen([sys.executable, "-m", "timesformer", "serve", "--checkpoint", str(checkpoint),
-                                      "--port", str(self.port), *extra], env=env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "timesformer",
+                "serve",
+                "--checkpoint",
+                str(checkpoint),
+                "--port",
+                str(self.port),
+                *extra,
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -69,8 +83,7 @@ class Server:
         self.proc.wait(60)
 
 
-def load(server: Server, clients: int, requests: int, seconds: float, video: bytes, seed: int,
-         on_done=None) -> dict:
+def load(server: Server, clients: int, requests: int, seconds: float, video: bytes, seed: int, on_done=None) -> dict:
     """``requests`` requests (or ``seconds``) from ``clients`` threads; every 10th is malformed."""
     rng = random.Random(seed)
     plan = ["bad-file" if k % 20 == 0 else "bad-option" if k % 20 == 10 else "ok" for k in range(requests)]
@@ -100,6 +113,7 @@ def load(server: Server, clients: int, requests: int, seconds: float, video: byt
                     done[0] += 1
                     if on_done is not None:
                         on_done(done[0])
+
     start = time.perf_counter()
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for t in threads:
@@ -108,8 +122,16 @@ def load(server: Server, clients: int, requests: int, seconds: float, video: byt
         t.join()
     wall = time.perf_counter() - start
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [float("nan")] * 99
-    return {"clients": clients, "requests": sum(codes.values()), "ok_per_s": codes[200] / wall,
-            "p50": q[49] * 1000, "p95": q[94] * 1000, "p99": q[98] * 1000, "codes": dict(codes), "wall": wall}
+    return {
+        "clients": clients,
+        "requests": sum(codes.values()),
+        "ok_per_s": codes[200] / wall,
+        "p50": q[49] * 1000,
+        "p95": q[94] * 1000,
+        "p99": q[98] * 1000,
+        "codes": dict(codes),
+        "wall": wall,
+    }
 
 
 def main():
@@ -139,12 +161,14 @@ def main():
             for mark in (100, 400, 1000):
                 if total >= mark and mark not in rss:
                     rss[mark] = server.rss_mb()
+
         shares = {1: args.requests // 10, 4: args.requests // 5}
         shares[16] = args.requests - shares[1] - shares[4]
         served = 0
         for clients in (1, 4, 16):
-            r = load(server, clients, shares[clients], args.seconds, video, clients,
-                     on_done=lambda n, s=served: watch(n + s))
+            r = load(
+                server, clients, shares[clients], args.seconds, video, clients, on_done=lambda n, s=served: watch(n + s)
+            )
             served += r["requests"]
             rows.append(("tiny, --max-batch 8", r))
             print(f"# batched {clients}: {r}", file=sys.stderr)
@@ -161,29 +185,39 @@ def main():
         left += base.leftovers()
         base.stop()
 
-    print(f"\ntorch {torch.__version__}, server threads {args.threads}, loopback; 4 s 64x64 H.264 uploads; "
-          f"10 % malformed\n")
+    print(
+        f"\ntorch {torch.__version__}, server threads {args.threads}, loopback; 4 s 64x64 H.264 uploads; "
+        f"10 % malformed\n"
+    )
     print("| server | clients | requests | videos/s | p50 ms | p95 ms | p99 ms | responses by status |")
     print("|---|---|---|---|---|---|---|---|")
     for name, r in rows:
         codes = ", ".join(f"{k}: {v}" for k, v in sorted(r["codes"].items(), key=str))
-        print(f"| {name} | {r['clients']} | {r['requests']} | {r['ok_per_s']:.1f} | {r['p50']:.0f} | {r['p95']:.0f} | "
-              f"{r['p99']:.0f} | {codes} |")
+        print(
+            f"| {name} | {r['clients']} | {r['requests']} | {r['ok_per_s']:.1f} | {r['p50']:.0f} | {r['p95']:.0f} | "
+            f"{r['p99']:.0f} | {codes} |"
+        )
     batched16 = next(r for n, r in rows if n.startswith("tiny, --max-batch 8") and r["clients"] == 16)
     single16 = next(r for n, r in rows if n.startswith("tiny, --max-batch 1"))
     five = sum(v for _, r in rows for k, v in r["codes"].items() if not isinstance(k, int) or k >= 500)
     nan = float("nan")
-    print(f"\n5xx or dropped connections: {five}; upload folders left behind: {left}; batching at 16 clients: "
-          f"{batched16['ok_per_s'] / single16['ok_per_s']:.2f}x the unbatched throughput")
+    print(
+        f"\n5xx or dropped connections: {five}; upload folders left behind: {left}; batching at 16 clients: "
+        f"{batched16['ok_per_s'] / single16['ok_per_s']:.2f}x the unbatched throughput"
+    )
     growth = rss.get(1000, nan) / rss.get(100, nan) - 1
     ratio = batched16["ok_per_s"] / single16["ok_per_s"]
     verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
-    print(f"targets: 0 5xx {verdict(five == 0)}; 0 files left {verdict(left == 0)}; RSS growth <= 10 % "
-          f"{verdict(growth <= 0.10)} ({growth:+.1%}); batching >= 1.5x {verdict(ratio >= 1.5)} ({ratio:.2f}x)")
-    print(f"server RSS after 100 requests {rss.get(100, nan):.0f} MiB, after 400 (100 of them at 16 clients) "
-          f"{rss.get(400, nan):.0f} MiB, after 1,000 {rss.get(1000, nan):.0f} MiB: "
-          f"{(rss.get(1000, nan) / rss.get(100, nan) - 1) * 100:+.1f} % from 100, "
-          f"{(rss.get(1000, nan) / rss.get(400, nan) - 1) * 100:+.1f} % from 400")
+    print(
+        f"targets: 0 5xx {verdict(five == 0)}; 0 files left {verdict(left == 0)}; RSS growth <= 10 % "
+        f"{verdict(growth <= 0.10)} ({growth:+.1%}); batching >= 1.5x {verdict(ratio >= 1.5)} ({ratio:.2f}x)"
+    )
+    print(
+        f"server RSS after 100 requests {rss.get(100, nan):.0f} MiB, after 400 (100 of them at 16 clients) "
+        f"{rss.get(400, nan):.0f} MiB, after 1,000 {rss.get(1000, nan):.0f} MiB: "
+        f"{(rss.get(1000, nan) / rss.get(100, nan) - 1) * 100:+.1f} % from 100, "
+        f"{(rss.get(1000, nan) / rss.get(400, nan) - 1) * 100:+.1f} % from 400"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Shared by the benchmark scripts (run as `python benchmarks/<script>.py`, so this folder is on sys.path)."""
+
 from __future__ import annotations
 
 import json

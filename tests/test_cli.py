@@ -1,4 +1,5 @@
 """The command line: demo, convert, errors and exit codes."""
+
 import json
 import subprocess
 import sys
@@ -33,8 +34,11 @@ def test_convert_refuses_to_overwrite(tmp_path, capsys):
 
 def test_bad_checkpoint_exit_code_2(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    proc = subprocess.run([sys.executable, "-m", "timesformer", "convert", str(tmp_path / "junk.pth"),
-                           str(tmp_path / "out")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "timesformer", "convert", str(tmp_path / "junk.pth"), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert "junk.pth: not a readable checkpoint" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -64,9 +68,21 @@ def test_train_errors_are_one_line_and_exit_2(tmp_path, capsys):
     (tmp_path / "empty" / "cls").mkdir(parents=True)
     assert main(["train", "data.kind=folder", f"data.train={tmp_path / 'empty'}", f"out={tmp_path}"]) == 2
     assert "no videos found" in _one_error_line(capsys)
-    tiny = ["model_args.image_size=16", "model_args.patch_size=4", "model_args.dim=32", "model_args.depth=1",
-            "model_args.heads=2", "model_args.dim_head=16", "data.synthetic_train=32", "data.synthetic_val=12",
-            "data.synthetic_size=16", "optim.batch_size=16", "optim.epochs=1", "optim.precision=fp32", f"out={tmp_path}"]
+    tiny = [
+        "model_args.image_size=16",
+        "model_args.patch_size=4",
+        "model_args.dim=32",
+        "model_args.depth=1",
+        "model_args.heads=2",
+        "model_args.dim_head=16",
+        "data.synthetic_train=32",
+        "data.synthetic_val=12",
+        "data.synthetic_size=16",
+        "optim.batch_size=16",
+        "optim.epochs=1",
+        "optim.precision=fp32",
+        f"out={tmp_path}",
+    ]
     assert main(["train", *tiny, "model_args.num_classes=5"]) == 2
     assert "contradicts the data, which has 12 classes" in _one_error_line(capsys)
     assert main(["train", *tiny, "name=r"]) == 0
@@ -81,11 +97,37 @@ def test_eval_multi_view_report_and_confusion(tmp_path, capsys):
     from timesformer.data import write_synthetic
 
     root = write_synthetic(tmp_path / "files", 24, size=32, num_frames=8)
-    model = tf.create_model("timesformer_tiny", num_frames=8, image_size=32, depth=1, dim=32, heads=2, dim_head=16,
-                            labels=tuple(sorted(__import__("timesformer").data.CLASSES)))
+    model = tf.create_model(
+        "timesformer_tiny",
+        num_frames=8,
+        image_size=32,
+        depth=1,
+        dim=32,
+        heads=2,
+        dim_head=16,
+        labels=tuple(sorted(__import__("timesformer").data.CLASSES)),
+    )
     tf.save_pretrained(model, tmp_path / "ckpt")
-    assert main(["eval", "--checkpoint", str(tmp_path / "ckpt"), "--data", str(root), "--views", "2x3",
-                 "--sampling-rate", "1", "--fps", "8", "--out", str(tmp_path / "report")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(tmp_path / "ckpt"),
+                "--data",
+                str(root),
+                "--views",
+                "2x3",
+                "--sampling-rate",
+                "1",
+                "--fps",
+                "8",
+                "--out",
+                str(tmp_path / "report"),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["videos"] == 24 and report["views"] == "2x3" and 0 <= report["top1"] <= report["top5"] <= 1
     assert len(report["per_class"]) == 12 and sum(map(sum, report["confusion"])) == 24
@@ -97,10 +139,23 @@ def test_eval_multi_view_report_and_confusion(tmp_path, capsys):
 def test_resume_continues_the_run_as_it_was_configured(tmp_path, capsys):
     import yaml
 
-    tiny = ["model_args.image_size=16", "model_args.patch_size=4", "model_args.dim=32", "model_args.depth=1",
-            "model_args.heads=2", "model_args.dim_head=16", "data.synthetic_train=32", "data.synthetic_val=12",
-            "data.synthetic_size=16", "optim.batch_size=16", "optim.epochs=1", "optim.lr=3e-3",
-            "optim.precision=fp32", f"out={tmp_path}", "name=r"]
+    tiny = [
+        "model_args.image_size=16",
+        "model_args.patch_size=4",
+        "model_args.dim=32",
+        "model_args.depth=1",
+        "model_args.heads=2",
+        "model_args.dim_head=16",
+        "data.synthetic_train=32",
+        "data.synthetic_val=12",
+        "data.synthetic_size=16",
+        "optim.batch_size=16",
+        "optim.epochs=1",
+        "optim.lr=3e-3",
+        "optim.precision=fp32",
+        f"out={tmp_path}",
+        "name=r",
+    ]
     run = tmp_path / "r"
     assert main(["train", *tiny]) == 0
     capsys.readouterr()
@@ -125,14 +180,32 @@ def test_eval_pairs_classes_by_name_in_the_checkpoints_order(tmp_path, capsys):
     root = write_synthetic(tmp_path / "files", 14, size=32, num_frames=8)  # 2 clips of move_left, move_right
     model = tf.create_model("timesformer_tiny", depth=1, dim=32, heads=2, dim_head=16, labels=CLASSES)
     tf.save_pretrained(model, tmp_path / "ckpt")
-    assert main(["eval", "--checkpoint", str(tmp_path / "ckpt"), "--data", str(root), "--sampling-rate", "1",
-                 "--fps", "8", "--out", str(tmp_path / "report")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(tmp_path / "ckpt"),
+                "--data",
+                str(root),
+                "--sampling-rate",
+                "1",
+                "--fps",
+                "8",
+                "--out",
+                str(tmp_path / "report"),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert list(report["per_class"]) == list(CLASSES)
     assert [sum(row) for row in report["confusion"]] == [2, 2] + [1] * 10  # rows in the checkpoint's order
     # a class the checkpoint does not have is an error naming it
-    tf.save_pretrained(tf.create_model("timesformer_tiny", depth=1, dim=32, heads=2, dim_head=16, num_classes=11,
-                                       labels=CLASSES[:11]), tmp_path / "eleven")
+    tf.save_pretrained(
+        tf.create_model("timesformer_tiny", depth=1, dim=32, heads=2, dim_head=16, num_classes=11, labels=CLASSES[:11]),
+        tmp_path / "eleven",
+    )
     assert main(["eval", "--checkpoint", str(tmp_path / "eleven"), "--data", str(root)]) == 2
     assert "still_cross" in _one_error_line(capsys)
 
@@ -145,13 +218,23 @@ def test_finetune_and_the_shipped_configs_use_the_official_stochastic_depth(tmp_
     for name in ("k400_divst_8x32", "ssv2_divst_8"):
         assert load_run_config(f"configs/{name}.yaml").model_args["drop_path_rate"] == 0.1
     tf.save_pretrained(small_model(labels=tuple("abcde")), tmp_path / "base")
-    tiny = ["data.synthetic_train=32", "data.synthetic_val=12", "data.synthetic_size=32", "data.num_frames=4",
-            "optim.batch_size=16", "optim.epochs=1", "optim.precision=fp32", f"out={tmp_path}"]
+    tiny = [
+        "data.synthetic_train=32",
+        "data.synthetic_val=12",
+        "data.synthetic_size=32",
+        "data.num_frames=4",
+        "optim.batch_size=16",
+        "optim.epochs=1",
+        "optim.precision=fp32",
+        f"out={tmp_path}",
+    ]
     assert main(["finetune", "--pretrained", str(tmp_path / "base"), *tiny, "name=ft"]) == 0
     assert yaml.safe_load((tmp_path / "ft" / "config.yaml").read_text())["model_args"]["drop_path_rate"] == 0.1
     assert tf.load_pretrained(tmp_path / "ft" / "last").config.drop_path_rate == 0.1
-    assert main(["finetune", "--pretrained", str(tmp_path / "base"), *tiny, "name=ft0",
-                 "model_args.drop_path_rate=0"]) == 0
+    assert (
+        main(["finetune", "--pretrained", str(tmp_path / "base"), *tiny, "name=ft0", "model_args.drop_path_rate=0"])
+        == 0
+    )
     assert tf.load_pretrained(tmp_path / "ft0" / "last").config.drop_path_rate == 0.0
 
 

@@ -1,4 +1,5 @@
 """CUDA checks (skipped without a GPU): the fused path on GPU kernels, bf16/fp16 autocast, fp16 training."""
+
 import pytest
 import torch
 
@@ -42,10 +43,12 @@ def test_training_on_cuda(tmp_path, precision):
 
     from .engine.helpers import tiny_run
 
-    cfg = tiny_run(tmp_path, model_args=dict(dim=64, depth=2, heads=4),
-                   data=dict(synthetic_train=2048, synthetic_val=240),
-                   optim=dict(batch_size=32, epochs=3, precision=precision, lr=2e-3, warmup_steps=10, device="cuda",
-                              log_every=10))
+    cfg = tiny_run(
+        tmp_path,
+        model_args=dict(dim=64, depth=2, heads=4),
+        data=dict(synthetic_train=2048, synthetic_val=240),
+        optim=dict(batch_size=32, epochs=3, precision=precision, lr=2e-3, warmup_steps=10, device="cuda", log_every=10),
+    )
     result = fit(cfg)
     assert next(result["model"].parameters()).is_cuda
     assert result["metrics"]["top1"] > 0.3
@@ -62,8 +65,11 @@ def test_train_resume_eval_and_demo_evaluation_on_cuda(tmp_path):
 
     from .engine.helpers import tiny_run
 
-    cfg = tiny_run(tmp_path, model_args=dict(drop_path_rate=0.1),
-                   optim=dict(device="cuda", precision="bf16", ema_decay=0.9, batch_size=8, max_minutes=1e-9))
+    cfg = tiny_run(
+        tmp_path,
+        model_args=dict(drop_path_rate=0.1),
+        optim=dict(device="cuda", precision="bf16", ema_decay=0.9, batch_size=8, max_minutes=1e-9),
+    )
     result = fit(cfg)
     assert result["step"] == 1 and next(result["model"].parameters()).is_cuda
     state = ckpt.load_state(tmp_path / "run" / "last")
@@ -72,8 +78,26 @@ def test_train_resume_eval_and_demo_evaluation_on_cuda(tmp_path):
     result = fit(cfg, resume=True)
     assert result["epoch"] == 2 and result["step"] == 16
     root = write_synthetic(tmp_path / "files", 24, size=16, num_frames=8)
-    assert main(["eval", "--checkpoint", str(tmp_path / "run" / "best"), "--data", str(root), "--device", "cuda",
-                 "--sampling-rate", "1", "--fps", "8", "--out", str(tmp_path / "eval")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(tmp_path / "run" / "best"),
+                "--data",
+                str(root),
+                "--device",
+                "cuda",
+                "--sampling-rate",
+                "1",
+                "--fps",
+                "8",
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
     res = evaluate_demo(result["model"], cfg)
     assert res["videos"] == cfg.data.synthetic_val
 

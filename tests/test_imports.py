@@ -1,4 +1,5 @@
 """Imports go one way: the model knows nothing of data, training, conversion or the CLI."""
+
 import ast
 from pathlib import Path
 
@@ -28,8 +29,9 @@ def test_model_imports_only_torch_einops_and_itself():
     for path in (PKG / "model").glob("*.py"):
         for mod in imported_modules(path, "timesformer.model"):
             root = mod.split(".")[0]
-            assert root in std or any(mod == a or mod.startswith(a + ".") for a in ALLOWED["model"]), \
+            assert root in std or any(mod == a or mod.startswith(a + ".") for a in ALLOWED["model"]), (
                 f"{path.name} imports {mod}"
+            )
 
 
 def package_imports(sub: str):
@@ -44,10 +46,21 @@ def package_imports(sub: str):
 def test_layers_import_one_way():
     """data never imports model; convert imports only model; nothing imports the CLI."""
     forbidden = {
-        "data": ("timesformer.model", "timesformer.engine", "timesformer.convert", "timesformer.cli",
-                 "timesformer.inference", "timesformer.pretrained"),
-        "convert": ("timesformer.data", "timesformer.engine", "timesformer.cli", "timesformer.inference",
-                    "timesformer.pretrained"),
+        "data": (
+            "timesformer.model",
+            "timesformer.engine",
+            "timesformer.convert",
+            "timesformer.cli",
+            "timesformer.inference",
+            "timesformer.pretrained",
+        ),
+        "convert": (
+            "timesformer.data",
+            "timesformer.engine",
+            "timesformer.cli",
+            "timesformer.inference",
+            "timesformer.pretrained",
+        ),
         "engine": ("timesformer.cli", "timesformer.inference"),
         "inference": ("timesformer.cli", "timesformer.engine"),
         "viz": ("timesformer.cli", "timesformer.engine", "timesformer.inference"),

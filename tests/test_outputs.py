@@ -1,5 +1,6 @@
 """Files the tools write: ordinary permissions, and outputs of videos with the same name never clobber each other.
 Also: the declared Python is one the code runs on."""
+
 import json
 import os
 import re
@@ -21,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def umask():
     def set_mask(mask):
         os.umask(mask)
+
     old = os.umask(0o022)
     yield set_mask
     os.umask(old)
@@ -36,8 +38,10 @@ def test_saved_files_get_ordinary_permissions(tmp_path, umask):
     model = tf.create_model("timesformer_tiny", depth=1, dim=32, heads=2, dim_head=16)
     tf.save_pretrained(model, tmp_path / "w")
     write_json_atomic(tmp_path / "classes.json", ["a"])
-    assert [mode(p) for p in (tmp_path / "w" / "model.safetensors", tmp_path / "w" / "config.json",
-                              tmp_path / "classes.json")] == [0o644] * 3
+    assert [
+        mode(p)
+        for p in (tmp_path / "w" / "model.safetensors", tmp_path / "w" / "config.json", tmp_path / "classes.json")
+    ] == [0o644] * 3
     umask(0o027)
     tf.save_pretrained(model, tmp_path / "w2")
     assert {mode(p) for p in (tmp_path / "w2").iterdir()} == {0o640}
@@ -51,6 +55,7 @@ def test_the_folder_is_fsynced_after_the_rename(tmp_path, monkeypatch):
         if stat.S_ISDIR(os.fstat(fd).st_mode):
             synced.append(sorted(p.name for p in tmp_path.iterdir()))
         return real(fd)
+
     monkeypatch.setattr(os, "fsync", fsync)
     tf.save_pretrained(tf.create_model("timesformer_tiny", depth=1, dim=32, heads=2, dim_head=16), tmp_path)
     assert synced and synced[-1] == ["config.json", "model.safetensors"]  # after both renames
@@ -62,33 +67,94 @@ def twins(tmp_path):
     for folder, frames in (("a", 20), ("b", 40)):
         (tmp_path / folder).mkdir()
         write_video(tmp_path / folder / "clip.mp4", frames, fps=10, size=32)
-    tf.save_pretrained(tf.create_model("timesformer_tiny", depth=1, dim=32, heads=2, dim_head=16,
-                                       labels=tuple("abcdefghijkl")), tmp_path / "ckpt")
+    tf.save_pretrained(
+        tf.create_model("timesformer_tiny", depth=1, dim=32, heads=2, dim_head=16, labels=tuple("abcdefghijkl")),
+        tmp_path / "ckpt",
+    )
     return tmp_path
 
 
 def test_predict_timelines_of_same_named_videos_mirror_their_folders(twins, capsys):
     a, b = twins / "a" / "clip.mp4", twins / "b" / "clip.mp4"
-    assert main(["predict", str(a), str(b), "--checkpoint", str(twins / "ckpt"), "--window", "1",
-                 "--sampling-rate", "1", "--out", str(twins / "out")]) == 0
-    written = {p.relative_to(twins / "out").as_posix(): json.loads(p.read_text())["path"]
-               for p in (twins / "out").rglob("*.timeline.json")}
+    assert (
+        main(
+            [
+                "predict",
+                str(a),
+                str(b),
+                "--checkpoint",
+                str(twins / "ckpt"),
+                "--window",
+                "1",
+                "--sampling-rate",
+                "1",
+                "--out",
+                str(twins / "out"),
+            ]
+        )
+        == 0
+    )
+    written = {
+        p.relative_to(twins / "out").as_posix(): json.loads(p.read_text())["path"]
+        for p in (twins / "out").rglob("*.timeline.json")
+    }
     assert written == {"a/clip.mp4.timeline.json": str(a), "b/clip.mp4.timeline.json": str(b)}
 
 
 def test_extract_features_of_same_named_videos_mirror_their_folders(twins, capsys):
     from safetensors import safe_open
 
-    assert main(["extract", str(twins / "a" / "clip.mp4"), str(twins / "b" / "clip.mp4"), "--checkpoint",
-                 str(twins / "ckpt"), "--format", "safetensors", "--sampling-rate", "1", "--out",
-                 str(twins / "feats")]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                str(twins / "a" / "clip.mp4"),
+                str(twins / "b" / "clip.mp4"),
+                "--checkpoint",
+                str(twins / "ckpt"),
+                "--format",
+                "safetensors",
+                "--sampling-rate",
+                "1",
+                "--out",
+                str(twins / "feats"),
+            ]
+        )
+        == 0
+    )
     for folder in ("a", "b"):
         with safe_open(str(twins / "feats" / folder / "clip.mp4.safetensors"), "pt") as f:
             assert f.metadata()["video"] == str(twins / folder / "clip.mp4")
-    assert main(["extract", str(twins / "a" / "clip.mp4"), "--checkpoint", str(twins / "ckpt"), "--sampling-rate",
-                 "1", "--out", str(twins / "npy")]) == 0
-    assert main(["extract", str(twins / "b" / "clip.mp4"), "--checkpoint", str(twins / "ckpt"), "--sampling-rate",
-                 "1", "--out", str(twins / "npy")]) == 2  # another clip.mp4 into the same folder: refused
+    assert (
+        main(
+            [
+                "extract",
+                str(twins / "a" / "clip.mp4"),
+                "--checkpoint",
+                str(twins / "ckpt"),
+                "--sampling-rate",
+                "1",
+                "--out",
+                str(twins / "npy"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "extract",
+                str(twins / "b" / "clip.mp4"),
+                "--checkpoint",
+                str(twins / "ckpt"),
+                "--sampling-rate",
+                "1",
+                "--out",
+                str(twins / "npy"),
+            ]
+        )
+        == 2
+    )  # another clip.mp4 into the same folder: refused
     assert (twins / "npy" / "clip.source.txt").read_text().strip() == str(twins / "a" / "clip.mp4")
 
 

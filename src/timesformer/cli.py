@@ -1,4 +1,5 @@
 """The ``timesformer`` command line. Builds on everything else; nothing imports it."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,22 +13,34 @@ def cmd_demo(args) -> int:
 
     from .engine.demo import MODEL_ARGS, NAMES, SCHEMES, check_demo, format_tables, run_demo
 
-    schemes = check_demo(SCHEMES if args.schemes == "all" else [s for s in args.schemes.split(",") if s],
-                         args.steps, args.val_clips)
+    schemes = check_demo(
+        SCHEMES if args.schemes == "all" else [s for s in args.schemes.split(",") if s], args.steps, args.val_clips
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
     size = ", ".join(f"{k} {v}" for k, v in MODEL_ARGS.items())
-    print(f"Training timesformer_tiny ({size}) on SyntheticMotion once per scheme "
-          f"({', '.join(NAMES[s] for s in schemes)}): the same clips in the same order, {args.steps} steps each, "
-          f"seed {args.seed}.", flush=True)
-    results = run_demo(out=args.out, schemes=schemes, steps=args.steps, seed=args.seed, val_clips=args.val_clips,
-                       progress_factory=lambda name, i, n: Progress(args.steps, f"{name:8s} [{i + 1}/{n}]"))
+    print(
+        f"Training timesformer_tiny ({size}) on SyntheticMotion once per scheme "
+        f"({', '.join(NAMES[s] for s in schemes)}): the same clips in the same order, {args.steps} steps each, "
+        f"seed {args.seed}.",
+        flush=True,
+    )
+    results = run_demo(
+        out=args.out,
+        schemes=schemes,
+        steps=args.steps,
+        seed=args.seed,
+        val_clips=args.val_clips,
+        progress_factory=lambda name, i, n: Progress(args.steps, f"{name:8s} [{i + 1}/{n}]"),
+    )
     print()
     print(format_tables(results))
     minutes, seconds = divmod(round(time.perf_counter() - started), 60)
-    print(f"\nchance: top-1 8.3 %, direction 50 %. Took {minutes} min {seconds:02d} s. Tables, loss curves and "
-          f"confusion matrices{', accuracy against GFLOPs' if len(schemes) > 2 else ''}: {args.out}/")
+    print(
+        f"\nchance: top-1 8.3 %, direction 50 %. Took {minutes} min {seconds:02d} s. Tables, loss curves and "
+        f"confusion matrices{', accuracy against GFLOPs' if len(schemes) > 2 else ''}: {args.out}/"
+    )
     return 0
 
 
@@ -45,8 +58,9 @@ def cmd_train(args) -> int:
     if args.resume:
         # the run continues as it was configured: its own config.yaml, with the overrides on top
         if args.config:
-            raise ValueError("--resume continues the run with its own config.yaml; give changes as key=value "
-                             "overrides, not --config")
+            raise ValueError(
+                "--resume continues the run with its own config.yaml; give changes as key=value overrides, not --config"
+            )
         run = Path(args.resume)
         if not (run / "config.yaml").is_file():
             raise ValueError(f"{run}: no config.yaml; --resume takes a run folder (runs/<name>)")
@@ -61,16 +75,21 @@ def cmd_train(args) -> int:
         if getattr(args, "pretrained", None) and not args.freeze_backbone and "drop_path_rate" not in cfg.model_args:
             cfg.model_args["drop_path_rate"] = 0.1  # fine-tuning: the official rate (not for a frozen backbone)
     if args.auto_resume and (args.resume or args.overwrite):
-        raise ValueError("--auto-resume continues the run if it has a checkpoint and starts it otherwise; it goes "
-                         "with neither --resume nor --overwrite")
+        raise ValueError(
+            "--auto-resume continues the run if it has a checkpoint and starts it otherwise; it goes "
+            "with neither --resume nor --overwrite"
+        )
     bar = Progress(1, f"train {cfg.name}")
-    result = fit(cfg, resume="auto" if args.auto_resume else bool(args.resume), overwrite=args.overwrite,
-                 progress=bar.update)
+    result = fit(
+        cfg, resume="auto" if args.auto_resume else bool(args.resume), overwrite=args.overwrite, progress=bar.update
+    )
     bar.close()
     m = result["metrics"]
     shown = ", ".join(f"{k} {m[k]:.4f}" for k in ("top1", "top5", "mAP") if k in m)
-    print(f"{cfg.out}/{cfg.name}: {result['epoch']} epoch(s), {result['step']} steps" + (f"; val {shown}" if shown
-                                                                                          else ""))
+    print(
+        f"{cfg.out}/{cfg.name}: {result['epoch']} epoch(s), {result['step']} steps"
+        + (f"; val {shown}" if shown else "")
+    )
     if result["stopped"] and _first_rank():
         print(f"stopped before the end; continue with: timesformer train --resume {cfg.out}/{cfg.name}")
     return 0
@@ -111,15 +130,27 @@ def cmd_eval(args) -> int:
     device = _device(args.device, args.precision)
     if args.precision == "int8" and device.type != "cpu":
         raise ValueError(f"--precision int8 runs on the cpu; got --device {args.device} (use bf16 on the GPU)")
-    spec = ClipSpec(num_frames=cfg.num_frames, **_sampling(args, cfg), crop_size=cfg.image_size, num_clips=clips,
-                    num_crops=crops, mean=cfg.mean, std=cfg.std)
+    spec = ClipSpec(
+        num_frames=cfg.num_frames,
+        **_sampling(args, cfg),
+        crop_size=cfg.image_size,
+        num_clips=clips,
+        num_crops=crops,
+        mean=cfg.mean,
+        std=cfg.std,
+    )
     data_path = Path(args.data)
     labels = list(cfg.labels) if cfg.labels else None  # the checkpoint's class order: the data is labelled by name
-    data = (VideoFolder(data_path, spec=spec, train=False, classes=labels) if data_path.is_dir()
-            else VideoList(data_path, root=args.root, spec=spec, train=False, classes=labels))
+    data = (
+        VideoFolder(data_path, spec=spec, train=False, classes=labels)
+        if data_path.is_dir()
+        else VideoList(data_path, root=args.root, spec=spec, train=False, classes=labels)
+    )
     if data.num_classes != cfg.num_classes:
-        raise ValueError(f"{args.data} has {data.num_classes} classes but the checkpoint has {cfg.num_classes} "
-                         f"(and names none to match them by)")
+        raise ValueError(
+            f"{args.data} has {data.num_classes} classes but the checkpoint has {cfg.num_classes} "
+            f"(and names none to match them by)"
+        )
     loader = DataLoader(data, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate)
     fast = optimize(model, precision=args.precision, compile=args.compile, device=device)
     if fast.method == "int8-static":  # its scales come from the data it will see: the first batches' clips
@@ -128,20 +159,33 @@ def cmd_eval(args) -> int:
     summary = summarise(logits, labels, cfg.num_classes, data.multi_label, data.classes)
     out = Path(args.out) if args.out else Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(".")
     out.mkdir(parents=True, exist_ok=True)
-    report = {"checkpoint": str(args.checkpoint), "data": str(args.data), "views": f"{clips}x{crops}",
-              "sampling": {k: getattr(spec, k) for k in ("sampling", "sampling_rate", "fps")}, **summary,
-              **bad_files_report(bad)}
+    report = {
+        "checkpoint": str(args.checkpoint),
+        "data": str(args.data),
+        "views": f"{clips}x{crops}",
+        "sampling": {k: getattr(spec, k) for k in ("sampling", "sampling_rate", "fps")},
+        **summary,
+        **bad_files_report(bad),
+    }
     write_json_atomic(out / "report.json", report)
     if "confusion" in summary:
-        plot_confusion(summary["confusion"], data.classes, out / "confusion.png",
-                       title=f"top-1 {summary['top1']:.1%} ({clips}x{crops} views)")
-        print(f"{summary['videos']} videos, {clips}x{crops} views: top-1 {summary['top1']:.4f}, "
-              f"top-5 {summary['top5']:.4f}")
+        plot_confusion(
+            summary["confusion"],
+            data.classes,
+            out / "confusion.png",
+            title=f"top-1 {summary['top1']:.1%} ({clips}x{crops} views)",
+        )
+        print(
+            f"{summary['videos']} videos, {clips}x{crops} views: top-1 {summary['top1']:.4f}, "
+            f"top-5 {summary['top5']:.4f}"
+        )
     else:
         print(f"{summary['videos']} videos: mAP {summary['mAP']:.4f}")
     if bad:
-        print(f"{len(report['bad_files'])} bad file(s) (unreadable: skipped; partial: frames past the break masked): "
-              f"{', '.join(report['bad_files'])}")
+        print(
+            f"{len(report['bad_files'])} bad file(s) (unreadable: skipped; partial: frames past the break masked): "
+            f"{', '.join(report['bad_files'])}"
+        )
     print(f"report: {out / 'report.json'}")
     return 0
 
@@ -193,8 +237,10 @@ def _output(base, suffix: str, video=None, recorded_video=None):
         except (OSError, ValueError, KeyError):
             earlier = None
         if earlier is not None and Path(earlier) != Path(video).resolve():
-            raise ValueError(f"{path} holds the output for {earlier}; {video} has the same name and would "
-                             f"overwrite it: give another --out")
+            raise ValueError(
+                f"{path} holds the output for {earlier}; {video} has the same name and would "
+                f"overwrite it: give another --out"
+            )
     return path
 
 
@@ -223,9 +269,15 @@ def cmd_predict(args) -> int:
 
     clips, crops = parse_views(args.views)
     model = _load_for_inference(args)
-    predictor = Predictor(model, clips=clips, crops=crops, **_sampling(args, model.config),
-                          device=_device(args.device, args.precision), precision=args.precision,
-                          compile=args.compile)
+    predictor = Predictor(
+        model,
+        clips=clips,
+        crops=crops,
+        **_sampling(args, model.config),
+        device=_device(args.device, args.precision),
+        precision=args.precision,
+        compile=args.compile,
+    )
     paths = _inputs(args)
     _calibrate(predictor, paths, args)
     bases = _output_bases(paths, Path(args.out or "."))
@@ -234,13 +286,21 @@ def cmd_predict(args) -> int:
     for k, path in enumerate(paths):
         try:
             if args.window:
-                target = _output(bases[str(path)], ".timeline.json", path,
-                                 lambda f: json.loads(f.read_text())["source"])
+                target = _output(
+                    bases[str(path)], ".timeline.json", path, lambda f: json.loads(f.read_text())["source"]
+                )
                 tl = predictor.timeline(path, window=args.window, stride=args.stride or args.window, topk=args.topk)
                 write_json_atomic(target, {**tl, "source": str(Path(path).resolve())})
                 plot_timeline(tl, _output(bases[str(path)], ".timeline.png"), top=args.topk)
-                results.append({"path": str(path), "windows": len(tl["entries"]), "duration": tl["duration"],
-                                "timeline": str(target), **({"partial": tl["partial"]} if "partial" in tl else {})})
+                results.append(
+                    {
+                        "path": str(path),
+                        "windows": len(tl["entries"]),
+                        "duration": tl["duration"],
+                        "timeline": str(target),
+                        **({"partial": tl["partial"]} if "partial" in tl else {}),
+                    }
+                )
             else:
                 results.append(predictor.predict(path, topk=args.topk))
         except DecodeError as err:
@@ -251,8 +311,10 @@ def cmd_predict(args) -> int:
         if args.json:
             print(json.dumps(r))
         elif "top" in r:
-            print(f"{r['path']}" + (f"  (partial: {r['partial']}; the frames after it are masked)" if "partial" in r
-                                    else ""))
+            print(
+                f"{r['path']}"
+                + (f"  (partial: {r['partial']}; the frames after it are masked)" if "partial" in r else "")
+            )
             for entry in r["top"]:
                 print(f"  {entry['prob']:7.2%}  {entry['class']}")
         else:
@@ -271,9 +333,15 @@ def cmd_extract(args) -> int:
 
     model = _load_for_inference(args)
     clips, crops = parse_views(args.views)
-    predictor = Predictor(model, clips=clips, crops=crops, **_sampling(args, model.config),
-                          device=_device(args.device, args.precision), precision=args.precision,
-                          compile=args.compile)
+    predictor = Predictor(
+        model,
+        clips=clips,
+        crops=crops,
+        **_sampling(args, model.config),
+        device=_device(args.device, args.precision),
+        precision=args.precision,
+        compile=args.compile,
+    )
     out = Path(args.out)
     paths = _inputs(args)
     _calibrate(predictor, paths, args)
@@ -294,18 +362,28 @@ def cmd_extract(args) -> int:
         if args.format == "npy":
             for kind, tensor in feats.items():
                 write_atomic(targets[kind], lambda tmp, a=tensor.numpy(): _save_npy(tmp, a))
-            write_atomic(_output(bases[str(path)], ".source.txt"),
-                         lambda tmp: Path(tmp).write_text(f"{Path(path).resolve()}\n"))
+            write_atomic(
+                _output(bases[str(path)], ".source.txt"), lambda tmp: Path(tmp).write_text(f"{Path(path).resolve()}\n")
+            )
         else:
             from safetensors.torch import save_file
 
-            write_atomic(target, lambda tmp: save_file({kind: t.contiguous() for kind, t in feats.items()}, tmp,
-                                                       metadata={"video": str(Path(path).resolve())}))
+            write_atomic(
+                target,
+                lambda tmp: save_file(
+                    {kind: t.contiguous() for kind, t in feats.items()},
+                    tmp,
+                    metadata={"video": str(Path(path).resolve())},
+                ),
+            )
         written += 1
         bar.update(k + 1)
     bar.close()
-    print(f"features of {written} video(s) in {out} (pooled: {model.config.dim} values"
-          + "".join(f"; {kind}" for kind in args.tokens) + ")")
+    print(
+        f"features of {written} video(s) in {out} (pooled: {model.config.dim} values"
+        + "".join(f"; {kind}" for kind in args.tokens)
+        + ")"
+    )
     return 0 if written else 2
 
 
@@ -325,13 +403,25 @@ def cmd_explain(args) -> int:
     spec = ClipSpec(num_frames=cfg.num_frames, **_sampling(args, cfg))
     result = explain_video(model, args.video, spec)
     name = result["predicted"]
-    plot_explanation(result["frames"], result["maps"], result["frame_importance"], _output(base, ".explain.png"),
-                     _output(base, ".explain.gif"), title=f"{Path(args.video).name}: predicted {name}")
-    write_json_atomic(target, {"video": str(args.video), "source": str(Path(args.video).resolve()),
-                               "sampling": {k: getattr(spec, k) for k in ("sampling", "sampling_rate", "fps")},
-                               "predicted": name,
-                               "frame_importance": result["frame_importance"].tolist(),
-                               "maps": result["maps"].tolist()})
+    plot_explanation(
+        result["frames"],
+        result["maps"],
+        result["frame_importance"],
+        _output(base, ".explain.png"),
+        _output(base, ".explain.gif"),
+        title=f"{Path(args.video).name}: predicted {name}",
+    )
+    write_json_atomic(
+        target,
+        {
+            "video": str(args.video),
+            "source": str(Path(args.video).resolve()),
+            "sampling": {k: getattr(spec, k) for k in ("sampling", "sampling_rate", "fps")},
+            "predicted": name,
+            "frame_importance": result["frame_importance"].tolist(),
+            "maps": result["maps"].tolist(),
+        },
+    )
     print(f"predicted {name}; attention rollout -> {_output(base, '.explain.png')}, .gif, .json")
     return 0
 
@@ -342,33 +432,61 @@ def cmd_serve(args) -> int:
 
         from .serve import create_app
     except ImportError as err:
-        raise SystemExit(f"timesformer serve needs the serve extra: pip install 'timesformer[serve]' ({err})")
+        raise SystemExit(f"timesformer serve needs the serve extra: pip install 'timesformer[serve]' ({err})") from None
     from .inference import Predictor
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: serving on {args.host}: reachable from other machines"
-              + ("" if args.api_key else "; set --api-key to require a key"), file=sys.stderr)
+        print(
+            f"warning: serving on {args.host}: reachable from other machines"
+            + ("" if args.api_key else "; set --api-key to require a key"),
+            file=sys.stderr,
+        )
     model = _load_for_inference(args)
     clips, crops = parse_views(args.views)
-    predictor = Predictor(model, clips=clips, crops=crops, **_sampling(args, model.config),
-                          device=_device(args.device, args.precision), precision=args.precision, compile=args.compile)
+    predictor = Predictor(
+        model,
+        clips=clips,
+        crops=crops,
+        **_sampling(args, model.config),
+        device=_device(args.device, args.precision),
+        precision=args.precision,
+        compile=args.compile,
+    )
     if predictor.model.method == "int8-static":  # the warm-up's blank clip must not set the int8 scales
         if not args.calibration_videos:
-            raise ValueError("serve --precision int8 --compile needs --calibration-videos: a few videos like the ones "
-                             "it will serve, whose clips set the int8 scales")
+            raise ValueError(
+                "serve --precision int8 --compile needs --calibration-videos: a few videos like the ones "
+                "it will serve, whose clips set the int8 scales"
+            )
         from .inference import expand_inputs
 
         _calibrate(predictor, expand_inputs(args.calibration_videos), args)
-    app = create_app(predictor, model=model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
-                     max_upload_mb=args.max_upload_mb, api_key=args.api_key or None)
+    app = create_app(
+        predictor,
+        model=model,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        queue_size=args.queue_size,
+        max_upload_mb=args.max_upload_mb,
+        api_key=args.api_key or None,
+    )
+
     class DrainingServer(uvicorn.Server):
         def handle_exit(self, sig, frame):  # SIGTERM/SIGINT: stop accepting, answer what is in, then exit 0
             super().handle_exit(sig, frame)
             getattr(self, "_captured_signals", []).clear()  # uvicorn would re-raise it after the drain
 
     # connections past what the queue and the decoding threads can hold get 503 before their upload is read
-    DrainingServer(uvicorn.Config(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=30,
-                                  limit_concurrency=args.queue_size + 2 * args.max_batch + 8)).run()
+    DrainingServer(
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level="info",
+            timeout_graceful_shutdown=30,
+            limit_concurrency=args.queue_size + 2 * args.max_batch + 8,
+        )
+    ).run()
     return 0
 
 
@@ -379,10 +497,16 @@ def cmd_stream(args) -> int:
     from .inference.stream import frames_from
 
     model = _load_for_inference(args)
-    predictor = Predictor(model, **_sampling(args, model.config), device=_device(args.device, args.precision),
-                          precision=args.precision, compile=args.compile)
-    for out in predictor.stream(frames_from(args.source), every=args.every, smooth=args.smooth, topk=args.topk,
-                                realtime=args.realtime):
+    predictor = Predictor(
+        model,
+        **_sampling(args, model.config),
+        device=_device(args.device, args.precision),
+        precision=args.precision,
+        compile=args.compile,
+    )
+    for out in predictor.stream(
+        frames_from(args.source), every=args.every, smooth=args.smooth, topk=args.topk, realtime=args.realtime
+    ):
         out.pop("logits")
         if args.json:
             line = {"time": out["time"], "topk": out["top"], "latency_ms": out["latency_ms"]}
@@ -410,15 +534,18 @@ def cmd_export(args) -> int:
     if out.exists() and not args.overwrite:
         raise ValueError(f"{out} exists; pass --overwrite to replace it")
     if args.quantize and args.format != "onnx":
-        raise ValueError("--quantize int8 applies to --format onnx (for PyTorch, use --precision int8 on predict, "
-                         "extract and eval)")
+        raise ValueError(
+            "--quantize int8 applies to --format onnx (for PyTorch, use --precision int8 on predict, extract and eval)"
+        )
     if args.format == "onnx":
         video = torch.randn(3, cfg.num_frames, cfg.channels, cfg.image_size, cfg.image_size)
         if not args.quantize:
             export_onnx(model, out, opset=args.opset)
             diff = check_onnx(model, out, video)
-            print(f"wrote {out} (opset {args.opset}, dynamic batch); onnxruntime vs PyTorch on a batch of 3: "
-                  f"max abs diff {diff:.2e}")
+            print(
+                f"wrote {out} (opset {args.opset}, dynamic batch); onnxruntime vs PyTorch on a batch of 3: "
+                f"max abs diff {diff:.2e}"
+            )
             if diff > 1e-4:
                 raise ValueError(f"ONNX output differs from PyTorch by {diff:.2e} (> 1e-4)")
             return 0
@@ -431,12 +558,16 @@ def cmd_export(args) -> int:
             low = onnx_logits(int8, video)
             drift = float((low - ref).abs().max() / ref.abs().max())
             if not drift <= 0.1:  # NaN too
-                raise ValueError(f"int8 ONNX logits differ from PyTorch fp32 by {drift:.1%} of the largest logit "
-                                 f"(> 10 %); {out} not written")
+                raise ValueError(
+                    f"int8 ONNX logits differ from PyTorch fp32 by {drift:.1%} of the largest logit "
+                    f"(> 10 %); {out} not written"
+                )
             os.replace(int8, out)
-        print(f"wrote {out} (int8 MatMul/Gemm weights, dynamic activations; opset {args.opset}, dynamic batch); "
-              f"onnxruntime int8 vs PyTorch fp32 on a batch of 3 random clips: max |logit diff| {drift:.1%} of the "
-              f"largest logit, same top-1 on {int((low.argmax(1) == ref.argmax(1)).sum())}/3")
+        print(
+            f"wrote {out} (int8 MatMul/Gemm weights, dynamic activations; opset {args.opset}, dynamic batch); "
+            f"onnxruntime int8 vs PyTorch fp32 on a batch of 3 random clips: max |logit diff| {drift:.1%} of the "
+            f"largest logit, same top-1 on {int((low.argmax(1) == ref.argmax(1)).sum())}/3"
+        )
     else:
         export_program(model, out)
         print(f"wrote {out} (torch.export ExportedProgram, dynamic batch)")
@@ -457,14 +588,18 @@ def cmd_convert(args) -> int:
     dst = Path(args.dst)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not args.overwrite:
         raise ValueError(f"{dst} exists and is not empty; pass --overwrite to replace its files")
-    overrides = {k: v for k, v in dict(heads=args.heads, num_frames=args.num_frames,
-                                       image_size=args.image_size).items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in dict(heads=args.heads, num_frames=args.num_frames, image_size=args.image_size).items()
+        if v is not None
+    }
     model = load_pretrained(args.src, format=args.format, entry=args.entry, **overrides)
     (export_hf if args.to == "hf" else save_pretrained)(model, dst)
     cfg = model.config
-    print(f"{args.src} -> {dst} ({args.to}): {cfg.attention} attention, dim {cfg.dim}, depth {cfg.depth}, "
-          f"{cfg.num_frames}x{cfg.image_size}, {cfg.num_classes} classes"
-          + ("" if cfg.labels else " (no class names)"))
+    print(
+        f"{args.src} -> {dst} ({args.to}): {cfg.attention} attention, dim {cfg.dim}, depth {cfg.depth}, "
+        f"{cfg.num_frames}x{cfg.image_size}, {cfg.num_classes} classes" + ("" if cfg.labels else " (no class names)")
+    )
     return 0
 
 
@@ -476,8 +611,9 @@ def cmd_synth(args) -> int:
 
         if args.out or args.num is not None:
             raise ValueError("synth writes either a preview (--preview FILE) or clips (--out DIR --num N), not both")
-        data = SyntheticMotion(len(CLASSES), num_frames=args.frames, size=args.size, seed=args.seed,
-                               split=args.split)  # sample i has class i
+        data = SyntheticMotion(
+            len(CLASSES), num_frames=args.frames, size=args.size, seed=args.seed, split=args.split
+        )  # sample i has class i
         clips = [data.clip(i) for i in range(len(data))]
         path = write_preview([(data.classes[label], video) for video, label in clips], args.preview)
         print(f"wrote {path}: one {args.split} clip per class ({args.frames} frames, {args.size}x{args.size})")
@@ -487,11 +623,21 @@ def cmd_synth(args) -> int:
     if args.num < 1:
         raise ValueError(f"--num must be at least 1; got {args.num}")
     bar = Progress(args.num, f"synth {args.split}")
-    root = write_synthetic(args.out, args.num, split=args.split, seed=args.seed, num_frames=args.frames,
-                           size=args.size, fps=args.fps, progress=bar.update)
+    root = write_synthetic(
+        args.out,
+        args.num,
+        split=args.split,
+        seed=args.seed,
+        num_frames=args.frames,
+        size=args.size,
+        fps=args.fps,
+        progress=bar.update,
+    )
     bar.close()
-    print(f"wrote {args.num} clips to {root}/<class>/*.mp4 ({args.frames} frames, {args.size}x{args.size}, "
-          f"{args.fps} fps)")
+    print(
+        f"wrote {args.num} clips to {root}/<class>/*.mp4 ({args.frames} frames, {args.size}x{args.size}, "
+        f"{args.fps} fps)"
+    )
     return 0
 
 
@@ -526,8 +672,10 @@ class Progress:
         eta = (self.total - done) / rate if rate > 0 else 0
         width = 24
         fill = int(width * done / max(self.total, 1))
-        self.stream.write(f"\r{self.label} [{'#' * fill}{'.' * (width - fill)}] {done}/{self.total} "
-                          f"{rate:.1f}/s ETA {eta:4.0f}s {postfix}  ")
+        self.stream.write(
+            f"\r{self.label} [{'#' * fill}{'.' * (width - fill)}] {done}/{self.total} "
+            f"{rate:.1f}/s ETA {eta:4.0f}s {postfix}  "
+        )
         self.stream.flush()
 
     def close(self):
@@ -537,8 +685,11 @@ class Progress:
 
 
 def _sampling_options(parser):
-    parser.add_argument("--sampling", choices=("dense", "segment"),
-                        help="dense clips (Kinetics) or one frame per segment (SSv2); default: the checkpoint's")
+    parser.add_argument(
+        "--sampling",
+        choices=("dense", "segment"),
+        help="dense clips (Kinetics) or one frame per segment (SSv2); default: the checkpoint's",
+    )
     parser.add_argument("--sampling-rate", type=int, help="dense: frames between samples; default: the checkpoint's")
     parser.add_argument("--fps", type=float, help="dense: the frame rate the rate counts at; default: the checkpoint's")
 
@@ -571,31 +722,49 @@ def _positive_int(text: str) -> int:
 
 
 def _fast_options(parser):
-    parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
-                        help="bf16: weights cast once; int8: quantized linear layers (CPU); default fp32")
-    parser.add_argument("--compile", action="store_true",
-                        help="compile the model with torch.compile (inductor); falls back to eager with a warning. "
-                             "With --precision int8: static int8 (torchao), calibrated on the first inputs")
-    parser.add_argument("--calibration-clips", type=_positive_int, default=8, metavar="N",
-                        help="--precision int8 --compile: clips of the first inputs that set the int8 scales "
-                             "(default 8)")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "int8"),
+        default="fp32",
+        help="bf16: weights cast once; int8: quantized linear layers (CPU); default fp32",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the model with torch.compile (inductor); falls back to eager with a warning. "
+        "With --precision int8: static int8 (torchao), calibrated on the first inputs",
+    )
+    parser.add_argument(
+        "--calibration-clips",
+        type=_positive_int,
+        default=8,
+        metavar="N",
+        help="--precision int8 --compile: clips of the first inputs that set the int8 scales (default 8)",
+    )
 
 
 def _sampling(args, cfg) -> dict:
     """The clip sampling to run a model with: what the command line says, else what the checkpoint records."""
-    return dict(sampling=args.sampling or cfg.sampling, sampling_rate=args.sampling_rate or cfg.sampling_rate,
-                fps=args.fps or cfg.fps)
+    return dict(
+        sampling=args.sampling or cfg.sampling,
+        sampling_rate=args.sampling_rate or cfg.sampling_rate,
+        fps=args.fps or cfg.fps,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="timesformer", description="TimeSformer video models: run, convert.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="the paper's finding on a laptop: divided vs space-only attention on "
-                                       "SyntheticMotion")
-    demo.add_argument("--schemes", default="divided,space",
-                      help="'all' (the paper's Table 1: space, joint, divided, sparse, axial) or a comma list "
-                           "(default divided,space)")
+    demo = sub.add_parser(
+        "demo", help="the paper's finding on a laptop: divided vs space-only attention on SyntheticMotion"
+    )
+    demo.add_argument(
+        "--schemes",
+        default="divided,space",
+        help="'all' (the paper's Table 1: space, joint, divided, sparse, axial) or a comma list "
+        "(default divided,space)",
+    )
     demo.add_argument("--steps", type=int, default=1000, help="optimiser steps per model (default 1000)")
     demo.add_argument("--val-clips", type=int, default=1200, help="held-out clips each model is scored on")
     demo.add_argument("--out", default="runs/demo")
@@ -606,18 +775,27 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model from a YAML config (torchrun for several processes)")
     train.add_argument("--config", help="YAML run config (see configs/)")
     train.add_argument("overrides", nargs="*", help="section.key=value, e.g. optim.lr=3e-4 model_args.attention=space")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue runs/<name> exactly from its last checkpoint, "
-                                                           "with its own config.yaml (overrides apply on top)")
-    train.add_argument("--auto-resume", action="store_true",
-                       help="continue the run from its last checkpoint if it has one, else start it: for torchrun "
-                            "--max-restarts and preemptible jobs, which rerun the same command")
+    train.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue runs/<name> exactly from its last checkpoint, with its own config.yaml (overrides apply on top)",
+    )
+    train.add_argument(
+        "--auto-resume",
+        action="store_true",
+        help="continue the run from its last checkpoint if it has one, else start it: for torchrun "
+        "--max-restarts and preemptible jobs, which rerun the same command",
+    )
     train.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     train.add_argument("--device", help="auto | cpu | cuda (overrides optim.device)")
     train.set_defaults(func=cmd_train)
 
-    fine = sub.add_parser("finetune", help="fine-tune pretrained weights on new data (new head for its classes); "
-                                           "stochastic depth 0.1 unless model_args.drop_path_rate says otherwise or "
-                                           "the backbone is frozen")
+    fine = sub.add_parser(
+        "finetune",
+        help="fine-tune pretrained weights on new data (new head for its classes); "
+        "stochastic depth 0.1 unless model_args.drop_path_rate says otherwise or "
+        "the backbone is frozen",
+    )
     fine.add_argument("--pretrained", required=True, help="anything load_pretrained reads")
     fine.add_argument("--config", help="YAML run config")
     fine.add_argument("overrides", nargs="*", help="section.key=value")
@@ -641,16 +819,23 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ev.set_defaults(func=cmd_eval)
 
-    conv = sub.add_parser("convert", help="convert weights: official / HF / mmaction2 / timesformer-pytorch -> "
-                                          "ours or HF")
+    conv = sub.add_parser(
+        "convert", help="convert weights: official / HF / mmaction2 / timesformer-pytorch -> ours or HF"
+    )
     conv.add_argument("src", help="checkpoint file, HF folder or hub id")
     conv.add_argument("dst", help="output folder")
     conv.add_argument("--to", choices=("native", "hf"), default="native", help="output format (default: native)")
-    conv.add_argument("--format", choices=("native", "hf", "official", "mmaction2", "lucidrains"),
-                      help="input format (default: detected)")
-    conv.add_argument("--entry", help="which state dict of a file holding several (timm: state_dict_ema, model_ema; "
-                                      "mmengine: ema_state_dict holds the raw weights, its state_dict the averaged "
-                                      "ones); default: the model's, and the choice is printed")
+    conv.add_argument(
+        "--format",
+        choices=("native", "hf", "official", "mmaction2", "lucidrains"),
+        help="input format (default: detected)",
+    )
+    conv.add_argument(
+        "--entry",
+        help="which state dict of a file holding several (timm: state_dict_ema, model_ema; "
+        "mmengine: ema_state_dict holds the raw weights, its state_dict the averaged "
+        "ones); default: the model's, and the choice is printed",
+    )
     conv.add_argument("--heads", type=int, help="attention heads, where shapes can't tell (official: dim // 64)")
     conv.add_argument("--num-frames", type=int, help="frames the checkpoint was built for, where shapes can't tell")
     conv.add_argument("--image-size", type=int, help="image size the checkpoint was built for")
@@ -675,8 +860,13 @@ def build_parser() -> argparse.ArgumentParser:
     ext.add_argument("videos", nargs="+")
     ext.add_argument("--checkpoint", required=True)
     ext.add_argument("--out", required=True)
-    ext.add_argument("--tokens", nargs="*", default=[], choices=("frames", "patches"),
-                     help="also per-frame (t d) and/or per-patch (1 + t*n, d) features")
+    ext.add_argument(
+        "--tokens",
+        nargs="*",
+        default=[],
+        choices=("frames", "patches"),
+        help="also per-frame (t d) and/or per-patch (1 + t*n, d) features",
+    )
     ext.add_argument("--format", choices=("npy", "safetensors"), default="npy")
     ext.add_argument("--views", default="1x1")
     _sampling_options(ext)
@@ -698,12 +888,20 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--views", default="1x1", help="default CLIPSxCROPS per request")
     srv.add_argument("--max-batch", type=_positive_int, default=8, help="most clips per model call (default 8)")
     srv.add_argument("--max-wait-ms", type=float, default=20.0, help="how long a batch waits to fill (default 20)")
-    srv.add_argument("--queue-size", type=_positive_int, default=64,
-                     help="requests waiting at most; more get 503 with Retry-After (default 64)")
+    srv.add_argument(
+        "--queue-size",
+        type=_positive_int,
+        default=64,
+        help="requests waiting at most; more get 503 with Retry-After (default 64)",
+    )
     srv.add_argument("--max-upload-mb", type=float, default=200.0, help="largest upload (default 200 MiB)")
     srv.add_argument("--api-key", help="require this key (X-API-Key or Authorization: Bearer) on all but /healthz")
-    srv.add_argument("--calibration-videos", nargs="+", metavar="VIDEO",
-                     help="--precision int8 --compile: videos (files, folders, globs) whose clips set the int8 scales")
+    srv.add_argument(
+        "--calibration-videos",
+        nargs="+",
+        metavar="VIDEO",
+        help="--precision int8 --compile: videos (files, folders, globs) whose clips set the int8 scales",
+    )
     _sampling_options(srv)
     _fast_options(srv)
     srv.add_argument("--device", default="auto")
@@ -715,8 +913,11 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--every", type=_positive_int, default=8, help="predict every N input frames (default 8)")
     st.add_argument("--smooth", type=_positive_int, default=1, help="average the last N predictions (default 1)")
     st.add_argument("--topk", type=_positive_int, default=5)
-    st.add_argument("--realtime", action="store_true",
-                    help="pace a file to its frame rate; windows due while the model is busy are dropped and counted")
+    st.add_argument(
+        "--realtime",
+        action="store_true",
+        help="pace a file to its frame rate; windows due while the model is busy are dropped and counted",
+    )
     st.add_argument("--json", action="store_true", help="JSON lines {time, topk, latency_ms}")
     _sampling_options(st)
     _fast_options(st)
@@ -732,12 +933,16 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--overwrite", action="store_true")
     xp.set_defaults(func=cmd_export)
 
-    synth = sub.add_parser("synth", help="write SyntheticMotion clips as mp4 files (VideoFolder layout), or a "
-                                         "preview of one clip per class (--preview FILE.png|.gif)")
+    synth = sub.add_parser(
+        "synth",
+        help="write SyntheticMotion clips as mp4 files (VideoFolder layout), or a "
+        "preview of one clip per class (--preview FILE.png|.gif)",
+    )
     synth.add_argument("--out", help="output folder; clips go to OUT/<split>/<class>/")
     synth.add_argument("--num", type=int, help="number of clips")
-    synth.add_argument("--preview", metavar="FILE", help="instead: one clip per class as a PNG grid (.png) or an "
-                                                         "animated GIF (.gif)")
+    synth.add_argument(
+        "--preview", metavar="FILE", help="instead: one clip per class as a PNG grid (.png) or an animated GIF (.gif)"
+    )
     synth.add_argument("--split", choices=("train", "val", "test"), default="train")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--frames", type=int, default=8)

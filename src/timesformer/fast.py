@@ -20,6 +20,7 @@ The result is an inference-only module with the model's ``forward(video, mask=No
 its weights don't reach the copy. "bf16" here means bf16 weights (norms and softmax in bf16 too), not the
 autocast that training's ``optim.precision=bf16`` uses.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -83,9 +84,17 @@ def _untie_linear_weights(graph: torch.fx.Graph):
 
 
 # ops whose output may share its input's buffer (dropout: an identity in eval)
-_VIEWS = {torch.ops.aten.expand.default, torch.ops.aten.view.default, torch.ops.aten.reshape.default,
-          torch.ops.aten.unsqueeze.default, torch.ops.aten.slice.Tensor, torch.ops.aten.select.int,
-          torch.ops.aten.contiguous.default, torch.ops.aten.alias.default, torch.ops.aten.dropout.default}
+_VIEWS = {
+    torch.ops.aten.expand.default,
+    torch.ops.aten.view.default,
+    torch.ops.aten.reshape.default,
+    torch.ops.aten.unsqueeze.default,
+    torch.ops.aten.slice.Tensor,
+    torch.ops.aten.select.int,
+    torch.ops.aten.contiguous.default,
+    torch.ops.aten.alias.default,
+    torch.ops.aten.dropout.default,
+}
 
 
 def _unfold_constants_added_to_linears(graph: torch.fx.Graph):
@@ -95,6 +104,7 @@ def _unfold_constants_added_to_linears(graph: torch.fx.Graph):
     agreement with fp32 100 % on the first batch, 86 % after). ``y + 0 * linear(x)`` is a value of this call
     (no fold can remove ``0 *``: it keeps NaNs), and the kernel accumulates into a buffer of its own. Seen with
     torch 2.13 and torchao 0.18; the test of repeated calls guards it."""
+
     def root(node):
         while isinstance(node, torch.fx.Node) and node.target in _VIEWS:
             node = node.args[0]
@@ -124,8 +134,9 @@ def _drop_dtype_asserts(graph: torch.fx.Graph):
             graph.erase_node(node)
 
 
-def quantize_static(model: TimeSformer, name: str, video: torch.Tensor, mask: torch.Tensor | None,
-                    calibration: Iterable[torch.Tensor]) -> torch.fx.GraphModule:
+def quantize_static(
+    model: TimeSformer, name: str, video: torch.Tensor, mask: torch.Tensor | None, calibration: Iterable[torch.Tensor]
+) -> torch.fx.GraphModule:
     """The PT2E int8 graph of ``model.<name>`` for inputs shaped like ``video`` (any batch size).
 
     ``calibration``: clips ``n t c H W`` shaped like ``video`` past the batch; each is run through the observed
@@ -146,7 +157,8 @@ def quantize_static(model: TimeSformer, name: str, video: torch.Tensor, mask: to
         gm.recompile()
         # the linears only: nearly all the FLOPs, and inductor can't prepack the patch conv for a free batch size
         quantizer = x86.X86InductorQuantizer().set_module_type_qconfig(
-            nn.Linear, x86.get_default_x86_inductor_quantization_config())
+            nn.Linear, x86.get_default_x86_inductor_quantization_config()
+        )
         observed = prepare(gm, quantizer)
         for clips in calibration:
             clips = clips.to(video.dtype)
@@ -159,8 +171,14 @@ def quantize_static(model: TimeSformer, name: str, video: torch.Tensor, mask: to
 class OptimizedTimeSformer(nn.Module):
     """``video: b t c H W`` (any float dtype), ``mask: b t`` bool or None -> fp32 logits ``b classes``."""
 
-    def __init__(self, model: TimeSformer, precision: str, compile: bool, method: str,
-                 calibration: list[torch.Tensor] | None = None):
+    def __init__(
+        self,
+        model: TimeSformer,
+        precision: str,
+        compile: bool,
+        method: str,
+        calibration: list[torch.Tensor] | None = None,
+    ):
         super().__init__()
         self.model, self.precision, self.config, self.method = model, precision, model.config, method
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -175,8 +193,11 @@ class OptimizedTimeSformer(nn.Module):
         graph built from now on (int8-static; the others need none). Graphs already built keep their scales:
         calibrate before the first call (or pass ``calibration`` to :func:`optimize`)."""
         if self.method == "int8-static" and self._compiled:
-            warnings.warn("calibrate() after int8 graphs were built: only graphs for new input shapes use these clips",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                "calibrate() after int8 graphs were built: only graphs for new input shapes use these clips",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         self._calibration = _clips(clips)
 
     def _key(self, name: str, video: torch.Tensor, mask: torch.Tensor | None):
@@ -199,10 +220,15 @@ class OptimizedTimeSformer(nn.Module):
             calibration = [c for c in self._calibration or () if c.shape[1:] == video.shape[1:]]
             if not calibration:
                 shapes = sorted({tuple(c.shape[1:]) for c in self._calibration or ()})
-                warnings.warn(f"int8 static: no calibration clips shaped like this input ({tuple(video.shape[1:])}"
-                              + (f"; they are {shapes}" if shapes else "") + f"), so its {len(video)} clip(s) set the "
-                              f"int8 scales; pass a few clips of the data to optimize(calibration=...) or "
-                              f".calibrate()", RuntimeWarning, stacklevel=4)
+                warnings.warn(
+                    f"int8 static: no calibration clips shaped like this input ({tuple(video.shape[1:])}"
+                    + (f"; they are {shapes}" if shapes else "")
+                    + f"), so its {len(video)} clip(s) set the "
+                    f"int8 scales; pass a few clips of the data to optimize(calibration=...) or "
+                    f".calibrate()",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
                 calibration = [video]
             try:
                 graph = quantize_static(self.model, name, video, mask, calibration)
@@ -214,9 +240,12 @@ class OptimizedTimeSformer(nn.Module):
         return fn
 
     def _warn(self, name: str, what: str, err: Exception):
-        warnings.warn(f"{what} failed ({type(err).__name__}: {str(err).strip().splitlines()[0][:200]}); running "
-                      f"{name} eagerly" + (" with dynamic int8" if self.method == "int8-static" else ""),
-                      RuntimeWarning, stacklevel=4)
+        warnings.warn(
+            f"{what} failed ({type(err).__name__}: {str(err).strip().splitlines()[0][:200]}); running "
+            f"{name} eagerly" + (" with dynamic int8" if self.method == "int8-static" else ""),
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
     def _call(self, name: str, video: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         self.model.check_input(video, mask)  # bad input is the caller's error, never a "failed compile"
@@ -231,8 +260,9 @@ class OptimizedTimeSformer(nn.Module):
             if key not in self._compiled:
                 return fn(video, mask).float()
             # int8-static: the float work between the int8 linears in bf16 (oneDNN's int8-mixed-bf16 kernels)
-            autocast = torch.autocast("cpu", torch.bfloat16) if self.method == "int8-static" else \
-                contextlib.nullcontext()
+            autocast = (
+                torch.autocast("cpu", torch.bfloat16) if self.method == "int8-static" else contextlib.nullcontext()
+            )
             try:  # a call with a new shape (re)compiles; freezing: the weights become constants inductor folds and
                 # pre-packs (the global setting: compile's options={"freezing": True} skips the int8 lowering)
                 with autocast, torch._inductor.config.patch(freezing=True), warnings.catch_warnings():
@@ -281,9 +311,14 @@ def _clips(calibration) -> list[torch.Tensor] | None:
     return [clips.detach().cpu().float() for clips in batches]
 
 
-def optimize(model: TimeSformer, precision: str = "fp32", compile: bool = False,
-             example: torch.Tensor | None = None, device: str | torch.device | None = None,
-             calibration: torch.Tensor | Iterable[torch.Tensor] | None = None) -> OptimizedTimeSformer:
+def optimize(
+    model: TimeSformer,
+    precision: str = "fp32",
+    compile: bool = False,
+    example: torch.Tensor | None = None,
+    device: str | torch.device | None = None,
+    calibration: torch.Tensor | Iterable[torch.Tensor] | None = None,
+) -> OptimizedTimeSformer:
     """An inference copy of ``model`` in ``precision`` ("fp32", "bf16" or "int8"), compiled when ``compile``.
 
     Args:
@@ -305,9 +340,12 @@ def optimize(model: TimeSformer, precision: str = "fp32", compile: bool = False,
     if precision == "int8":
         method = "int8-static" if compile and torchao_pt2e() is not None else "int8-dynamic"
         if compile and method == "int8-dynamic":
-            warnings.warn("precision='int8' with compile: torchao is not installed, so the linears are quantized "
-                          "dynamically; `pip install torchao` for static int8 (oneDNN int8 kernels, ~2x faster)",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                "precision='int8' with compile: torchao is not installed, so the linears are quantized "
+                "dynamically; `pip install torchao` for static int8 (oneDNN int8 kernels, ~2x faster)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     fast = copy.deepcopy(model).eval().requires_grad_(False).to(device)
     if method == "int8-dynamic":  # unfolded: the two maps quantize with less drift than their product (measured)
         fast = _quantize_dynamic(fast)

@@ -12,6 +12,7 @@ Formats (``load_pretrained`` detects them):
 
 Nothing is unpickled beyond tensors and plain containers: safetensors, or ``torch.load(weights_only=True)``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,9 +27,11 @@ import torch
 
 from .convert.common import check_state
 from .convert.hf import HF_ATTENTION, from_hf, to_hf
-from .convert.lucidrains import from_lucidrains, infer_config as lucidrains_config, is_lucidrains
+from .convert.lucidrains import from_lucidrains, is_lucidrains
+from .convert.lucidrains import infer_config as lucidrains_config
 from .convert.mmaction import from_mmaction, is_mmaction
-from .convert.official import from_official, infer_config as official_config
+from .convert.official import from_official
+from .convert.official import infer_config as official_config
 from .convert.vit import from_image_vit
 from .model import TimeSformer, TimeSformerConfig
 
@@ -61,24 +64,37 @@ def read_state(path: str | os.PathLike) -> dict:
     except Exception as err:
         code = _pickled_globals(path, str(err))
         if code:
-            raise ValueError(f"{path}: refused: the file holds pickled Python objects beyond tensors ({code}), and "
-                             f"loading those could run arbitrary code. Re-save just the state dict, e.g. "
-                             f"torch.save(ckpt['model_state'], 'weights.pth'), with code you trust") from None
+            raise ValueError(
+                f"{path}: refused: the file holds pickled Python objects beyond tensors ({code}), and "
+                f"loading those could run arbitrary code. Re-save just the state dict, e.g. "
+                f"torch.save(ckpt['model_state'], 'weights.pth'), with code you trust"
+            ) from None
         import zipfile
 
         if zipfile.is_zipfile(path):
             first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
             raise ValueError(f"{path}: not a readable checkpoint (corrupt?): {first[:160]}") from None
-        raise ValueError(f"{path}: not a readable checkpoint (truncated or corrupt?): neither a complete PyTorch zip "
-                         f"archive nor a pickle of tensors") from None
+        raise ValueError(
+            f"{path}: not a readable checkpoint (truncated or corrupt?): neither a complete PyTorch zip "
+            f"archive nor a pickle of tensors"
+        ) from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a dict of tensors (a state dict or checkpoint); got {type(obj).__name__}")
     return obj
 
 
 # globals that torch's own files (and plain state dicts) pickle; anything else is what a refused file holds
-_SAFE_GLOBALS = ("torch.", "collections.OrderedDict", "builtins.set", "builtins.frozenset", "builtins.bytearray",
-                 "_codecs.encode", "numpy.core.multiarray._reconstruct", "numpy.dtype", "numpy.ndarray")
+_SAFE_GLOBALS = (
+    "torch.",
+    "collections.OrderedDict",
+    "builtins.set",
+    "builtins.frozenset",
+    "builtins.bytearray",
+    "_codecs.encode",
+    "numpy.core.multiarray._reconstruct",
+    "numpy.dtype",
+    "numpy.ndarray",
+)
 
 
 def _pickled_globals(path: Path, error: str) -> str:
@@ -140,8 +156,13 @@ def select_state(obj: dict, source, entry: str | None = None) -> dict:
     else:
         chosen = entries[0] if entries else None
         if len(entries) > 1:
-            log.warning("%s holds %d state dicts (%s): loading %r; pass entry= (--entry) for another", source,
-                        len(entries), ", ".join(entries), chosen)
+            log.warning(
+                "%s holds %d state dicts (%s): loading %r; pass entry= (--entry) for another",
+                source,
+                len(entries),
+                ", ".join(entries),
+                chosen,
+            )
         elif chosen in EMA_ENTRIES:
             log.warning("%s holds only %r: loading it", source, chosen)
     state = {k: v for k, v in (obj[chosen] if chosen else obj).items() if isinstance(v, torch.Tensor)}
@@ -150,7 +171,7 @@ def select_state(obj: dict, source, entry: str | None = None) -> dict:
         prefix = next((p for p in _WRAPPER_PREFIXES if keys and all(k.startswith(p) for k in keys)), None)
         if prefix is None:
             break
-        state = {k[len(prefix):]: v for k, v in state.items() if k not in _EMA_COUNTERS}
+        state = {k[len(prefix) :]: v for k, v in state.items() if k not in _EMA_COUNTERS}
     if not state:
         raise ValueError(f"{source}: holds no tensors (keys: {sorted(obj)[:8]})")
     return state
@@ -172,8 +193,10 @@ def detect_format(path: str | os.PathLike, state: dict | None = None) -> str:
             return "native"
         if cfg.get("model_type") == "timesformer":
             return "hf"
-        raise ValueError(f"{cfg_path}: neither our config (format: timesformer) nor a Hugging Face Timesformer "
-                         f"config (model_type: timesformer); got model_type={cfg.get('model_type')!r}")
+        raise ValueError(
+            f"{cfg_path}: neither our config (format: timesformer) nor a Hugging Face Timesformer "
+            f"config (model_type: timesformer); got model_type={cfg.get('model_type')!r}"
+        )
     keys = set(state)
     if any(k.startswith("timesformer.") for k in keys):
         return "hf"
@@ -185,8 +208,9 @@ def detect_format(path: str | os.PathLike, state: dict | None = None) -> str:
         return "official"
     if "patch_embed.proj.weight" in keys and any(k.startswith("blocks.") for k in keys):
         return "official"  # official names without the wrapper prefix (also our bare state dicts)
-    raise ValueError(f"{path}: unrecognised checkpoint format; keys start {sorted(keys)[:6]}. Expected one of "
-                     f"{FORMATS}")
+    raise ValueError(
+        f"{path}: unrecognised checkpoint format; keys start {sorted(keys)[:6]}. Expected one of {FORMATS}"
+    )
 
 
 # --- configs ----------------------------------------------------------------------------------------------
@@ -198,14 +222,25 @@ def config_from_hf(hf: dict, preprocessor: dict | None = None, **overrides) -> T
     dim, heads = hf.get("hidden_size", 768), hf.get("num_attention_heads", 12)
     id2label = hf.get("id2label") or {}
     labels = tuple(id2label[k] for k in sorted(id2label, key=int)) if id2label else None
-    fields = dict(num_classes=len(labels) if labels else hf.get("num_labels", 2), num_frames=hf.get("num_frames", 8),
-                  image_size=hf.get("image_size", 224), patch_size=hf.get("patch_size", 16),
-                  channels=hf.get("num_channels", 3), dim=dim, depth=hf.get("num_hidden_layers", 12), heads=heads,
-                  dim_head=dim // heads, mlp_ratio=hf.get("intermediate_size", 4 * dim) / dim,
-                  attention=HF_ATTENTION[attention], qkv_bias=hf.get("qkv_bias", True),
-                  norm_eps=hf.get("layer_norm_eps", 1e-6), drop_rate=hf.get("hidden_dropout_prob", 0.0),
-                  attn_drop_rate=hf.get("attention_probs_dropout_prob", 0.0),
-                  drop_path_rate=hf.get("drop_path_rate", 0.0), labels=labels)
+    fields = dict(
+        num_classes=len(labels) if labels else hf.get("num_labels", 2),
+        num_frames=hf.get("num_frames", 8),
+        image_size=hf.get("image_size", 224),
+        patch_size=hf.get("patch_size", 16),
+        channels=hf.get("num_channels", 3),
+        dim=dim,
+        depth=hf.get("num_hidden_layers", 12),
+        heads=heads,
+        dim_head=dim // heads,
+        mlp_ratio=hf.get("intermediate_size", 4 * dim) / dim,
+        attention=HF_ATTENTION[attention],
+        qkv_bias=hf.get("qkv_bias", True),
+        norm_eps=hf.get("layer_norm_eps", 1e-6),
+        drop_rate=hf.get("hidden_dropout_prob", 0.0),
+        attn_drop_rate=hf.get("attention_probs_dropout_prob", 0.0),
+        drop_path_rate=hf.get("drop_path_rate", 0.0),
+        labels=labels,
+    )
     if preprocessor:
         if "image_mean" in preprocessor:
             fields["mean"] = tuple(preprocessor["image_mean"])
@@ -222,9 +257,11 @@ def config_from_hf(hf: dict, preprocessor: dict | None = None, **overrides) -> T
 def config_to_hf(cfg: TimeSformerConfig) -> dict:
     """A Hugging Face ``config.json`` for an official-architecture model."""
     to_hf_attention = {v: k for k, v in HF_ATTENTION.items()}
-    problems = [f"{k}={getattr(cfg, k)!r} (HF needs {v!r})" for k, v in
-                dict(pos_emb="learned", mlp="gelu", cls_attention="average", shift_tokens=False).items()
-                if getattr(cfg, k) != v]
+    problems = [
+        f"{k}={getattr(cfg, k)!r} (HF needs {v!r})"
+        for k, v in dict(pos_emb="learned", mlp="gelu", cls_attention="average", shift_tokens=False).items()
+        if getattr(cfg, k) != v
+    ]
     if cfg.attention not in to_hf_attention:
         problems.append(f"attention={cfg.attention!r} (HF has {sorted(to_hf_attention)})")
     if cfg.attention == "divided" and not cfg.temporal_fc:
@@ -235,12 +272,22 @@ def config_to_hf(cfg: TimeSformerConfig) -> dict:
         raise ValueError("this model cannot be written in Hugging Face's Timesformer format: " + ", ".join(problems))
     labels = cfg.labels or tuple(f"LABEL_{i}" for i in range(cfg.num_classes))
     return {
-        "architectures": ["TimesformerForVideoClassification"], "model_type": "timesformer",
-        "image_size": cfg.image_size, "patch_size": cfg.patch_size, "num_channels": cfg.channels,
-        "num_frames": cfg.num_frames, "hidden_size": cfg.dim, "num_hidden_layers": cfg.depth,
-        "num_attention_heads": cfg.heads, "intermediate_size": int(cfg.dim * cfg.mlp_ratio), "hidden_act": "gelu",
-        "hidden_dropout_prob": cfg.drop_rate, "attention_probs_dropout_prob": cfg.attn_drop_rate,
-        "initializer_range": 0.02, "layer_norm_eps": cfg.norm_eps, "qkv_bias": cfg.qkv_bias,
+        "architectures": ["TimesformerForVideoClassification"],
+        "model_type": "timesformer",
+        "image_size": cfg.image_size,
+        "patch_size": cfg.patch_size,
+        "num_channels": cfg.channels,
+        "num_frames": cfg.num_frames,
+        "hidden_size": cfg.dim,
+        "num_hidden_layers": cfg.depth,
+        "num_attention_heads": cfg.heads,
+        "intermediate_size": int(cfg.dim * cfg.mlp_ratio),
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": cfg.drop_rate,
+        "attention_probs_dropout_prob": cfg.attn_drop_rate,
+        "initializer_range": 0.02,
+        "layer_norm_eps": cfg.norm_eps,
+        "qkv_bias": cfg.qkv_bias,
         # transformers 5 annotates drop_path_rate as int and validates it: write whole numbers as int
         "attention_type": to_hf_attention[cfg.attention],
         "drop_path_rate": int(cfg.drop_path_rate) if float(cfg.drop_path_rate).is_integer() else cfg.drop_path_rate,
@@ -257,7 +304,9 @@ def _hub_download(repo_id: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
-        raise ValueError(f"{repo_id!r} is not a local path; loading hub names needs `pip install huggingface_hub`")
+        raise ValueError(
+            f"{repo_id!r} is not a local path; loading hub names needs `pip install huggingface_hub`"
+        ) from None
     try:
         return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt"]))
     except Exception as err:
@@ -274,8 +323,9 @@ def _labels_beside(path: Path) -> tuple | None:
     return None
 
 
-def load_pretrained(path: str | os.PathLike, format: str | None = None, entry: str | None = None,
-                    **overrides) -> TimeSformer:
+def load_pretrained(
+    path: str | os.PathLike, format: str | None = None, entry: str | None = None, **overrides
+) -> TimeSformer:
     """Build and strictly load a model from any supported format (see the module docstring).
 
     Args:
@@ -327,8 +377,9 @@ def load_pretrained(path: str | os.PathLike, format: str | None = None, entry: s
             cfg = lucidrains_config(state, **recorded)
             state, _ = from_lucidrains(state, channels=cfg.channels)
         else:
-            state = {"hf": from_hf, "mmaction2": from_mmaction, "official": from_official,
-                     "native": from_official}[format](state)
+            state = {"hf": from_hf, "mmaction2": from_mmaction, "official": from_official, "native": from_official}[
+                format
+            ](state)
             cfg = official_config(state, **recorded)
         cfg = _guess_sampling(cfg, recorded, path)
     if cfg.labels is None and cfg.num_classes:
@@ -351,7 +402,7 @@ def _detect_wrapped(path: Path, state: dict) -> tuple[str, dict]:
         if len(heads) != 1 or not all("." in k for k in state):
             raise
         prefix = heads.pop() + "."
-        inner = {k[len(prefix):]: v for k, v in state.items()}
+        inner = {k[len(prefix) :]: v for k, v in state.items()}
         try:
             format = detect_format(path, inner)
         except ValueError:
@@ -405,8 +456,12 @@ def _guess_sampling(cfg: TimeSformerConfig, told: dict, path: Path) -> TimeSform
     if "sampling" in told:
         return cfg
     if cfg.num_classes == SSV2_CLASSES:
-        log.warning("%s records no sampling protocol; its %d classes are Something-Something-V2's: segment "
-                    "sampling (pass sampling=... to say otherwise)", path, SSV2_CLASSES)
+        log.warning(
+            "%s records no sampling protocol; its %d classes are Something-Something-V2's: segment "
+            "sampling (pass sampling=... to say otherwise)",
+            path,
+            SSV2_CLASSES,
+        )
         return cfg.replace(sampling="segment")
     if "sampling_rate" in told:
         return cfg
@@ -423,8 +478,11 @@ def _native_config(data: dict, where: Path, overrides: dict) -> TimeSformerConfi
         raise ValueError(f"{where}: unknown config key(s) {unknown}")
     if "sampling" not in fields and not {"sampling", "sampling_rate", "fps"} & set(overrides):
         # saved before configs recorded the protocol: what training and the commands used then
-        log.warning("%s records no sampling protocol (saved by an older version): dense, every 8th frame at 30 fps, "
-                    "as training and the commands used then", where)
+        log.warning(
+            "%s records no sampling protocol (saved by an older version): dense, every 8th frame at 30 fps, "
+            "as training and the commands used then",
+            where,
+        )
         fields = {**fields, **_LEGACY_NATIVE_SAMPLING}
     return TimeSformerConfig(**{**fields, **overrides})
 
@@ -503,9 +561,17 @@ def export_hf(model: TimeSformer, folder: str | os.PathLike) -> Path:
     preprocessing travels in ``preprocessor_config.json``."""
     cfg = model.config
     folder = save_folder(folder, to_hf(model.state_dict()), config_to_hf(cfg))
-    pre = {"image_processor_type": "VideoMAEImageProcessor", "image_mean": list(cfg.mean), "image_std": list(cfg.std),
-           "size": {"shortest_edge": cfg.image_size}, "crop_size": {"height": cfg.image_size, "width": cfg.image_size},
-           "do_center_crop": True, "do_normalize": True, "do_rescale": True, "rescale_factor": 1 / 255}
+    pre = {
+        "image_processor_type": "VideoMAEImageProcessor",
+        "image_mean": list(cfg.mean),
+        "image_std": list(cfg.std),
+        "size": {"shortest_edge": cfg.image_size},
+        "crop_size": {"height": cfg.image_size, "width": cfg.image_size},
+        "do_center_crop": True,
+        "do_normalize": True,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+    }
     write_atomic(folder / "preprocessor_config.json", lambda tmp: Path(tmp).write_text(json.dumps(pre, indent=2)))
     return folder
 

@@ -1,4 +1,5 @@
 """Official, mmaction2 and native formats; errors for bad files; never unpickling code."""
+
 import json
 import pickle
 
@@ -17,8 +18,12 @@ from .test_hf import hf_logits, hf_model
 def official_checkpoint(hf):
     """An official-format file built from an HF model: HF keys renamed to the official ones (`model.` prefix),
     wrapped as the official .pyth files are."""
-    return {"model_state": to_official(from_hf(hf.state_dict())), "optimizer_state": {}, "epoch": 15,
-            "cfg": "MODEL:\n  ARCH: vit\n"}
+    return {
+        "model_state": to_official(from_hf(hf.state_dict())),
+        "optimizer_state": {},
+        "epoch": 15,
+        "cfg": "MODEL:\n  ARCH: vit\n",
+    }
 
 
 @pytest.mark.parametrize("attention_type", ["divided_space_time", "joint_space_time", "space_only"])
@@ -33,13 +38,19 @@ def test_official_checkpoint(tmp_path, attention_type):
 
 
 def test_official_config_from_shapes():
-    ckpt = official_checkpoint(hf_model("divided_space_time", num_frames=6, image_size=48, patch_size=16,
-                                        num_labels=9))
+    ckpt = official_checkpoint(hf_model("divided_space_time", num_frames=6, image_size=48, patch_size=16, num_labels=9))
     from timesformer.convert.official import from_official, infer_config
 
     cfg = infer_config(from_official(ckpt["model_state"]), heads=2)
-    assert (cfg.num_frames, cfg.image_size, cfg.patch_size, cfg.dim, cfg.depth, cfg.num_classes, cfg.attention) == \
-        (6, 48, 16, 32, 2, 9, "divided")
+    assert (cfg.num_frames, cfg.image_size, cfg.patch_size, cfg.dim, cfg.depth, cfg.num_classes, cfg.attention) == (
+        6,
+        48,
+        16,
+        32,
+        2,
+        9,
+        "divided",
+    )
 
 
 @pytest.mark.parametrize("attention_type", ["divided_space_time", "joint_space_time"])
@@ -55,8 +66,14 @@ def test_mmaction2_checkpoint(tmp_path, attention_type):
         torch.testing.assert_close(ours(video), hf_logits(hf, video), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("overrides", [dict(attention="sparse", pos_emb="rotary"), dict(attention="axial"),
-                                       dict(pos_emb="rotary", shift_tokens=True, cls_attention="global")])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(attention="sparse", pos_emb="rotary"),
+        dict(attention="axial"),
+        dict(pos_emb="rotary", shift_tokens=True, cls_attention="global"),
+    ],
+)
 def test_native_round_trip_any_config(tmp_path, overrides):
     model = small_model(**overrides)
     tf.save_pretrained(model, tmp_path)
@@ -96,10 +113,13 @@ def test_bad_files(tmp_path):
     (tmp_path / "empty.pth").write_bytes(b"")
     (tmp_path / "noise.safetensors").write_bytes(bytes(range(256)) * 10)
     torch.save({"foo.weight": torch.zeros(2)}, tmp_path / "unknown.pth")
-    cases = {"truncated.pth": "truncated.pth: not a readable checkpoint", "empty.pth": "empty.pth: the file is empty",
-             "noise.safetensors": "noise.safetensors: not a readable safetensors file",
-             "unknown.pth": r"unknown.pth: unrecognised checkpoint format; keys start \['foo.weight'\]",
-             "missing.pth": "missing.pth: no such file"}
+    cases = {
+        "truncated.pth": "truncated.pth: not a readable checkpoint",
+        "empty.pth": "empty.pth: the file is empty",
+        "noise.safetensors": "noise.safetensors: not a readable safetensors file",
+        "unknown.pth": r"unknown.pth: unrecognised checkpoint format; keys start \['foo.weight'\]",
+        "missing.pth": "missing.pth: no such file",
+    }
     for name, match in cases.items():
         with pytest.raises(ValueError, match=match):
             tf.load_pretrained(tmp_path / name)
@@ -120,8 +140,11 @@ def test_strict_load_names_missing_and_unexpected_keys(tmp_path):
     del state["model.blocks.1.mlp.fc2.bias"]
     state["model.blocks.0.extra.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "ckpt.pth")
-    with pytest.raises(ValueError, match=r"missing keys \['blocks.1.mlp.fc2.bias'\]; unexpected keys "
-                                         r"\['blocks.0.extra.weight'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"missing keys \['blocks.1.mlp.fc2.bias'\]; unexpected keys "
+        r"\['blocks.0.extra.weight'\]",
+    ):
         tf.load_pretrained(tmp_path / "ckpt.pth", heads=2)
 
 

@@ -1,4 +1,5 @@
 """Hugging Face Timesformer: folders load with equal logits; export_hf round-trips into transformers."""
+
 import json
 
 import pytest
@@ -14,8 +15,17 @@ HF_TYPES = {"divided": "divided_space_time", "joint": "joint_space_time", "space
 
 def hf_model(attention_type="divided_space_time", seed=0, **kw):
     torch.manual_seed(seed)
-    base = dict(image_size=32, patch_size=8, num_frames=4, hidden_size=32, num_hidden_layers=2,
-                num_attention_heads=2, intermediate_size=128, num_labels=5, attention_type=attention_type)
+    base = dict(
+        image_size=32,
+        patch_size=8,
+        num_frames=4,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        num_labels=5,
+        attention_type=attention_type,
+    )
     model = TimesformerForVideoClassification(TimesformerConfig(**{**base, **kw})).eval()
     with torch.no_grad():  # make the zero-initialised temporal parts non-trivial
         for name, p in model.named_parameters():
@@ -37,8 +47,9 @@ def hf_logits(model, video):
 
 
 @pytest.mark.parametrize("attention_type", list(HF_TYPES.values()))
-@pytest.mark.parametrize("kw", [{}, dict(num_frames=6, image_size=48, patch_size=16, num_labels=11,
-                                         num_attention_heads=4)])
+@pytest.mark.parametrize(
+    "kw", [{}, dict(num_frames=6, image_size=48, patch_size=16, num_labels=11, num_attention_heads=4)]
+)
 def test_hf_folder_loads_with_equal_logits(tmp_path, attention_type, kw):
     hf = hf_model(attention_type, **kw)
     hf.save_pretrained(tmp_path)
@@ -149,6 +160,7 @@ def test_stochastic_depth_rows_for_space_only(monkeypatch):
     def record(self, n, like):
         rows.append(n)
         return real(self, n, like)
+
     monkeypatch.setattr(DropPath, "sample", record)
     small_model(attention="space", drop_path_rate=0.5, depth=1).train()(torch.randn(2, 4, 3, 32, 32))
     small_model(attention="divided", drop_path_rate=0.5, depth=1).train()(torch.randn(2, 4, 3, 32, 32))

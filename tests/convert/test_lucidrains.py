@@ -1,4 +1,5 @@
 """The seed's timesformer-pytorch 0.4.1 models load into the `lucidrains` preset with equal logits."""
+
 import pytest
 import torch
 
@@ -9,8 +10,17 @@ timesformer_pytorch = pytest.importorskip("timesformer_pytorch")
 
 def seed_model(**kw):
     torch.manual_seed(0)
-    base = dict(dim=64, image_size=32, patch_size=8, num_frames=5, num_classes=7, depth=2, heads=4, dim_head=16,
-                rotary_emb=False)
+    base = dict(
+        dim=64,
+        image_size=32,
+        patch_size=8,
+        num_frames=5,
+        num_classes=7,
+        depth=2,
+        heads=4,
+        dim_head=16,
+        rotary_emb=False,
+    )
     return timesformer_pytorch.TimeSformer(**{**base, **kw}).eval()
 
 
@@ -21,8 +31,13 @@ def test_learned_table_seed_loads_exactly(tmp_path, shift_tokens):
     torch.save(seed.state_dict(), path)
     ours = tf.load_pretrained(path, heads=4, num_frames=5, image_size=32)
     cfg = ours.config
-    assert (cfg.mlp, cfg.qkv_bias, cfg.cls_attention, cfg.pos_emb, cfg.shift_tokens) == \
-        ("geglu", False, "global", "learned_joint", shift_tokens)
+    assert (cfg.mlp, cfg.qkv_bias, cfg.cls_attention, cfg.pos_emb, cfg.shift_tokens) == (
+        "geglu",
+        False,
+        "global",
+        "learned_joint",
+        shift_tokens,
+    )
     video = torch.randn(2, 5, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(ours(video), seed(video), atol=1e-5, rtol=1e-5)

@@ -1,5 +1,6 @@
 """Checkpoints other people hold: mmaction2's real key names and normalisation, the official files' recorded
 config, DDP / Lightning / EMA wrappers, and code pickled inside torch's zip format."""
+
 import logging
 import os
 
@@ -68,10 +69,14 @@ def test_mmaction2_real_key_names_load_with_its_normalisation(tmp_path, attentio
     mm, official = mmaction_state(attention)
     torch.save({"meta": {"epoch": 15, "mmaction_version": "1.2.0"}, "state_dict": mm}, tmp_path / "mm.pth")
     torch.save({"model_state": {f"model.{k}": v for k, v in official.items()}, "epoch": 15}, tmp_path / "off.pyth")
-    ours, reference = tf.load_pretrained(tmp_path / "mm.pth", heads=2), tf.load_pretrained(tmp_path / "off.pyth",
-                                                                                          heads=2)
-    assert ours.config.attention == {"divided_space_time": "divided", "joint_space_time": "joint",
-                                     "space_only": "space"}[attention]
+    ours, reference = (
+        tf.load_pretrained(tmp_path / "mm.pth", heads=2),
+        tf.load_pretrained(tmp_path / "off.pyth", heads=2),
+    )
+    assert (
+        ours.config.attention
+        == {"divided_space_time": "divided", "joint_space_time": "joint", "space_only": "space"}[attention]
+    )
     # mmaction2 normalises 0-255 pixels with 127.5 / 127.5: 0.5 / 0.5 here; the official default stays
     assert (ours.config.mean, ours.config.std) == ((0.5,) * 3, (0.5,) * 3)
     assert (reference.config.mean, reference.config.std) == ((0.45,) * 3, (0.225,) * 3)
@@ -85,13 +90,17 @@ def test_mmaction2_real_key_names_load_with_its_normalisation(tmp_path, attentio
 
 def test_official_files_record_their_normalisation_and_sampling(tmp_path):
     _, official = mmaction_state("divided_space_time")
-    cfg = ("TRAIN:\n  DATASET: ssv2\nDATA:\n  NUM_FRAMES: 8\n  SAMPLING_RATE: 4\n  TARGET_FPS: 25\n"
-           "  MEAN: [0.5, 0.5, 0.5]\n  STD: [0.5, 0.5, 0.5]\n")
+    cfg = (
+        "TRAIN:\n  DATASET: ssv2\nDATA:\n  NUM_FRAMES: 8\n  SAMPLING_RATE: 4\n  TARGET_FPS: 25\n"
+        "  MEAN: [0.5, 0.5, 0.5]\n  STD: [0.5, 0.5, 0.5]\n"
+    )
     torch.save({"model_state": {f"model.{k}": v for k, v in official.items()}, "cfg": cfg}, tmp_path / "ssv2.pyth")
     c = tf.load_pretrained(tmp_path / "ssv2.pyth", heads=2).config
     assert (c.mean, c.std, c.sampling, c.fps) == ((0.5,) * 3, (0.5,) * 3, "segment", 25.0)
-    torch.save({"model_state": {f"model.{k}": v for k, v in official.items()},
-                "cfg": cfg.replace("ssv2", "kinetics")}, tmp_path / "k400.pyth")
+    torch.save(
+        {"model_state": {f"model.{k}": v for k, v in official.items()}, "cfg": cfg.replace("ssv2", "kinetics")},
+        tmp_path / "k400.pyth",
+    )
     c = tf.load_pretrained(tmp_path / "k400.pyth", heads=2).config
     assert (c.sampling, c.sampling_rate) == ("dense", 4)
 
@@ -103,10 +112,18 @@ def test_wrapped_state_dicts_load(tmp_path, caplog):
     files = {
         "ddp.pth": {f"module.{k}": v for k, v in official.items()},  # saved from a DDP-wrapped model
         "compiled.pth": {f"_orig_mod.{k}": v for k, v in official.items()},  # from torch.compile
-        "lightning.ckpt": {"state_dict": {f"net.{k}": v for k, v in official.items()}, "epoch": 3,
-                           "global_step": 300, "pytorch-lightning_version": "2.4.0"},
-        "timm.pth.tar": {"state_dict": official, "state_dict_ema": {f"module.{k}": v for k, v in ema.items()},
-                         "epoch": 30, "arch": "timesformer"},
+        "lightning.ckpt": {
+            "state_dict": {f"net.{k}": v for k, v in official.items()},
+            "epoch": 3,
+            "global_step": 300,
+            "pytorch-lightning_version": "2.4.0",
+        },
+        "timm.pth.tar": {
+            "state_dict": official,
+            "state_dict_ema": {f"module.{k}": v for k, v in ema.items()},
+            "epoch": 30,
+            "arch": "timesformer",
+        },
         "model_ema.pth": {"model": official, "model_ema": ema, "epoch": 30},
     }
     video = torch.randn(2, FRAMES, 3, IMAGE, IMAGE)
@@ -127,11 +144,27 @@ def test_wrapped_state_dicts_load(tmp_path, caplog):
             torch.testing.assert_close(ema_model.blocks[0].norm1.weight, ema["blocks.0.norm1.weight"])
     # mmengine's EMA hook swaps at saving: state_dict holds the averaged weights, ema_state_dict (the averaged
     # model's own state dict, `module.` prefixed, with its `steps` counter) the raw ones
-    _save(tmp_path / "mmengine.pth", {"state_dict": mm, "ema_state_dict": {"steps": torch.tensor(100),
-                                                                           **{f"module.{k}": v for k, v in mm.items()}}})
-    assert main(["convert", str(tmp_path / "mmengine.pth"), str(tmp_path / "ema"), "--heads", "2", "--entry",
-                 "ema_state_dict"]) == 0
-    with pytest.raises(ValueError, match=r"no state dict under 'model_ema'; it holds \['state_dict', 'ema_state_dict'\]"):
+    _save(
+        tmp_path / "mmengine.pth",
+        {"state_dict": mm, "ema_state_dict": {"steps": torch.tensor(100), **{f"module.{k}": v for k, v in mm.items()}}},
+    )
+    assert (
+        main(
+            [
+                "convert",
+                str(tmp_path / "mmengine.pth"),
+                str(tmp_path / "ema"),
+                "--heads",
+                "2",
+                "--entry",
+                "ema_state_dict",
+            ]
+        )
+        == 0
+    )
+    with pytest.raises(
+        ValueError, match=r"no state dict under 'model_ema'; it holds \['state_dict', 'ema_state_dict'\]"
+    ):
         tf.load_pretrained(tmp_path / "mmengine.pth", entry="model_ema", heads=2)
 
 
@@ -160,7 +193,10 @@ def test_code_pickled_in_a_checkpoint_is_refused_and_named(tmp_path, zipped):
         torch.save(obj, tmp_path / "evil.pth")
     else:
         (tmp_path / "evil.pth").write_bytes(pickle.dumps(obj, protocol=4))
-    with pytest.raises(ValueError, match=r"evil.pth: refused: the file holds pickled Python objects beyond tensors "
-                                         r"\((posix|os|nt)\.system\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"evil.pth: refused: the file holds pickled Python objects beyond tensors "
+        r"\((posix|os|nt)\.system\)",
+    ):
         tf.load_pretrained(tmp_path / "evil.pth")
     assert not marker.exists()

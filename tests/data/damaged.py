@@ -1,5 +1,6 @@
 """A corpus of damaged and odd video files, written by the tests: cuts, bit flips, zeroed ranges, a wrong codec tag,
 an empty file, audio only, one image. Every video holds frames that carry their index (see ``videos.py``)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,7 @@ FRAMES, FPS = 90, 30  # 3 s
 
 
 def _cut(data: bytes, fraction: float) -> bytes:
-    return data[:max(int(len(data) * fraction), 1)]
+    return data[: max(int(len(data) * fraction), 1)]
 
 
 def _flip(data: bytes, start: int, count: int = 24, stride: int = 7) -> bytes:
@@ -23,7 +24,7 @@ def _flip(data: bytes, start: int, count: int = 24, stride: int = 7) -> bytes:
 
 
 def _zero(data: bytes, start: int, length: int) -> bytes:
-    return data[:start] + bytes(min(length, len(data) - start)) + data[start + length:]
+    return data[:start] + bytes(min(length, len(data) - start)) + data[start + length :]
 
 
 def write_corpus(root: Path) -> dict[str, Path]:
@@ -42,7 +43,7 @@ def write_corpus(root: Path) -> dict[str, Path]:
     for name in ("mp4", "faststart", "mkv"):
         data = files[name].read_bytes()
         variants = {
-            "cut_header": data[:min(40, len(data))],
+            "cut_header": data[: min(40, len(data))],
             "cut_early": _cut(data, 0.2),
             "cut_late": _cut(data, 0.6),
             "cut_near_end": _cut(data, 0.95),
@@ -65,7 +66,7 @@ def write_corpus(root: Path) -> dict[str, Path]:
         t = np.arange(16000 * 2) / 16000
         samples = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
         for k in range(0, samples.shape[1], 1024):
-            frame = av.AudioFrame.from_ndarray(samples[:, k:k + 1024], format="fltp", layout="mono")
+            frame = av.AudioFrame.from_ndarray(samples[:, k : k + 1024], format="fltp", layout="mono")
             frame.sample_rate = 16000
             for packet in stream.encode(frame):
                 container.mux(packet)
@@ -99,8 +100,9 @@ def write_with_audio(path: Path, codec: str, audio_seconds: float) -> Path:
             container.mux(packet)
         samples = (0.1 * np.sin(np.arange(int(48000 * audio_seconds)) / 10)).astype(np.float32)[None]
         for k in range(0, samples.shape[1], 960):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, k:k + 960]), format="fltp",
-                                               layout="mono")
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(samples[:, k : k + 960]), format="fltp", layout="mono"
+            )
             frame.sample_rate, frame.pts = 48000, k
             for packet in audio.encode(frame):
                 container.mux(packet)

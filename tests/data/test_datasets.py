@@ -1,4 +1,5 @@
 """Datasets over real files: folders, lists, Kinetics CSV, multi-label, bad files, DataLoader workers."""
+
 import warnings
 
 import pytest
@@ -11,8 +12,17 @@ from .videos import read_index, write_video
 
 pytest.importorskip("av")
 
-SPEC = ClipSpec(num_frames=4, sampling="dense", sampling_rate=2, fps=10, crop_size=64, scale=(64, 64), flip=False,
-                mean=(0.0,) * 3, std=(1 / 255,) * 3)  # normalisation that keeps pixel values
+SPEC = ClipSpec(
+    num_frames=4,
+    sampling="dense",
+    sampling_rate=2,
+    fps=10,
+    crop_size=64,
+    scale=(64, 64),
+    flip=False,
+    mean=(0.0,) * 3,
+    std=(1 / 255,) * 3,
+)  # normalisation that keeps pixel values
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +96,9 @@ def test_kinetics_csv(tmp_path):
     (tmp_path / "abseiling").mkdir()
     write_video(tmp_path / "abseiling" / "0347ZoDXyP0_000095_000105.mp4", 10)
     write_video(tmp_path / "zumba_xyz_000001_000011.mp4", 10)
-    (tmp_path / "k.csv").write_text("label,youtube_id,time_start,time_end,split\n"
-                                    "abseiling,0347ZoDXyP0,95,105,train\nzumba,zumba_xyz,1,11,train\n")
+    (tmp_path / "k.csv").write_text(
+        "label,youtube_id,time_start,time_end,split\nabseiling,0347ZoDXyP0,95,105,train\nzumba,zumba_xyz,1,11,train\n"
+    )
     items, classes = read_list(tmp_path / "k.csv")
     assert classes == ["abseiling", "zumba"]
     assert [p.name for p, _ in items] == ["0347ZoDXyP0_000095_000105.mp4", "zumba_xyz_000001_000011.mp4"]
@@ -98,8 +109,9 @@ def test_bad_files_are_skipped_reported_and_never_kill_an_epoch(tree, tmp_path):
     good = tree / "jumping" / "v0.mp4"
     (tmp_path / "trunc.mp4").write_bytes(good.read_bytes()[:500])
     (tmp_path / "empty.mp4").write_bytes(b"")
-    (tmp_path / "list.txt").write_text(f"{good} 0\n{tmp_path}/trunc.mp4 1\n{tmp_path}/missing.mp4 0\n"
-                                       f"{tmp_path}/empty.mp4 1\n{good} 1\n")
+    (tmp_path / "list.txt").write_text(
+        f"{good} 0\n{tmp_path}/trunc.mp4 1\n{tmp_path}/missing.mp4 0\n{tmp_path}/empty.mp4 1\n{good} 1\n"
+    )
     data = VideoList(tmp_path / "list.txt", spec=SPEC, train=True)
     for workers in (0, 2):
         loader = DataLoader(data, batch_size=2, num_workers=workers, collate_fn=collate)

@@ -1,4 +1,5 @@
 """Decoding real encoded videos: exact frames at requested times, across codecs, VFR and seeking."""
+
 import pytest
 import torch
 

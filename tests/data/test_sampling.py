@@ -1,15 +1,23 @@
 """Samplers and transforms: exact times and pixels."""
+
 import pytest
 import torch
 
-from timesformer.data import (EvalTransform, TrainTransform, clip_start_times, dense_clip_times, segment_times,
-                              three_crop)
+from timesformer.data import (
+    EvalTransform,
+    TrainTransform,
+    clip_start_times,
+    dense_clip_times,
+    segment_times,
+    three_crop,
+)
 
 
 def test_dense_test_clips_follow_the_protocol():
     # 8 x 4 at 30 fps spans 32 frames (1.0667 s); a 10 s video; 3 test clips at the centres of 3 start ranges
-    times = [dense_clip_times(10.0, num_frames=8, sampling_rate=4, train=False, clip_index=k, num_clips=3)
-             for k in range(3)]
+    times = [
+        dense_clip_times(10.0, num_frames=8, sampling_rate=4, train=False, clip_index=k, num_clips=3) for k in range(3)
+    ]
     room = 10.0 - 32 / 30
     for k, t in enumerate(times):
         start = room * (k + 0.5) / 3

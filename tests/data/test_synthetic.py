@@ -1,4 +1,5 @@
 """SyntheticMotion: deterministic, exact time-reversed twins, and the reversal property on statistics."""
+
 import torch
 
 from timesformer.data import CLASSES, REVERSED_PAIRS, SyntheticMotion, VideoFolder, write_synthetic
@@ -36,8 +37,9 @@ def test_reversal_pairs_agree_on_mean_frame_and_histogram():
 
 def test_written_files_round_trip_through_video_folder(tmp_path):
     root = write_synthetic(tmp_path, 24, split="train", size=32, num_frames=8, fps=8)
-    data = VideoFolder(root, spec=ClipSpec(num_frames=8, sampling="segment", crop_size=32, scale=(32, 32), flip=False),
-                       train=False)
+    data = VideoFolder(
+        root, spec=ClipSpec(num_frames=8, sampling="segment", crop_size=32, scale=(32, 32), flip=False), train=False
+    )
     assert data.classes == sorted(CLASSES) and len(data) == 24
     sample = data[0]
     assert sample["video"].shape == (8, 3, 32, 32) and sample["mask"].all()
@@ -46,5 +48,6 @@ def test_written_files_round_trip_through_video_folder(tmp_path):
     synth = SyntheticMotion(24, size=32)
     index = next(i for i in range(24) if CLASSES[synth.clip(i)[1]] == name)
     from timesformer.data import normalize
+
     expected = normalize(synth.clip(index)[0], (0.45,) * 3, (0.225,) * 3)
     assert (sample["video"] - expected).abs().mean() < 0.15

@@ -1,4 +1,5 @@
 """Test videos written with PyAV, each frame carrying its index as 8 black/white blocks."""
+
 from __future__ import annotations
 
 from fractions import Fraction
@@ -15,7 +16,7 @@ def index_frame(i: int, size: int = 64) -> np.ndarray:
     frame = np.full((size, size, 3), 128, np.uint8)
     width = size // BITS
     for b in range(BITS):
-        frame[: size // 4, b * width:(b + 1) * width] = 255 if (i >> b) & 1 else 0
+        frame[: size // 4, b * width : (b + 1) * width] = 255 if (i >> b) & 1 else 0
     return frame
 
 
@@ -23,13 +24,22 @@ def read_index(frame: torch.Tensor) -> int:
     """Inverse of ``index_frame`` for a decoded ``c H W`` frame (robust to lossy codecs)."""
     size = frame.shape[-1]
     width = size // BITS
-    band = frame[:, 2: size // 4 - 2].float().mean(0)
-    return sum(1 << b for b in range(BITS) if band[:, b * width + 1:(b + 1) * width - 1].mean() > 128)
+    band = frame[:, 2 : size // 4 - 2].float().mean(0)
+    return sum(1 << b for b in range(BITS) if band[:, b * width + 1 : (b + 1) * width - 1].mean() > 128)
 
 
-def write_video(path: Path, num_frames: int, *, codec: str = "libx264", fps: int = 30, size: int = 64,
-                durations_ms: list[int] | None = None, options: dict | None = None, gop: int | None = None,
-                container_options: dict | None = None) -> list[float]:
+def write_video(
+    path: Path,
+    num_frames: int,
+    *,
+    codec: str = "libx264",
+    fps: int = 30,
+    size: int = 64,
+    durations_ms: list[int] | None = None,
+    options: dict | None = None,
+    gop: int | None = None,
+    container_options: dict | None = None,
+) -> list[float]:
     """Encode frames 0..n-1; return each frame's time in seconds. ``durations_ms`` gives a variable frame rate."""
     import av
 

@@ -1,12 +1,14 @@
 """``torchrun --nproc_per_node 2 -m tests.engine.ddp_probe OUT``: one epoch of ``train_one_epoch`` with
 ``accum_steps=2``, DDP's gradient all-reduces counted by a comm hook. Each rank saves to ``OUT/rank<r>.pt`` its
 first draws from the global RNG (what dropout and drop path use), the buckets reduced, its steps and its weights."""
+
 import sys
 
 import torch
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 from timesformer.engine import distributed as distr
+
 from .helpers import tiny_run
 
 
@@ -31,8 +33,10 @@ def main(out: str):
 
     run.train_model.register_comm_hook(None, counting_allreduce)
     train_one_epoch(run)
-    torch.save({"draws": draws, "reduced": reduced, "steps": run.pos.step, "state": run.model.state_dict()},
-               f"{out}/rank{d.rank}.pt")
+    torch.save(
+        {"draws": draws, "reduced": reduced, "steps": run.pos.step, "state": run.model.state_dict()},
+        f"{out}/rank{d.rank}.pt",
+    )
     distr.teardown(d)
 
 

@@ -5,6 +5,7 @@ Runs the ``timesformer`` CLI, but its N-th save of the ``TAG`` checkpoint (defau
 ``TAG.old`` and ``TAG.tmp`` not yet to ``TAG`` -- touches MARKER and sleeps, so that a test can SIGKILL the
 process exactly there. ``fail``: writing ``state.pt`` raises "No space left on device" instead.
 """
+
 import errno
 import os
 import sys
@@ -38,6 +39,7 @@ def install(where: str, n: int, marker: Path):
                 if len(seen) == n:
                     hang(marker)
             return real_save(obj, f, *args, **kwargs)
+
         torch.save = save
     elif where == "swap":
         real_replace = os.replace
@@ -48,6 +50,7 @@ def install(where: str, n: int, marker: Path):
                 seen.append(dst)
                 if len(seen) == n:
                     hang(marker)
+
         os.replace = replace
     else:
         raise SystemExit(f"where must be write, swap or fail; got {where!r}")

@@ -1,4 +1,5 @@
 """Small runs for the engine tests, and launching them as real processes (the CLI, torchrun)."""
+
 from __future__ import annotations
 
 import json
@@ -20,11 +21,18 @@ TINY = dict(image_size=16, patch_size=4, dim=32, depth=1, heads=2, dim_head=16)
 
 def tiny_run(out, name="run", *, model_args=None, data=None, optim=None, **top) -> RunConfig:
     return RunConfig(
-        name=name, out=str(out), model="timesformer_tiny", model_args={**TINY, **(model_args or {})},
-        data=DataConfig(**{**dict(kind="synthetic", synthetic_train=64, synthetic_val=24, synthetic_size=16),
-                           **(data or {})}),
-        optim=OptimConfig(**{**dict(batch_size=16, epochs=2, precision="fp32", warmup_steps=2, log_every=1, lr=1e-3),
-                             **(optim or {})}), **top)
+        name=name,
+        out=str(out),
+        model="timesformer_tiny",
+        model_args={**TINY, **(model_args or {})},
+        data=DataConfig(
+            **{**dict(kind="synthetic", synthetic_train=64, synthetic_val=24, synthetic_size=16), **(data or {})}
+        ),
+        optim=OptimConfig(
+            **{**dict(batch_size=16, epochs=2, precision="fp32", warmup_steps=2, log_every=1, lr=1e-3), **(optim or {})}
+        ),
+        **top,
+    )
 
 
 def write_config(cfg: RunConfig, path: Path) -> Path:
@@ -34,8 +42,17 @@ def write_config(cfg: RunConfig, path: Path) -> Path:
 
 
 def torchrun(nproc: int, *args: str, module: str = "timesformer", rdzv: list[str] | None = None) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", *(rdzv or ["--standalone"]), "--nproc_per_node",
-            str(nproc), "-m", module, *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        *(rdzv or ["--standalone"]),
+        "--nproc_per_node",
+        str(nproc),
+        "-m",
+        module,
+        *args,
+    ]
 
 
 def cli(*args: str) -> list[str]:
@@ -44,8 +61,9 @@ def cli(*args: str) -> list[str]:
 
 def start(cmd: list[str], **kwargs) -> subprocess.Popen:
     """A process in its own session, so that ``stop`` can end it with every process it started."""
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            start_new_session=True, **kwargs)
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True, **kwargs
+    )
 
 
 def stop(proc: subprocess.Popen):
@@ -70,7 +88,9 @@ def run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
     except subprocess.TimeoutExpired:
         stop(proc)
         out, err = proc.communicate()
-        raise AssertionError(f"{' '.join(cmd[-6:])} still running after {timeout:.0f} s (hung?)\n{err[-3000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd[-6:])} still running after {timeout:.0f} s (hung?)\n{err[-3000:]}"
+        ) from None
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
@@ -80,8 +100,9 @@ def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None
         if condition():
             return
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the process ended (code {proc.returncode}) before {what}:\n"
-                                 f"{proc.stderr.read()[-3000:]}")
+            raise AssertionError(
+                f"the process ended (code {proc.returncode}) before {what}:\n{proc.stderr.read()[-3000:]}"
+            )
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
 

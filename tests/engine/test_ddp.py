@@ -1,5 +1,6 @@
 """Several processes (torchrun, gloo): no rank ever waits alone, accumulation syncs once a step, randomness is per
 rank, and an elastic restart after a killed worker resumes exactly."""
+
 import os
 import signal
 
@@ -19,9 +20,14 @@ def test_unreadable_file_alone_in_one_ranks_batch_neither_hangs_nor_goes_unrepor
     broken = root / "move_left" / "zz_broken.mp4"
     broken.write_bytes(b"\x00\x00\x00\x18ftypisom" + bytes(200))
     # 12 files, global batch 2 = 1 per rank: the broken file is the whole batch of one rank at one step
-    cfg = tiny_run(tmp_path, "bad", data=dict(kind="folder", train=str(root), num_frames=8, sampling="segment",
-                                              crop_size=16, scale=[16, 16], flip=False),
-                   optim=dict(batch_size=2, epochs=1))
+    cfg = tiny_run(
+        tmp_path,
+        "bad",
+        data=dict(
+            kind="folder", train=str(root), num_frames=8, sampling="segment", crop_size=16, scale=[16, 16], flip=False
+        ),
+        optim=dict(batch_size=2, epochs=1),
+    )
     proc = run(torchrun(2, "train", "--config", str(write_config(cfg, tmp_path / "cfg.yaml"))), timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     epoch = [r for r in metrics(tmp_path / "bad") if "train_loss" in r]
@@ -51,19 +57,33 @@ def test_accumulation_syncs_once_a_step_equals_one_process_and_draws_per_rank(tm
 
 
 def test_elastic_restart_after_a_killed_worker_resumes_exactly(tmp_path):
-    cfg = tiny_run(tmp_path, "run", model_args=dict(drop_path_rate=0.2, depth=2),
-                   data=dict(synthetic_train=128), optim=dict(batch_size=8, epochs=2, save_every_steps=3))
+    cfg = tiny_run(
+        tmp_path,
+        "run",
+        model_args=dict(drop_path_rate=0.2, depth=2),
+        data=dict(synthetic_train=128),
+        optim=dict(batch_size=8, epochs=2, save_every_steps=3),
+    )
     config = str(write_config(cfg, tmp_path / "cfg.yaml"))  # 16 steps an epoch, 32 in all
     proc = run(torchrun(2, "train", "--config", config, "name=straight"), timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    rdzv = ["--nnodes", "1", "--max-restarts", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint",
-            f"localhost:{free_port()}", "--monitor-interval", "0.1"]
+    rdzv = [
+        "--nnodes",
+        "1",
+        "--max-restarts",
+        "2",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"localhost:{free_port()}",
+        "--monitor-interval",
+        "0.1",
+    ]
     agent = start(torchrun(2, "train", "--config", config, "name=elastic", "--auto-resume", rdzv=rdzv))
     try:
         # a worker dies mid-epoch, after `last` was written mid-epoch at step 3 (and maybe 6)
-        wait_for(lambda: len([r for r in metrics(tmp_path / "elastic") if "loss" in r]) >= 5, 180,
-                 "step 5", agent)
+        wait_for(lambda: len([r for r in metrics(tmp_path / "elastic") if "loss" in r]) >= 5, 180, "step 5", agent)
         victim = children(agent.pid)[-1]
         os.kill(victim, signal.SIGKILL)
         out, err = agent.communicate(timeout=240)
@@ -85,8 +105,19 @@ def test_a_checkpoint_rank_0_cannot_write_stops_every_rank_with_the_reason(tmp_p
     """A full disk on rank 0: the other rank must not wait alone in its next collective, nor die of a closed
     connection without saying why."""
     cfg = tiny_run(tmp_path, "full", optim=dict(batch_size=8, epochs=1, save_every_steps=2))
-    proc = run(torchrun(2, "fail", "2", str(tmp_path / "failed"), "train", "--config",
-                        str(write_config(cfg, tmp_path / "cfg.yaml")), module="tests.engine.hang_in_save"), timeout=180)
+    proc = run(
+        torchrun(
+            2,
+            "fail",
+            "2",
+            str(tmp_path / "failed"),
+            "train",
+            "--config",
+            str(write_config(cfg, tmp_path / "cfg.yaml")),
+            module="tests.engine.hang_in_save",
+        ),
+        timeout=180,
+    )
     assert proc.returncode != 0
     reason = f"timesformer train: error: saving last in {tmp_path / 'full'}: [Errno 28] No space left on device"
     assert proc.stderr.count(reason) == 2, proc.stderr[-3000:]  # said by both ranks

@@ -1,5 +1,6 @@
 """The demo as a reproduction: equal steps on the same clips, a table that is a function of the seed, the
 paper's Table 1 beside ours, and the task preview."""
+
 import json
 
 import pytest
@@ -19,6 +20,7 @@ def _seen_clips(monkeypatch) -> list:
         if self.split == "train":
             seen.append(i)
         return get(self, i)
+
     monkeypatch.setattr(SyntheticMotion, "__getitem__", record)
     return seen
 
@@ -32,7 +34,7 @@ def test_every_scheme_trains_the_same_steps_on_the_same_clips_in_the_same_order(
     seen = _seen_clips(monkeypatch)
     results = demo.run_demo(str(tmp_path), schemes=("divided", "space"), steps=3, val_clips=24)
     assert [r["steps"] for r in results.values()] == [3, 3]
-    divided, space = seen[:len(seen) // 2], seen[len(seen) // 2:]
+    divided, space = seen[: len(seen) // 2], seen[len(seen) // 2 :]
     assert len(divided) == 3 * 32 and divided == space and len(set(divided)) == len(divided)
     # the two runs' settings differ in the attention scheme alone
     configs = [demo.demo_config(a, out="x").__dict__ for a in ("divided", "space")]
@@ -67,8 +69,7 @@ def test_demo_cli_prints_the_tables_and_writes_the_figures(tmp_path, capsys):
     assert saved["steps"] == 2 and set(saved["schemes"]) == {"divided", "space"}
     assert saved["schemes"]["divided"]["videos"] == 24
     assert saved["schemes"]["divided"]["s_per_step"] > 0
-    assert set(saved["schemes"]["divided"]["pairs"]) == {f"{CLASSES[a]}/{CLASSES[b]}" for a, b in
-                                                          demo.REVERSED_PAIRS}
+    assert set(saved["schemes"]["divided"]["pairs"]) == {f"{CLASSES[a]}/{CLASSES[b]}" for a, b in demo.REVERSED_PAIRS}
 
 
 def test_schemes_all_puts_the_papers_table_1_beside_ours(tmp_path, capsys):
@@ -117,7 +118,7 @@ def test_synth_preview_png_shows_one_clip_per_class_frame_by_frame(tmp_path, cap
         assert label == row
         for frame in (0, 7):
             y, x = row * (size + gap), _LABEL_WIDTH + frame * (size + gap)
-            tile = image[y:y + size:scale, x:x + size:scale].permute(2, 0, 1)
+            tile = image[y : y + size : scale, x : x + size : scale].permute(2, 0, 1)
             assert torch.equal(tile, video[frame])
 
 
@@ -139,7 +140,10 @@ def test_synth_preview_names_what_it_needs(tmp_path, capsys):
     assert "either a preview (--preview FILE) or clips (--out DIR --num N), not both" in capsys.readouterr().err
     from timesformer.viz import write_preview
 
-    with pytest.raises(ValueError, match=r"uint8 t 3 H W of one shape; got shapes \[\(2, 3, 8, 8\)\], dtypes "
-                                         r"\['torch.float32'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"uint8 t 3 H W of one shape; got shapes \[\(2, 3, 8, 8\)\], dtypes "
+        r"\['torch.float32'\]",
+    ):
         write_preview([("a", torch.rand(2, 3, 8, 8))], tmp_path / "p.png")
     assert not list(tmp_path.glob("*.png")) and not list(tmp_path.glob(".*"))

@@ -1,7 +1,12 @@
 import torch
 
-from timesformer.engine.metrics import (confusion_matrix, direction_accuracy, mean_average_precision,
-                                        per_class_accuracy, topk_accuracy)
+from timesformer.engine.metrics import (
+    confusion_matrix,
+    direction_accuracy,
+    mean_average_precision,
+    per_class_accuracy,
+    topk_accuracy,
+)
 from timesformer.engine.optim import lr_at, param_groups
 
 

@@ -1,5 +1,6 @@
 """A non-finite loss stops the run naming the step and the last good checkpoint (or is skipped, N times, on
 request); non-finite weights are never saved."""
+
 import math
 import re
 
@@ -30,6 +31,7 @@ def nan_clip(monkeypatch):
             if len(calls) == POISONED_CALL:
                 sample["video"] = torch.full_like(sample["video"], float("nan"))
         return sample
+
     monkeypatch.setattr(SyntheticMotion, "__getitem__", getitem)
 
 
@@ -39,8 +41,11 @@ def all_finite(folder):
 
 def test_nonfinite_loss_stops_naming_step_and_last_good_checkpoint(tmp_path, nan_clip):
     last = re.escape(str(tmp_path / "run" / "last"))
-    with pytest.raises(RunError, match=rf"non-finite loss \(nan\) at step 5 \(epoch 2\); last good checkpoint: "
-                                       rf"{last} \(step 4\).*optim.skip_nonfinite"):
+    with pytest.raises(
+        RunError,
+        match=rf"non-finite loss \(nan\) at step 5 \(epoch 2\); last good checkpoint: "
+        rf"{last} \(step 4\).*optim.skip_nonfinite",
+    ):
         fit(tiny_run(tmp_path))
     assert ckpt.load_state(tmp_path / "run" / "last")["step"] == 4
     assert all_finite(tmp_path / "run" / "last") and all_finite(tmp_path / "run" / "best")
@@ -66,11 +71,16 @@ def test_nonfinite_weights_are_never_saved_as_best_or_last(tmp_path, monkeypatch
             if opt.steps == 4:
                 with torch.no_grad():
                     model.head.weight.fill_(float("nan"))
+
         optimizer.register_step_post_hook(poison)
         return optimizer
+
     monkeypatch.setattr(loop, "build_optimizer", build)
-    with pytest.raises(RunError, match=r"non-finite weights \(head.weight\) after step 4 \(epoch 1\); last good "
-                                       r"checkpoint: none yet"):
+    with pytest.raises(
+        RunError,
+        match=r"non-finite weights \(head.weight\) after step 4 \(epoch 1\); last good "
+        r"checkpoint: none yet",
+    ):
         fit(tiny_run(tmp_path))
     assert ckpt.find_checkpoint(tmp_path / "run") is None and ckpt.find_checkpoint(tmp_path / "run", "best") is None
 
@@ -81,8 +91,10 @@ def test_nonfinite_gradients_with_a_finite_loss_are_caught_too(tmp_path, monkeyp
     def build(model, **kwargs):  # the head's gradient is inf in the 3rd backward pass
         calls = []
         model.head.weight.register_hook(
-            lambda g: (calls.append(1), g if len(calls) != 3 else torch.full_like(g, float("inf")))[1])
+            lambda g: (calls.append(1), g if len(calls) != 3 else torch.full_like(g, float("inf")))[1]
+        )
         return real(model, **kwargs)
+
     monkeypatch.setattr(loop, "build_optimizer", build)
     fit(tiny_run(tmp_path, optim=dict(skip_nonfinite=1)))
     skipped = [r for r in metrics(tmp_path / "run") if "skipped" in r]

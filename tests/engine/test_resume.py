@@ -1,5 +1,6 @@
 """Resume at any step: a run stopped by its time limit or killed (SIGKILL, also mid-checkpoint) and resumed ends
 with the weights of a run that was never interrupted."""
+
 import json
 import random
 import sys
@@ -17,8 +18,10 @@ from timesformer.pretrained import read_state
 from .helpers import cli, metrics, run, start, stop, tiny_run, wait_for, write_config
 
 # dropout, drop path and an EMA: a resume that lost an RNG state or the EMA would show in the weights
-NOISY = dict(model_args=dict(drop_rate=0.1, drop_path_rate=0.2, depth=2),
-             optim=dict(epochs=2, ema_decay=0.9, batch_size=8, log_every=1))  # 64 clips / 8 = 8 steps an epoch
+NOISY = dict(
+    model_args=dict(drop_rate=0.1, drop_path_rate=0.2, depth=2),
+    optim=dict(epochs=2, ema_decay=0.9, batch_size=8, log_every=1),
+)  # 64 clips / 8 = 8 steps an epoch
 
 
 def noisy(tmp_path, name, **optim):
@@ -71,8 +74,11 @@ def test_resume_with_another_batch_size_continues_at_the_same_clip(tmp_path, str
     """Stopped 16 clips into epoch 1 at batch 8; resumed with steps of 4 clips x accum 4."""
     fit(noisy(tmp_path, "rebatched", max_minutes=1e-9))
     fit(noisy(tmp_path, "rebatched", max_minutes=1e-9), resume=True)
-    with pytest.raises(RunError, match=r"optim.batch_size/accum_steps: the run stopped 16 clips into epoch 1, not a "
-                                       r"whole number of steps of 12 x 1"):
+    with pytest.raises(
+        RunError,
+        match=r"optim.batch_size/accum_steps: the run stopped 16 clips into epoch 1, not a "
+        r"whole number of steps of 12 x 1",
+    ):
         fit(noisy(tmp_path, "rebatched", batch_size=12), resume=True)
     assert "batch_size: 8" in (tmp_path / "rebatched" / "config.yaml").read_text()  # a refused resume changes nothing
     result = fit(noisy(tmp_path, "rebatched", batch_size=4, accum_steps=4), resume=True)
@@ -81,8 +87,7 @@ def test_resume_with_another_batch_size_continues_at_the_same_clip(tmp_path, str
     assert [r["step"] for r in rows if "train_loss" in r] == [5, 9]
     # the schedule follows the data, not the step count: its last step is the schedule's last (of 8 at this batch)
     o = noisy(tmp_path, "x").optim
-    assert rows[-2]["lr"] == lr_at(7, base=o.lr, total=8, warmup=o.warmup_steps, min_lr=o.min_lr,
-                                   schedule=o.schedule)
+    assert rows[-2]["lr"] == lr_at(7, base=o.lr, total=8, warmup=o.warmup_steps, min_lr=o.min_lr, schedule=o.schedule)
 
 
 def test_mid_epoch_resume_with_loader_workers_and_augmentation_is_exact(tmp_path):
@@ -90,11 +95,20 @@ def test_mid_epoch_resume_with_loader_workers_and_augmentation_is_exact(tmp_path
     from timesformer.data import write_synthetic
 
     root = write_synthetic(tmp_path / "files", 24, size=32, num_frames=8)
-    data = dict(kind="folder", train=str(root), num_frames=8, sampling="segment", crop_size=16, scale=[18, 28],
-                flip=True, workers=2)
+    data = dict(
+        kind="folder",
+        train=str(root),
+        num_frames=8,
+        sampling="segment",
+        crop_size=16,
+        scale=[18, 28],
+        flip=True,
+        workers=2,
+    )
 
     def cfg(name, **optim):
         return tiny_run(tmp_path, name, data=data, optim=dict(batch_size=4, epochs=2, **optim))
+
     fit(cfg("straight"))
     fit(cfg("stopped", max_minutes=1e-9))  # after step 1 of 6
     fit(cfg("stopped"), resume=True)
@@ -153,20 +167,24 @@ def test_sigkill_inside_checkpoint_writes_then_resume_is_exact(tmp_path, straigh
 def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path):
     """Kill -9 at seeded random moments -- during startup, or 1 to 8 steps further on plus up to one step's time
     (inside a step, validation or a checkpoint write) -- eight times, then let the run get to the end."""
+
     def longer(name, **optim):  # 192 clips: 24 steps an epoch, 48 in all
         cfg = noisy(tmp_path, name, **optim)
         cfg.data.synthetic_train = 192
         return cfg
+
     fit(longer("straight"))
     config = str(write_config(longer("random", save_every_steps=1), tmp_path / "cfg.yaml"))
     run_dir, rng, kills = tmp_path / "random", random.Random(0), 0
 
     def logged():
         return max((r["step"] for r in metrics(run_dir) if "loss" in r), default=0)
+
     while True:
         resumable = ckpt.find_checkpoint(run_dir) is not None
-        proc = start(cli("train", "--resume", str(run_dir)) if resumable else
-                     cli("train", "--config", config, "--overwrite"))
+        proc = start(
+            cli("train", "--resume", str(run_dir)) if resumable else cli("train", "--config", config, "--overwrite")
+        )
         if kills == 8:
             break
         if rng.random() < 0.2:

@@ -1,4 +1,5 @@
 """Training end to end on synthetic data: learning, exact resume, crash safety, DDP equality, finetune."""
+
 import json
 import os
 import subprocess
@@ -21,9 +22,12 @@ def weights(run_dir, tag="last"):
 
 
 def test_tiny_run_learns_well_above_chance(tmp_path):
-    cfg = tiny_run(tmp_path, model_args=dict(dim=64, depth=2, heads=4), data=dict(synthetic_train=2048,
-                                                                                  synthetic_val=240),
-                   optim=dict(batch_size=32, epochs=3, precision="bf16", lr=2e-3, warmup_steps=10, log_every=10))
+    cfg = tiny_run(
+        tmp_path,
+        model_args=dict(dim=64, depth=2, heads=4),
+        data=dict(synthetic_train=2048, synthetic_val=240),
+        optim=dict(batch_size=32, epochs=3, precision="bf16", lr=2e-3, warmup_steps=10, log_every=10),
+    )
     result = fit(cfg)
     top1 = result["metrics"]["top1"]
     assert top1 > 0.3, f"top-1 {top1:.3f} after 3 short epochs (chance 0.083)"
@@ -98,13 +102,39 @@ def test_existing_run_is_never_overwritten(tmp_path):
 
 
 def test_two_process_gloo_ddp_equals_one_process(tmp_path):
-    common = ["model=timesformer_tiny", "model_args.image_size=16", "model_args.patch_size=4", "model_args.dim=32",
-              "model_args.depth=1", "model_args.heads=2", "model_args.dim_head=16", "data.kind=synthetic",
-              "data.synthetic_train=64", "data.synthetic_val=24", "data.synthetic_size=16", "optim.batch_size=16",
-              "optim.epochs=2", "optim.precision=fp32", "optim.warmup_steps=2", "optim.log_every=1", f"out={tmp_path}"]
+    common = [
+        "model=timesformer_tiny",
+        "model_args.image_size=16",
+        "model_args.patch_size=4",
+        "model_args.dim=32",
+        "model_args.depth=1",
+        "model_args.heads=2",
+        "model_args.dim_head=16",
+        "data.kind=synthetic",
+        "data.synthetic_train=64",
+        "data.synthetic_val=24",
+        "data.synthetic_size=16",
+        "optim.batch_size=16",
+        "optim.epochs=2",
+        "optim.precision=fp32",
+        "optim.warmup_steps=2",
+        "optim.log_every=1",
+        f"out={tmp_path}",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "timesformer",
-           "train", *common, "name=ddp"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "timesformer",
+        "train",
+        *common,
+        "name=ddp",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     from timesformer.engine.config import load_run_config
@@ -131,10 +161,23 @@ def test_finetune_new_head_and_frozen_backbone(tmp_path):
     subset.mkdir()
     for name in ("grow", "shrink", "still_disc"):
         (subset / name).symlink_to(root / name)
-    cfg = tiny_run(tmp_path, "ft", pretrained=str(tmp_path / "base" / "last"), freeze_backbone=True,
-                   data=dict(kind="folder", train=str(subset), val=str(subset), num_frames=8, sampling="segment",
-                             crop_size=16, scale=[16, 16], flip=False),
-                   optim=dict(epochs=2, batch_size=3))
+    cfg = tiny_run(
+        tmp_path,
+        "ft",
+        pretrained=str(tmp_path / "base" / "last"),
+        freeze_backbone=True,
+        data=dict(
+            kind="folder",
+            train=str(subset),
+            val=str(subset),
+            num_frames=8,
+            sampling="segment",
+            crop_size=16,
+            scale=[16, 16],
+            flip=False,
+        ),
+        optim=dict(epochs=2, batch_size=3),
+    )
     fit(cfg, stop_after_epochs=1)
     result = fit(cfg, resume=True)  # a resumed fine-tune keeps its backbone frozen
     model = result["model"]
@@ -158,8 +201,9 @@ def test_resume_refuses_another_architecture_classes_or_data_naming_the_field(tm
     from timesformer.engine.distributed import Dist
     from timesformer.engine.loop import build_run
 
-    run = build_run(tiny_run(tmp_path, optim=dict(epochs=2, weight_decay=0.3)), Dist(), torch.device("cpu"),
-                    resume=True)
+    run = build_run(
+        tiny_run(tmp_path, optim=dict(epochs=2, weight_decay=0.3)), Dist(), torch.device("cpu"), resume=True
+    )
     assert [g["weight_decay"] for g in run.optimizer.param_groups] == [0.3, 0.0]
     assert run.optimizer.state  # ... while its moments are the run's
 
@@ -184,10 +228,14 @@ def test_a_failed_training_compile_warns_and_trains_eagerly(tmp_path, monkeypatc
     class Broken(torch.nn.Module):  # what torch.compile returns, failing the way inductor does without a compiler
         def forward(self, *args):
             raise RuntimeError("InductorError: no working C++ compiler")
+
     monkeypatch.setattr(torch, "compile", lambda module: Broken())
     fit(tiny_run(tmp_path, "eager", optim=dict(epochs=1)))
-    with pytest.warns(RuntimeWarning, match=r"optim.compile: torch.compile failed \(RuntimeError: InductorError: no "
-                                            r"working C\+\+ compiler\); training eagerly"):
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"optim.compile: torch.compile failed \(RuntimeError: InductorError: no "
+        r"working C\+\+ compiler\); training eagerly",
+    ):
         fit(tiny_run(tmp_path, "fallback", optim=dict(epochs=1, compile=True)))
     a, b = weights(tmp_path / "eager"), weights(tmp_path / "fallback")
     assert all(torch.equal(a[k], b[k]) for k in a)  # the failed first call changed nothing

@@ -1,4 +1,5 @@
 """Using a model on real videos the tests encode: predict, timelines, features, explanations, export."""
+
 import json
 
 import pytest
@@ -37,8 +38,21 @@ def videos(tmp_path_factory):
 
 
 def test_predict_table_json_and_bad_file(ckpt, videos, capsys):
-    rc = main(["predict", str(videos / "a.mp4"), str(videos / "notes.mp4"), str(videos / "b.webm"), "--checkpoint",
-               str(ckpt / "named"), "--topk", "2", "--views", "2x3", "--json"])
+    rc = main(
+        [
+            "predict",
+            str(videos / "a.mp4"),
+            str(videos / "notes.mp4"),
+            str(videos / "b.webm"),
+            "--checkpoint",
+            str(ckpt / "named"),
+            "--topk",
+            "2",
+            "--views",
+            "2x3",
+            "--json",
+        ]
+    )
     out, err = capsys.readouterr()
     assert rc == 0
     rows = [json.loads(line) for line in out.splitlines()]
@@ -66,12 +80,30 @@ def test_multi_view_logits_are_the_mean_of_views(ckpt, videos):
 
 
 def test_timeline_covers_the_video(ckpt, videos, tmp_path, capsys):
-    assert main(["predict", str(videos / "a.mp4"), "--checkpoint", str(ckpt / "named"), "--window", "1",
-                 "--stride", "0.75", "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(videos / "a.mp4"),
+                "--checkpoint",
+                str(ckpt / "named"),
+                "--window",
+                "1",
+                "--stride",
+                "0.75",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     tl = json.loads((tmp_path / "a.timeline.json").read_text())
     starts = [e["start"] for e in tl["entries"]]
-    assert starts[0] == 0 and tl["entries"][-1]["end"] == pytest.approx(tl["duration"]) and tl["duration"] == \
-        pytest.approx(3.0, abs=0.05)
+    assert (
+        starts[0] == 0
+        and tl["entries"][-1]["end"] == pytest.approx(tl["duration"])
+        and tl["duration"] == pytest.approx(3.0, abs=0.05)
+    )
     assert all(b - a <= 0.75 + 1e-9 for a, b in zip(starts, starts[1:]))
     assert (tmp_path / "a.timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a video shorter than one window still gets one prediction
@@ -81,23 +113,58 @@ def test_timeline_covers_the_video(ckpt, videos, tmp_path, capsys):
 
 
 def test_extract_feature_shapes(ckpt, videos, tmp_path, capsys):
-    assert main(["extract", str(videos / "a.mp4"), "--checkpoint", str(ckpt / "named"), "--out", str(tmp_path),
-                 "--tokens", "frames", "patches"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                str(videos / "a.mp4"),
+                "--checkpoint",
+                str(ckpt / "named"),
+                "--out",
+                str(tmp_path),
+                "--tokens",
+                "frames",
+                "patches",
+            ]
+        )
+        == 0
+    )
     import numpy as np
 
     assert np.load(tmp_path / "a.pooled.npy").shape == (32,)
     assert np.load(tmp_path / "a.frames.npy").shape == (4, 32)
     assert np.load(tmp_path / "a.patches.npy").shape == (1 + 4 * 16, 32)
-    assert main(["extract", str(videos / "b.webm"), "--checkpoint", str(ckpt / "named"), "--out", str(tmp_path),
-                 "--format", "safetensors"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                str(videos / "b.webm"),
+                "--checkpoint",
+                str(ckpt / "named"),
+                "--out",
+                str(tmp_path),
+                "--format",
+                "safetensors",
+            ]
+        )
+        == 0
+    )
     from safetensors.torch import load_file
 
     assert load_file(str(tmp_path / "b.safetensors"))["pooled"].shape == (32,)
 
 
-@pytest.mark.parametrize("overrides", [{}, dict(cls_attention="average", temporal_fc=True),
-                                       dict(attention="space", cls_attention="average"),
-                                       dict(attention="sparse"), dict(attention="axial"), dict(attention="joint")])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        dict(cls_attention="average", temporal_fc=True),
+        dict(attention="space", cls_attention="average"),
+        dict(attention="sparse"),
+        dict(attention="axial"),
+        dict(attention="joint"),
+    ],
+)
 def test_rollout_maps_sum_to_one_per_frame(overrides):
     torch.manual_seed(0)
     model = tf.create_model("timesformer_tiny", num_classes=3, **{**TINY, **overrides})
@@ -117,8 +184,21 @@ def test_rollout_logits_equal_the_forward_pass():
 
 
 def test_explain_writes_png_gif_and_json(ckpt, videos, tmp_path, capsys):
-    assert main(["explain", str(videos / "a.mp4"), "--checkpoint", str(ckpt / "named"), "--out", str(tmp_path),
-                 "--sampling-rate", "8"]) == 0  # every frame inside the 3 s video
+    assert (
+        main(
+            [
+                "explain",
+                str(videos / "a.mp4"),
+                "--checkpoint",
+                str(ckpt / "named"),
+                "--out",
+                str(tmp_path),
+                "--sampling-rate",
+                "8",
+            ]
+        )
+        == 0
+    )  # every frame inside the 3 s video
     assert (tmp_path / "a.explain.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from PIL import Image
 
@@ -159,8 +239,10 @@ def test_the_sampling_protocol_travels_with_the_weights(tmp_path, monkeypatch, c
     model = small_model(labels=tuple("abcde")).eval()
     model.config = model.config.replace(sampling="segment")
     assert Predictor(model).spec.sampling == "segment"
-    assert (Predictor(model, sampling="dense").spec.sampling, Predictor(small_model()).spec.sampling_rate) == \
-        ("dense", 32)
+    assert (Predictor(model, sampling="dense").spec.sampling, Predictor(small_model()).spec.sampling_rate) == (
+        "dense",
+        32,
+    )
     tf.save_pretrained(model, tmp_path / "ssv2")
     assert tf.load_pretrained(tmp_path / "ssv2").config.sampling == "segment"
     write_video(tmp_path / "v.mp4", 20, fps=10, size=32)
@@ -170,11 +252,24 @@ def test_the_sampling_protocol_travels_with_the_weights(tmp_path, monkeypatch, c
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             used.append((self.spec.sampling, self.spec.sampling_rate, self.spec.fps))
+
     monkeypatch.setattr(inference, "Predictor", Recording)
     for extra in ([], ["--sampling", "dense", "--sampling-rate", "2", "--fps", "10"]):
         assert main(["predict", str(tmp_path / "v.mp4"), "--checkpoint", str(tmp_path / "ssv2"), *extra]) == 0
-        assert main(["extract", str(tmp_path / "v.mp4"), "--checkpoint", str(tmp_path / "ssv2"), "--out",
-                     str(tmp_path / f"f{len(extra)}"), *extra]) == 0
+        assert (
+            main(
+                [
+                    "extract",
+                    str(tmp_path / "v.mp4"),
+                    "--checkpoint",
+                    str(tmp_path / "ssv2"),
+                    "--out",
+                    str(tmp_path / f"f{len(extra)}"),
+                    *extra,
+                ]
+            )
+            == 0
+        )
     assert used == [("segment", 32, 30.0)] * 2 + [("dense", 2, 10.0)] * 2
 
 
@@ -186,16 +281,44 @@ def test_precision_flags_on_predict_extract_and_eval(precision, ckpt, videos, tm
     import warnings
 
     def run(*flags):
-        assert main(["predict", str(videos / "a.mp4"), str(videos / "b.webm"), "--checkpoint", str(ckpt / "named"),
-                     "--topk", "3", "--json", *flags]) == 0
-        return [{e["class"]: e["prob"] for e in json.loads(line)["top"]} for line in capsys.readouterr().out.splitlines()]
+        assert (
+            main(
+                [
+                    "predict",
+                    str(videos / "a.mp4"),
+                    str(videos / "b.webm"),
+                    "--checkpoint",
+                    str(ckpt / "named"),
+                    "--topk",
+                    "3",
+                    "--json",
+                    *flags,
+                ]
+            )
+            == 0
+        )
+        return [
+            {e["class"]: e["prob"] for e in json.loads(line)["top"]} for line in capsys.readouterr().out.splitlines()
+        ]
 
     ref, low = run(), run("--precision", precision)
     assert [max(r, key=r.get) for r in ref] == [max(r, key=r.get) for r in low]
     assert all(abs(r[c] - q[c]) < 0.02 for r, q in zip(ref, low) for c in r)
     for flags, name in (([], "fp32"), (["--precision", precision], "low")):
-        assert main(["extract", str(videos / "a.mp4"), "--checkpoint", str(ckpt / "named"),
-                     "--out", str(tmp_path / name), *flags]) == 0
+        assert (
+            main(
+                [
+                    "extract",
+                    str(videos / "a.mp4"),
+                    "--checkpoint",
+                    str(ckpt / "named"),
+                    "--out",
+                    str(tmp_path / name),
+                    *flags,
+                ]
+            )
+            == 0
+        )
     import numpy as np
 
     a, b = (np.load(tmp_path / name / "a.pooled.npy") for name in ("fp32", "low"))
@@ -210,8 +333,25 @@ def test_precision_flags_on_predict_extract_and_eval(precision, ckpt, videos, tm
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn) or (lambda *a: 1 / 0))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert main(["eval", "--checkpoint", str(tmp_path / "synth"), "--data", str(root), "--precision", precision,
-                     "--compile", "--sampling", "segment", "--out", str(tmp_path / "eval")]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "--checkpoint",
+                    str(tmp_path / "synth"),
+                    "--data",
+                    str(root),
+                    "--precision",
+                    precision,
+                    "--compile",
+                    "--sampling",
+                    "segment",
+                    "--out",
+                    str(tmp_path / "eval"),
+                ]
+            )
+            == 0
+        )
     assert compiled and any("torch.compile failed (ZeroDivisionError" in str(w.message) for w in caught)
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["videos"] == 12 and report["views"] == "1x1"  # int8 calibration used to overwrite the views
@@ -263,8 +403,22 @@ def test_onnx_int8_export_runs_in_onnxruntime_close_to_fp32(ckpt, videos, tmp_pa
     assert low.shape == ref.shape and (low - ref).abs().max() < 0.05 * ref.abs().max()
     assert (low.argmax(1) == ref.argmax(1)).all()
     assert [p.name for p in out.parent.iterdir()] == ["int8.onnx"]  # no temporary left beside it
-    assert main(["export", "--checkpoint", str(ckpt / "named"), "--format", "torch", "--quantize", "int8",
-                 "--out", str(tmp_path / "x.pt2")]) == 2
+    assert (
+        main(
+            [
+                "export",
+                "--checkpoint",
+                str(ckpt / "named"),
+                "--format",
+                "torch",
+                "--quantize",
+                "int8",
+                "--out",
+                str(tmp_path / "x.pt2"),
+            ]
+        )
+        == 2
+    )
     assert "--quantize int8 applies to --format onnx" in capsys.readouterr().err
 
 
@@ -273,8 +427,22 @@ def test_int8_names_the_device_it_needs(ckpt, videos, capsys):
     with pytest.raises(ValueError, match=r"precision='int8' runs on the cpu; got device meta"):
         Predictor(model, precision="int8", device="meta")
     assert next(model.parameters()).device.type == "cpu"  # refused before anything moved
-    assert main(["eval", "--checkpoint", str(ckpt / "named"), "--data", str(videos), "--precision", "int8",
-                 "--device", "cuda"]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(ckpt / "named"),
+                "--data",
+                str(videos),
+                "--precision",
+                "int8",
+                "--device",
+                "cuda",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "--precision int8 runs on the cpu; got --device cuda" in err or "no CUDA device" in err
 

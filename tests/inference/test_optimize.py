@@ -1,5 +1,6 @@
 """timesformer.optimize: every precision against eager, the input left alone, masks, compile's fallback, static
 int8 (torchao PT2E, compiled) and its fallbacks, and int8 agreement with fp32 on a trained model."""
+
 import copy
 import warnings
 
@@ -42,15 +43,20 @@ def test_optimize_matches_eager_within_its_tolerance(precision, scheme):
             out = fast(VIDEO, mask)
             assert out.dtype == torch.float32 and out.shape == ref.shape
             assert (out - ref).abs().max() <= TOLERANCE[precision] * ref.abs().max(), precision
-        torch.testing.assert_close(fast.forward_features(VIDEO), model.forward_features(VIDEO),
-                                   atol=3 * TOLERANCE[precision] * model.forward_features(VIDEO).abs().max(), rtol=0)
+        torch.testing.assert_close(
+            fast.forward_features(VIDEO),
+            model.forward_features(VIDEO),
+            atol=3 * TOLERANCE[precision] * model.forward_features(VIDEO).abs().max(),
+            rtol=0,
+        )
     # the model passed in is untouched: same weights, same dtype, still trainable
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.dtype == torch.float32 and p.requires_grad for p in model.parameters())
     if precision == "int8":  # without compile: dynamic quantization of every linear layer
         assert fast.method == "int8-dynamic"
-        assert sum(type(m).__name__ == "Linear" and "quantized" in type(m).__module__
-                   for m in fast.modules()) == sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+        assert sum(type(m).__name__ == "Linear" and "quantized" in type(m).__module__ for m in fast.modules()) == sum(
+            isinstance(m, torch.nn.Linear) for m in model.modules()
+        )
 
 
 @pytest.mark.parametrize("scheme", ["divided", "axial", "sparse"])
@@ -75,11 +81,16 @@ def test_a_failed_compile_warns_and_runs_eagerly(monkeypatch):
     def broken_compile(fn, **kwargs):
         def run(*args):
             raise RuntimeError("InductorError: no working C++ compiler\nmore detail")
+
         return run
+
     monkeypatch.setattr(torch, "compile", broken_compile)
     model = small_model()
-    with pytest.warns(RuntimeWarning, match=r"torch.compile failed \(RuntimeError: InductorError: no working C\+\+ "
-                                            r"compiler\); running forward eagerly"):
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"torch.compile failed \(RuntimeError: InductorError: no working C\+\+ "
+        r"compiler\); running forward eagerly",
+    ):
         fast = tf.optimize(model, precision="bf16", compile=True, example=VIDEO)
     assert not fast.compiled and callable(fast.compile)  # nn.Module.compile is not shadowed
     with warnings.catch_warnings():
@@ -176,10 +187,14 @@ def test_static_int8_falls_back_to_dynamic_with_a_warning(monkeypatch):
 
     def broken(*args):
         raise RuntimeError("export failed: data-dependent control flow")
+
     monkeypatch.setattr(fast_module, "quantize_static", broken)
     model = small_model()
-    with pytest.warns(RuntimeWarning, match=r"int8 static quantization failed \(RuntimeError: export failed: "
-                                            r"data-dependent control flow\); running forward eagerly with dynamic"):
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"int8 static quantization failed \(RuntimeError: export failed: "
+        r"data-dependent control flow\); running forward eagerly with dynamic",
+    ):
         fast = tf.optimize(model, precision="int8", compile=True, example=VIDEO)
     assert not fast.compiled
     with torch.no_grad():

@@ -1,4 +1,5 @@
 """Attention rollout carried as a vector equals the dense N x N method it replaced (kept here as the reference)."""
+
 import pytest
 import torch
 
@@ -32,8 +33,7 @@ def _dense_stage(rec: dict, n: int, pending_global: torch.Tensor | None) -> torc
             weight = real[:G].any(-1).double() if real is not None else torch.ones(G, dtype=torch.float64)
             weight = weight / weight.sum()
             cls_rows = probs[:, 0].double() * weight[:, None]  # G (1 + L)
-            m.index_put_((torch.zeros_like(keys).reshape(-1), keys.reshape(-1)), cls_rows.reshape(-1),
-                         accumulate=True)
+            m.index_put_((torch.zeros_like(keys).reshape(-1), keys.reshape(-1)), cls_rows.reshape(-1), accumulate=True)
     return m[:n, :n]
 
 
@@ -65,10 +65,24 @@ def _dense_rollout(model, video, mask=None):
 @pytest.mark.parametrize("masked", [False, True])
 def test_vector_rollout_equals_the_dense_method(scheme, cls_attention, masked):
     torch.manual_seed(0)
-    model = tf.TimeSformer(tf.TimeSformerConfig(num_classes=3, num_frames=4, image_size=48, patch_size=8, dim=32,
-                                                depth=3, heads=2, dim_head=16, attention=scheme,
-                                                cls_attention=cls_attention, pos_emb="learned", temporal_fc=True,
-                                                sparse_windows=2, sparse_stride=2))
+    model = tf.TimeSformer(
+        tf.TimeSformerConfig(
+            num_classes=3,
+            num_frames=4,
+            image_size=48,
+            patch_size=8,
+            dim=32,
+            depth=3,
+            heads=2,
+            dim_head=16,
+            attention=scheme,
+            cls_attention=cls_attention,
+            pos_emb="learned",
+            temporal_fc=True,
+            sparse_windows=2,
+            sparse_stride=2,
+        )
+    )
     video = torch.randn(1, 5, 3, 40, 48)  # 5 frames of a 5 x 6 grid: windows and strides that don't divide
     mask = torch.tensor([[True, True, True, False, False]]) if masked else None
     maps, importance = _dense_rollout(model, video, mask)

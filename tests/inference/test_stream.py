@@ -1,4 +1,5 @@
 """timesformer stream: predictions on frames as they arrive, from a file, a stdin pipe and with real-time pacing."""
+
 import json
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from ..conftest import labelled_tiny_model
 from ..data.videos import write_video
 
 pytest.importorskip("av")
+
 
 @pytest.fixture(scope="module")
 def model():
@@ -57,9 +59,29 @@ def test_a_stream_shorter_than_one_clip_gets_one_prediction_as_predict_gives(mod
 def test_stdin_pipe_from_the_command_line(model, clip, tmp_path):
     tf.save_pretrained(model, tmp_path / "ckpt")
     with open(clip / "a.ts", "rb") as stdin:
-        proc = subprocess.run([sys.executable, "-m", "timesformer", "stream", "--checkpoint", str(tmp_path / "ckpt"),
-                               "--source", "-", "--sampling-rate", "3", "--every", "8", "--json", "--topk", "2"],
-                              stdin=stdin, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "timesformer",
+                "stream",
+                "--checkpoint",
+                str(tmp_path / "ckpt"),
+                "--source",
+                "-",
+                "--sampling-rate",
+                "3",
+                "--every",
+                "8",
+                "--json",
+                "--topk",
+                "2",
+            ],
+            stdin=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(lines) == 6 and set(lines[0]) == {"time", "topk", "latency_ms"}
@@ -74,6 +96,7 @@ def test_realtime_paces_the_file_and_counts_the_windows_it_drops(model, clip):
     def model_taking_100ms(video, mask=None):
         time.sleep(0.1)
         return slow(video, mask)
+
     predictor.model = model_taking_100ms
     start = time.monotonic()
     out = list(predictor.stream(frames_from(str(clip / "a.mp4")), every=1, realtime=True))

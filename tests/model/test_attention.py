@@ -1,4 +1,5 @@
 """The fast (SDPA) path equals the reference (einsum + softmax) path, everywhere."""
+
 import pytest
 import torch
 
@@ -30,8 +31,7 @@ def test_attention_unknown_impl():
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_sdpa_equals_math_every_scheme(scheme, pos_emb, cls_attention):
     fast = small_model(attention=scheme, pos_emb=pos_emb, cls_attention=cls_attention, image_size=40)
-    ref = small_model(attention=scheme, pos_emb=pos_emb, cls_attention=cls_attention, image_size=40,
-                      attn_impl="math")
+    ref = small_model(attention=scheme, pos_emb=pos_emb, cls_attention=cls_attention, image_size=40, attn_impl="math")
     ref.load_state_dict(fast.state_dict())
     video = torch.randn(2, 5, 3, 40, 40)  # odd T and a 5x5 grid: unequal sparse groups are padded
     mask = torch.tensor([[True] * 5, [True, True, True, False, False]])

@@ -1,4 +1,5 @@
 """torch.compile works on the model."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """Frame masks: padded clips equal shorter clips (rotary), and masked frames never matter."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """Shapes, gradients, presets, checkpointing and the public API of the model."""
+
 import pytest
 import torch
 
@@ -53,30 +54,56 @@ def test_drop_path_and_dropout_train_vs_eval():
 
 
 def test_presets():
-    assert set(tf.list_models()) >= {"timesformer_base", "timesformer_hr", "timesformer_l", "timesformer_tiny",
-                                     "lucidrains"}
+    assert set(tf.list_models()) >= {
+        "timesformer_base",
+        "timesformer_hr",
+        "timesformer_l",
+        "timesformer_tiny",
+        "lucidrains",
+    }
     base = tf.get_config("timesformer_base")
-    assert (base.num_frames, base.image_size, base.patch_size, base.dim, base.depth, base.heads) == \
-        (8, 224, 16, 768, 12, 12)
+    assert (base.num_frames, base.image_size, base.patch_size, base.dim, base.depth, base.heads) == (
+        8,
+        224,
+        16,
+        768,
+        12,
+        12,
+    )
     assert base.attention == "divided" and base.pos_emb == "learned"
     assert (tf.get_config("timesformer_hr").num_frames, tf.get_config("timesformer_hr").image_size) == (16, 448)
     assert tf.get_config("timesformer_l").num_frames == 96
     seed = tf.get_config("lucidrains")
-    assert (seed.mlp, seed.qkv_bias, seed.temporal_fc, seed.cls_attention, seed.pos_emb) == \
-        ("geglu", False, False, "global", "rotary")
+    assert (seed.mlp, seed.qkv_bias, seed.temporal_fc, seed.cls_attention, seed.pos_emb) == (
+        "geglu",
+        False,
+        False,
+        "global",
+        "rotary",
+    )
     model = tf.create_model("timesformer_tiny", num_classes=3)
     assert model.config.num_classes == 3
     with torch.no_grad():
         assert model.eval()(torch.randn(1, 8, 3, 64, 64)).shape == (1, 3)
 
 
-@pytest.mark.parametrize("scheme,hf_type", [("divided", "divided_space_time"), ("joint", "joint_space_time"),
-                                            ("space", "space_only")])
+@pytest.mark.parametrize(
+    "scheme,hf_type", [("divided", "divided_space_time"), ("joint", "joint_space_time"), ("space", "space_only")]
+)
 def test_parameter_count_equals_hugging_face(scheme, hf_type):
     from transformers import TimesformerConfig, TimesformerForVideoClassification
 
-    hc = TimesformerConfig(image_size=32, patch_size=8, num_frames=4, hidden_size=32, num_hidden_layers=2,
-                           num_attention_heads=2, intermediate_size=128, num_labels=5, attention_type=hf_type)
+    hc = TimesformerConfig(
+        image_size=32,
+        patch_size=8,
+        num_frames=4,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        num_labels=5,
+        attention_type=hf_type,
+    )
     ours = tf.TimeSformer(small_config(attention=scheme))
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(ours) == count(TimesformerForVideoClassification(hc))

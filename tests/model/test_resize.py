@@ -1,4 +1,5 @@
 """Other frame counts and resolutions: every layer reads T and the grid from the input."""
+
 import pytest
 import torch
 
@@ -41,10 +42,18 @@ def test_embeddings_resize_like_hugging_face():
     """HF's embedding layer interpolates (nearest) correctly; only its layers break at other sizes. Our tokens
     at 48x48 and 6 frames equal HF's embedding output there."""
     from transformers import TimesformerConfig, TimesformerModel
+
     from timesformer.convert.hf import from_hf
 
-    hc = TimesformerConfig(image_size=32, patch_size=8, num_frames=4, hidden_size=32, num_hidden_layers=1,
-                           num_attention_heads=2, intermediate_size=128)
+    hc = TimesformerConfig(
+        image_size=32,
+        patch_size=8,
+        num_frames=4,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=128,
+    )
     hf = TimesformerModel(hc).eval()
     torch.nn.init.normal_(hf.embeddings.time_embeddings)
     ours = small_model(depth=1, num_classes=0)

@@ -1,4 +1,5 @@
 """Rotary embeddings are true rotations: q.k after rotation depends only on the relative offset."""
+
 import pytest
 import torch
 

@@ -1,6 +1,6 @@
 """timesformer serve: the HTTP API on videos the tests encode -- predictions equal to Predictor's, bad input as
 4xx JSON with the server still serving, no upload left on disk, batching, backpressure, the API key, draining."""
-import json
+
 import tempfile
 import threading
 import time
@@ -21,6 +21,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from timesformer.serve import Batcher, QueueFull, create_app  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def model():
@@ -67,8 +68,9 @@ def test_predictions_equal_the_predictors(model, videos, uploads):
         assert body["duration"] == pytest.approx(3.0, abs=0.05) and body["latency_ms"] > 0
         # other views, a timeline, and a video shorter than one clip
         multi = post(client, videos / "a.mp4", views="2x3").json()
-        assert multi["scores"][0] == pytest.approx(predictor.with_views(2, 3).predict(videos / "a.mp4")["top"][0]["prob"],
-                                                   abs=1e-5)
+        assert multi["scores"][0] == pytest.approx(
+            predictor.with_views(2, 3).predict(videos / "a.mp4")["top"][0]["prob"], abs=1e-5
+        )
         timeline = post(client, videos / "a.mp4", window=1, stride=1, topk=2).json()["timeline"]
         assert [(e["start"], e["end"]) for e in timeline] == [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0)]
         ref_tl = predictor.timeline(videos / "a.mp4", window=1, stride=1, topk=2)["entries"]
@@ -76,18 +78,22 @@ def test_predictions_equal_the_predictors(model, videos, uploads):
         assert post(client, videos / "short.mp4").status_code == 200
 
 
-@pytest.mark.parametrize("name, fields, status, message", [
-    ("notes.mp4", {}, 400, "not a readable video"),
-    ("empty.mp4", {}, 400, "the upload is empty"),
-    ("truncated.mp4", {}, 400, "truncated or damaged"),
-    (None, {}, 422, "'file' field (a video upload) is missing"),
-    ("a.mp4", {"topk": 0}, 422, r"topk must be in [1, 100]; got '0'"),
-    ("a.mp4", {"topk": "many"}, 422, "topk must be a int; got 'many'"),
-    ("a.mp4", {"views": "2by3"}, 422, "views must be CLIPSxCROPS"),
-    ("a.mp4", {"stride": 1}, 422, "stride needs a window"),
-])
-def test_bad_input_is_a_4xx_naming_it_and_the_server_keeps_serving(model, videos, uploads, name, fields, status,
-                                                                   message):
+@pytest.mark.parametrize(
+    "name, fields, status, message",
+    [
+        ("notes.mp4", {}, 400, "not a readable video"),
+        ("empty.mp4", {}, 400, "the upload is empty"),
+        ("truncated.mp4", {}, 400, "truncated or damaged"),
+        (None, {}, 422, "'file' field (a video upload) is missing"),
+        ("a.mp4", {"topk": 0}, 422, r"topk must be in [1, 100]; got '0'"),
+        ("a.mp4", {"topk": "many"}, 422, "topk must be a int; got 'many'"),
+        ("a.mp4", {"views": "2by3"}, 422, "views must be CLIPSxCROPS"),
+        ("a.mp4", {"stride": 1}, 422, "stride needs a window"),
+    ],
+)
+def test_bad_input_is_a_4xx_naming_it_and_the_server_keeps_serving(
+    model, videos, uploads, name, fields, status, message
+):
     with TestClient(create_app(Predictor(model))) as client:
         response = post(client, videos / name if name else None, **fields)
         assert response.status_code == status and message in response.json()["error"]
@@ -131,11 +137,19 @@ def test_the_api_key_guards_everything_but_healthz(model, videos, uploads):
         assert client.get("/v1/labels", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         for endpoint in ("/v1/predict", "/v1/explain"):
             assert client.post(endpoint, files={"file": ("a.mp4", (videos / "a.mp4").read_bytes())}).status_code == 401
-        assert client.post("/v1/predict", files={"file": ("a.mp4", (videos / "a.mp4").read_bytes())},
-                           headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert (
+            client.post(
+                "/v1/predict",
+                files={"file": ("a.mp4", (videos / "a.mp4").read_bytes())},
+                headers={"X-API-Key": "s3cret"},
+            ).status_code
+            == 200
+        )
         assert client.get("/").status_code == 200  # the page holds no data; its calls carry the key
-        assert 'timesformer_requests_total{path="/v1/predict",code="401"} 1' in client.get(
-            "/metrics", headers={"X-API-Key": "s3cret"}).text
+        assert (
+            'timesformer_requests_total{path="/v1/predict",code="401"} 1'
+            in client.get("/metrics", headers={"X-API-Key": "s3cret"}).text
+        )
         assert client.get("/no/such/%22path").status_code == 401
         assert 'path="other"' in client.get("/metrics", headers={"X-API-Key": "s3cret"}).text  # labels stay few
 
@@ -146,7 +160,9 @@ def test_concurrent_requests_are_batched(model, videos, uploads):
             codes = list(pool.map(lambda _: post(client, videos / "a.mp4").status_code, range(6)))
         assert codes == [200] * 6
         text = client.get("/metrics").text
-    counts = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("timesformer_batch")}
+    counts = {
+        line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("timesformer_batch")
+    }
     assert counts["timesformer_batch_clips_count"] < 7  # 6 requests (+ the warm-up) in fewer model calls
     assert counts['timesformer_batch_clips_bucket{le="1"}'] < counts["timesformer_batch_clips_count"]
 
@@ -219,10 +235,24 @@ def server(model, tmp_path):
     tf.save_pretrained(model, tmp_path / "ckpt")
     port = free_port()
     (tmp_path / "srvtmp").mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "timesformer", "serve", "--checkpoint", str(tmp_path / "ckpt"),
-                             "--port", str(port), "--max-wait-ms", "1500"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path / "srvtmp")))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "timesformer",
+            "serve",
+            "--checkpoint",
+            str(tmp_path / "ckpt"),
+            "--port",
+            str(port),
+            "--max-wait-ms",
+            "1500",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path / "srvtmp")),
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -250,6 +280,7 @@ def test_sigterm_drains_queued_requests_then_exits_cleanly(server, videos):
 
     def call(_):
         return httpx.post(f"{url}/v1/predict", files={"file": ("a.mp4", data)}, timeout=60).status_code
+
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(call, i) for i in range(4)]
         time.sleep(0.5)  # the requests are in, waiting 1.5 s for a fuller batch
@@ -270,9 +301,11 @@ def test_a_client_that_disconnects_mid_upload_leaves_the_server_healthy(server, 
     proc, url = server
     port = int(url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port)) as sock:  # promises 1 MB, sends 1 KB, hangs up
-        sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-                     b"Content-Length: 1000000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"file\"; "
-                     b"filename=\"a.mp4\"\r\n\r\n" + b"\0" * 1000)
+        sock.sendall(
+            b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b'Content-Length: 1000000\r\n\r\n--b\r\nContent-Disposition: form-data; name="file"; '
+            b'filename="a.mp4"\r\n\r\n' + b"\0" * 1000
+        )
     time.sleep(0.5)
     assert httpx.get(f"{url}/healthz").status_code == 200
     response = httpx.post(f"{url}/v1/predict", files={"file": ("a.mp4", (videos / "a.mp4").read_bytes())}, timeout=60)

@@ -1,4 +1,5 @@
 """Shared pieces of the weight converters: prefix renaming by templates, and the load report."""
+
 from __future__ import annotations
 
 import re
@@ -29,7 +30,7 @@ def rename(state: dict, pairs: list[tuple[str, str]], *, reverse: bool = False) 
         for regex, dst in compiled:
             m = regex.match(key)
             if m and (m.end() == len(key) or key[m.end()] == "."):
-                key = dst.format(**m.groupdict()) + key[m.end():]
+                key = dst.format(**m.groupdict()) + key[m.end() :]
                 break
         out[key] = value
     return out
@@ -37,7 +38,7 @@ def rename(state: dict, pairs: list[tuple[str, str]], *, reverse: bool = False) 
 
 def strip_prefix(state: dict, prefix: str) -> dict:
     """Drop ``prefix`` from the keys that carry it (e.g. the official ``model.``)."""
-    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+    return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}
 
 
 @dataclass
@@ -53,8 +54,11 @@ def check_state(model: torch.nn.Module, state: dict, source: str) -> None:
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in sorted(set(own) & set(state)) if tuple(own[k].shape) != tuple(state[k].shape)]
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if tuple(own[k].shape) != tuple(state[k].shape)
+    ]
     if missing or unexpected or shapes:
         parts = []
         if missing:

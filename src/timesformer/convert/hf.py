@@ -1,5 +1,6 @@
 """Hugging Face ``transformers`` Timesformer <-> ours. Pure ``state_dict -> state_dict`` renames: HF keeps the
 official fused qkv, so no tensor changes."""
+
 from __future__ import annotations
 
 from .common import rename

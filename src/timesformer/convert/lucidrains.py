@@ -5,6 +5,7 @@ The seed's patch embedding is ``Linear`` over ``(p1 p2 c)``-flattened patches; o
 (``inv_freqs``, ``scales``), which are dropped; note that its temporal rotary is not a true rotation (see
 ``model/embeddings.py``), so a rotary seed model does not give equal logits here -- the learned-table ones do.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,17 +60,33 @@ def infer_config(state: dict, **overrides) -> TimeSformerConfig:
     patch = math.isqrt(patch_dim // channels)
     depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("layers."))
     heads = overrides.get("heads", 8)
-    dim_head = overrides.get("dim_head", state["layers.0.0.fn.to_qkv.weight" if "layers.0.0.fn.to_qkv.weight" in
-                                                state else "layers.0.0.fn.fn.to_qkv.weight"].shape[0] // (3 * heads))
-    found = dict(dim=dim, patch_size=patch, channels=channels, depth=depth, heads=heads, dim_head=dim_head,
-                 num_classes=state["to_out.1.weight"].shape[0],
-                 shift_tokens=any(".fn.fn." in k for k in state),
-                 pos_emb="learned_joint" if "pos_emb.weight" in state else "rotary")
+    dim_head = overrides.get(
+        "dim_head",
+        state[
+            "layers.0.0.fn.to_qkv.weight"
+            if "layers.0.0.fn.to_qkv.weight" in state
+            else "layers.0.0.fn.fn.to_qkv.weight"
+        ].shape[0]
+        // (3 * heads),
+    )
+    found = dict(
+        dim=dim,
+        patch_size=patch,
+        channels=channels,
+        depth=depth,
+        heads=heads,
+        dim_head=dim_head,
+        num_classes=state["to_out.1.weight"].shape[0],
+        shift_tokens=any(".fn.fn." in k for k in state),
+        pos_emb="learned_joint" if "pos_emb.weight" in state else "rotary",
+    )
     cfg = get_config("lucidrains", **{**found, **{k: v for k, v in overrides.items() if k not in found}})
     if cfg.pos_emb == "learned_joint":
         rows = state["pos_emb.weight"].shape[0]
-        if rows != cfg.num_frames * cfg.grid ** 2 + 1:
-            raise ValueError(f"the seed's pos_emb has {rows} rows but num_frames={cfg.num_frames} x "
-                             f"({cfg.image_size}/{cfg.patch_size})^2 + 1 = {cfg.num_frames * cfg.grid ** 2 + 1}; "
-                             f"pass the num_frames and image_size the model was built with")
+        if rows != cfg.num_frames * cfg.grid**2 + 1:
+            raise ValueError(
+                f"the seed's pos_emb has {rows} rows but num_frames={cfg.num_frames} x "
+                f"({cfg.image_size}/{cfg.patch_size})^2 + 1 = {cfg.num_frames * cfg.grid**2 + 1}; "
+                f"pass the num_frames and image_size the model was built with"
+            )
     return cfg

@@ -7,6 +7,7 @@ space-only layers use ``attentions.0`` with ``norms.0`` / ``norms.1``. ``nn.Mult
 v fused as ``in_proj_weight`` (q rows, then k, then v) -- the layout of our ``qkv`` -- so the tensors map as
 they are. The head is ``cls_head.fc_cls``.
 """
+
 from __future__ import annotations
 
 from .common import rename

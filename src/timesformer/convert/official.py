@@ -3,6 +3,7 @@
 Our parameter names are the official ones (``blocks.N.temporal_attn.qkv`` ...); the official files wrap them
 as ``{"model_state": {"model.<name>": tensor}, "optimizer_state", "epoch", "cfg"}``.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,10 +41,18 @@ def infer_config(state: dict, **overrides) -> TimeSformerConfig:
         attention = "divided"
     else:
         attention = "joint" if "time_embed" in state else "space"
-    found = dict(dim=dim, patch_size=patch, channels=channels, image_size=grid * patch, depth=depth,
-                 attention=attention, mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / dim,
-                 qkv_bias="blocks.0.attn.qkv.bias" in state, pos_emb="learned",
-                 num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0)
+    found = dict(
+        dim=dim,
+        patch_size=patch,
+        channels=channels,
+        image_size=grid * patch,
+        depth=depth,
+        attention=attention,
+        mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / dim,
+        qkv_bias="blocks.0.attn.qkv.bias" in state,
+        pos_emb="learned",
+        num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0,
+    )
     if "time_embed" in state:
         found["num_frames"] = state["time_embed"].shape[1]
     heads = overrides.get("heads", max(dim // 64, 1))

@@ -10,6 +10,7 @@ attentions.0.attn.out_proj, norms.1, ffns.0.layers.0.0, ffns.0.layers.1}``, ``pa
 official ``load_pretrained`` does), ``temporal_fc`` and the time table stay at zero, and the classifier is
 kept as initialised. So a clip of T identical frames gives the image model's features for that frame.
 """
+
 from __future__ import annotations
 
 import re
@@ -51,8 +52,10 @@ MMCV_VIT = [  # (timm, mmcv / mmaction2)
     ("blocks.{i}.mlp.fc2", f"{_MM}.ffns.0.layers.1"),
 ]
 # separate q, k, v projections (fused into qkv below): prefix template and the three names
-QKV_SPLIT = [(f"{_V4}.attention.attention", ("query", "key", "value")), (f"{_V5}.attention", ("q_proj", "k_proj",
-                                                                                                 "v_proj"))]
+QKV_SPLIT = [
+    (f"{_V4}.attention.attention", ("query", "key", "value")),
+    (f"{_V5}.attention", ("q_proj", "k_proj", "v_proj")),
+]
 
 
 def vit_to_timm(state: dict) -> dict:
@@ -66,7 +69,7 @@ def vit_to_timm(state: dict) -> dict:
     out = rename(state, HF_VIT, reverse=True)
     for template, names in QKV_SPLIT:
         head = template.split("{i}")[0]
-        indices = {int(k[len(head):].split(".")[0]) for k in out if k.startswith(head)}
+        indices = {int(k[len(head) :].split(".")[0]) for k in out if k.startswith(head)}
         for i in sorted(indices):
             base = template.format(i=i)
             for kind in ("weight", "bias"):

@@ -2,13 +2,36 @@
 
 Imports torch and, when decoding, PyAV; never ``timesformer.model``.
 """
+
 from .datasets import ClipSpec, VideoDataset, VideoFolder, VideoList, bad_files_report, collate, read_list
 from .decode import DecodeError, FrameFolderReader, VideoReader, open_video
 from .sampling import clip_start_times, dense_clip_times, segment_times
 from .synthetic import CLASSES, REVERSED_PAIRS, SyntheticMotion, write_synthetic
 from .transforms import EvalTransform, TrainTransform, center_crop, normalize, resize_short_side, three_crop
 
-__all__ = ["CLASSES", "REVERSED_PAIRS", "ClipSpec", "DecodeError", "EvalTransform", "FrameFolderReader",
-           "SyntheticMotion", "TrainTransform", "VideoDataset", "VideoFolder", "VideoList", "VideoReader",
-           "bad_files_report", "center_crop", "clip_start_times", "collate", "dense_clip_times", "normalize",
-           "open_video", "read_list", "resize_short_side", "segment_times", "three_crop", "write_synthetic"]
+__all__ = [
+    "CLASSES",
+    "REVERSED_PAIRS",
+    "ClipSpec",
+    "DecodeError",
+    "EvalTransform",
+    "FrameFolderReader",
+    "SyntheticMotion",
+    "TrainTransform",
+    "VideoDataset",
+    "VideoFolder",
+    "VideoList",
+    "VideoReader",
+    "bad_files_report",
+    "center_crop",
+    "clip_start_times",
+    "collate",
+    "dense_clip_times",
+    "normalize",
+    "open_video",
+    "read_list",
+    "resize_short_side",
+    "segment_times",
+    "three_crop",
+    "write_synthetic",
+]

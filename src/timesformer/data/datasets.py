@@ -13,6 +13,7 @@ raises instead. A file that decodes only partly (cut short, broken data) is used
 masked out, and is reported too: a warning, the sample's ``partial`` reason, and the batch's ``bad`` field.
 Only ``DecodeError`` counts as a bad file: any other exception is a bug, and surfaces.
 """
+
 from __future__ import annotations
 
 import csv
@@ -61,8 +62,16 @@ class ClipSpec:
     def times(self, duration: float, *, train: bool, clip_index: int = 0, generator=None) -> torch.Tensor:
         if self.sampling == "segment":
             return segment_times(duration, num_segments=self.num_frames, train=train, generator=generator)
-        return dense_clip_times(duration, num_frames=self.num_frames, sampling_rate=self.sampling_rate, fps=self.fps,
-                                train=train, clip_index=clip_index, num_clips=self.num_clips, generator=generator)
+        return dense_clip_times(
+            duration,
+            num_frames=self.num_frames,
+            sampling_rate=self.sampling_rate,
+            fps=self.fps,
+            train=train,
+            clip_index=clip_index,
+            num_clips=self.num_clips,
+            generator=generator,
+        )
 
 
 class VideoDataset(Dataset):
@@ -75,18 +84,28 @@ class VideoDataset(Dataset):
         seed: with ``set_epoch``, makes every item's randomness reproducible in any worker.
     """
 
-    def __init__(self, items: list, classes: list[str], *, spec: ClipSpec = ClipSpec(), train: bool = True,
-                 on_error: str = "skip", seed: int = 0):
+    def __init__(
+        self,
+        items: list,
+        classes: list[str],
+        *,
+        spec: ClipSpec = ClipSpec(),
+        train: bool = True,
+        on_error: str = "skip",
+        seed: int = 0,
+    ):
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise'; got {on_error!r}")
         self.items, self.classes, self.spec, self.train = list(items), list(classes), spec, train
         self.on_error, self.seed, self.epoch = on_error, seed, 0
         self.multi_label = any(isinstance(label, tuple) for _, label in self.items)
         self.views = 1 if train else spec.num_clips * spec.num_crops
-        self.train_tf = TrainTransform(crop_size=spec.crop_size, scale=spec.scale, flip=spec.flip, mean=spec.mean,
-                                       std=spec.std)
-        self.eval_tf = EvalTransform(crop_size=spec.crop_size, short_side=spec.short_side, num_crops=spec.num_crops,
-                                     mean=spec.mean, std=spec.std)
+        self.train_tf = TrainTransform(
+            crop_size=spec.crop_size, scale=spec.scale, flip=spec.flip, mean=spec.mean, std=spec.std
+        )
+        self.eval_tf = EvalTransform(
+            crop_size=spec.crop_size, short_side=spec.short_side, num_crops=spec.num_crops, mean=spec.mean, std=spec.std
+        )
 
     def set_epoch(self, epoch: int):
         self.epoch = epoch
@@ -127,8 +146,14 @@ class VideoDataset(Dataset):
         video = self.train_tf(frames, generator) if self.train else self.eval_tf.view(frames, crop_index)
         # frames asked for past the end of a short video repeat its last frame and are masked out (mask False):
         # the model sees the real length, and every row keeps its first frame
-        sample = {"video": video, "mask": valid, "label": self.target(label), "index": video_index, "view": view,
-                  "path": str(path)}
+        sample = {
+            "video": video,
+            "mask": valid,
+            "label": self.target(label),
+            "index": video_index,
+            "view": view,
+            "path": str(path),
+        }
         return {**sample, "partial": partial} if partial else sample
 
 
@@ -148,8 +173,10 @@ def collate(samples: list[dict]) -> dict:
     (and the partial ones, which stay in the batch) in ``bad`` as ``(path, error)``. A batch may end up empty
     (``video`` is None)."""
     good = [s for s in samples if "error" not in s]
-    batch = {"bad": [(s["path"], s["error"]) for s in samples if "error" in s]
-             + [(s["path"], f"{_PARTIAL}{s['partial']}") for s in good if s.get("partial")]}
+    batch = {
+        "bad": [(s["path"], s["error"]) for s in samples if "error" in s]
+        + [(s["path"], f"{_PARTIAL}{s['partial']}") for s in good if s.get("partial")]
+    }
     if not good:
         return {**batch, "video": None}
     batch["video"] = torch.stack([s["video"] for s in good])
@@ -182,30 +209,38 @@ class VideoFolder(VideoDataset):
         root = Path(root)
         if not root.is_dir():
             raise ValueError(f"{root}: not a folder; expected root/<class>/<video>")
-        folders = sorted((d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")),
-                         key=_natural_key)
-        videos = {name: [p for p in sorted((root / name).iterdir(), key=lambda p: _natural_key(p.name)) if _is_video(p)]
-                  for name in folders}
+        folders = sorted(
+            (d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")), key=_natural_key
+        )
+        videos = {
+            name: [p for p in sorted((root / name).iterdir(), key=lambda p: _natural_key(p.name)) if _is_video(p)]
+            for name in folders
+        }
         if classes is None:
             classes = folders
         classes = list(classes)
         index = {name: i for i, name in enumerate(classes)}
         unknown = [name for name in folders if videos[name] and name not in index]
         if unknown:
-            raise ValueError(f"{root}: class folder {unknown[0]!r} ({len(videos[unknown[0]])} videos) is not among "
-                             f"the {len(classes)} classes {classes[:12]}{' ...' if len(classes) > 12 else ''}")
+            raise ValueError(
+                f"{root}: class folder {unknown[0]!r} ({len(videos[unknown[0]])} videos) is not among "
+                f"the {len(classes)} classes {classes[:12]}{' ...' if len(classes) > 12 else ''}"
+            )
         items = [(p, index[name]) for name in folders if name in index for p in videos[name]]
         if not items:
-            raise ValueError(f"{root}: no videos found; expected root/<class>/<video> with one of "
-                             f"{', '.join(VIDEO_EXTENSIONS)} or folders of frames")
+            raise ValueError(
+                f"{root}: no videos found; expected root/<class>/<video> with one of "
+                f"{', '.join(VIDEO_EXTENSIONS)} or folders of frames"
+            )
         super().__init__(items, classes, **kwargs)
 
 
 KINETICS_HEADER = ["label", "youtube_id", "time_start", "time_end", "split"]
 
 
-def read_list(file: str | os.PathLike, root: str | os.PathLike | None = None,
-              classes: list[str] | None = None) -> tuple[list, list[str]]:
+def read_list(
+    file: str | os.PathLike, root: str | os.PathLike | None = None, classes: list[str] | None = None
+) -> tuple[list, list[str]]:
     """Parse an annotation list into ``(items, classes)``.
 
     Formats: ``path label`` lines (official/mmaction2; ``label`` an index, or ``3,17`` for multi-label); CSV with a
@@ -272,8 +307,9 @@ def read_list(file: str | os.PathLike, root: str | os.PathLike | None = None,
             elif lab in index:
                 ids.append(index[lab])
             else:
-                raise ValueError(f"{file}:{n}: unknown label {lab!r}; known: {classes[:10]}"
-                                 + (" ..." if len(classes) > 10 else ""))
+                raise ValueError(
+                    f"{file}:{n}: unknown label {lab!r}; known: {classes[:10]}" + (" ..." if len(classes) > 10 else "")
+                )
         items.append((path, tuple(ids) if len(labs) > 1 else ids[0]))
     return items, classes
 
@@ -282,7 +318,8 @@ class VideoList(VideoDataset):
     """Videos named by an annotation list (see ``read_list``). Paths that don't exist are treated like
     undecodable files: skipped with a warning and reported, or raised with ``on_error="raise"``."""
 
-    def __init__(self, file: str | os.PathLike, root: str | os.PathLike | None = None,
-                 classes: list[str] | None = None, **kwargs):
+    def __init__(
+        self, file: str | os.PathLike, root: str | os.PathLike | None = None, classes: list[str] | None = None, **kwargs
+    ):
         items, classes = read_list(file, root, classes)
         super().__init__(items, classes, **kwargs)

@@ -4,6 +4,7 @@ Legend: ``t c H W`` frames x channels x pixels. Everything is addressed by time 
 frame), so variable-frame-rate videos sample correctly: the frame returned for time ``s`` is the one on screen
 then, i.e. the last frame whose timestamp is <= ``s``.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -36,7 +37,7 @@ def _natural_key(name: str):
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def open_video(path: str | os.PathLike, *, frames_fps: float = 30.0) -> "VideoReader | FrameFolderReader":
+def open_video(path: str | os.PathLike, *, frames_fps: float = 30.0) -> VideoReader | FrameFolderReader:
     """A reader for a video file, or for a folder of extracted frames (shown at ``frames_fps``)."""
     path = Path(path)
     try:
@@ -189,8 +190,9 @@ class VideoReader:
         if j == len(order):
             end = max(end, self.duration)  # every time asked for lies before a decoded frame
         elif error is not None or (self.length_known and end + 0.5 / self.fps < self.duration):
-            self.partial = (f"decoding stopped at {end:.2f} s of {self.duration:.2f} s"
-                            + (f" ({type(error).__name__}: {error})" if error is not None else ""))
+            self.partial = f"decoding stopped at {end:.2f} s of {self.duration:.2f} s" + (
+                f" ({type(error).__name__}: {error})" if error is not None else ""
+            )
         for k in order[j:]:  # past the end of the stream (or of its readable part): repeat the last frame
             picked[k] = last
         arrays = {}  # each distinct frame converted once
@@ -214,8 +216,10 @@ class FrameFolderReader:
     def __init__(self, path: str | os.PathLike, *, fps: float = 30.0):
         self.path = Path(path)
         try:
-            self.files = sorted((p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS),
-                                key=lambda p: _natural_key(p.name))
+            self.files = sorted(
+                (p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS),
+                key=lambda p: _natural_key(p.name),
+            )
         except OSError as err:
             raise DecodeError(f"{self.path}: can't list the frames ({err})") from None
         if not self.files:

@@ -3,6 +3,7 @@
 Randomness comes only from the ``torch.Generator`` passed in (no global RNG), so a sample is reproducible
 from its seed in any DataLoader worker.
 """
+
 from __future__ import annotations
 
 import torch
@@ -12,9 +13,17 @@ def _uniform(generator: torch.Generator | None, *shape) -> torch.Tensor:
     return torch.rand(*shape, generator=generator, dtype=torch.float64)
 
 
-def dense_clip_times(duration: float, *, num_frames: int, sampling_rate: int, fps: float = 30.0, train: bool,
-                     clip_index: int = 0, num_clips: int = 1,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+def dense_clip_times(
+    duration: float,
+    *,
+    num_frames: int,
+    sampling_rate: int,
+    fps: float = 30.0,
+    train: bool,
+    clip_index: int = 0,
+    num_clips: int = 1,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Times of ``num_frames`` frames taken every ``sampling_rate`` frames at ``fps`` (the Kinetics protocol).
 
     The clip spans ``num_frames * sampling_rate`` frames at ``fps`` (8 x 32 at 30 fps: 8.5 s). Its start is
@@ -34,8 +43,9 @@ def dense_clip_times(duration: float, *, num_frames: int, sampling_rate: int, fp
     return start + offsets / fps
 
 
-def segment_times(duration: float, *, num_segments: int, train: bool,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+def segment_times(
+    duration: float, *, num_segments: int, train: bool, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """One time from each of ``num_segments`` equal segments of the video (TSN; the Something-Something
     protocol): uniformly random within its segment in training, its middle in testing."""
     offsets = _uniform(generator, num_segments) if train else torch.full((num_segments,), 0.5, dtype=torch.float64)

@@ -2,13 +2,15 @@
 
 Clips of a shape on a textured, noisy background. Ten motion classes come in time-reversed pairs -- moving
 left/right, up/down, rotating clockwise/counter-clockwise, growing/shrinking, appearing/disappearing -- and two
-classes are still shapes (a disc, a cross). Sample ``i`` of the second class of a pair is *exactly* the time reversal of the
-matching sample of the first class (same seed), so a pair has identical single frames and identical unordered
-sets of frames: a model that ignores frame order (space-only attention) can't beat chance on them, while a
-space-time model can. That is the paper's central claim (SSv2: space-only 36.6 vs divided 59.5) in miniature.
+classes are still shapes (a disc, a cross). Sample ``i`` of the second class of a pair is *exactly* the time
+reversal of the matching sample of the first class (same seed), so a pair has identical single frames and
+identical unordered sets of frames: a model that ignores frame order (space-only attention) can't beat chance on
+them, while a space-time model can. That is the paper's central claim (SSv2: space-only 36.6 vs divided 59.5) in
+miniature.
 
 Legend: ``t c S S`` frames x RGB x pixels (uint8 from ``clip``, normalised float from ``__getitem__``).
 """
+
 from __future__ import annotations
 
 import math
@@ -21,8 +23,20 @@ from torch.utils.data import Dataset
 
 from .transforms import normalize
 
-CLASSES = ("move_left", "move_right", "move_up", "move_down", "rotate_cw", "rotate_ccw", "grow", "shrink",
-           "appear", "disappear", "still_disc", "still_cross")
+CLASSES = (
+    "move_left",
+    "move_right",
+    "move_up",
+    "move_down",
+    "rotate_cw",
+    "rotate_ccw",
+    "grow",
+    "shrink",
+    "appear",
+    "disappear",
+    "still_disc",
+    "still_cross",
+)
 REVERSED_PAIRS = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9))  # (canonical, its time reversal)
 _SPLIT_OFFSET = {"train": 0, "val": 1_000_003, "test": 2_000_003}
 
@@ -34,17 +48,19 @@ def _shape_alpha(kind: str, xx, yy, cx, cy, r, angle):
     u, v = cos * dx + sin * dy, -sin * dx + cos * dy
     r = r[:, None, None]
     if kind == "disc":
-        dist = torch.sqrt(u ** 2 + v ** 2) - r
+        dist = torch.sqrt(u**2 + v**2) - r
     elif kind == "square":
         dist = torch.maximum(u.abs(), v.abs()) - r * 0.85
     elif kind == "triangle":  # equilateral, circumradius r
         k = math.sqrt(3.0)
         dist = torch.maximum(torch.maximum(k / 2 * u + v / 2, -k / 2 * u + v / 2), -v) - r / 2
     elif kind == "cross":  # a plus sign: tells itself from a disc in any single frame
-        dist = torch.minimum(torch.maximum(u.abs() - r, v.abs() - r * 0.3), torch.maximum(v.abs() - r, u.abs() - r * 0.3))
+        dist = torch.minimum(
+            torch.maximum(u.abs() - r, v.abs() - r * 0.3), torch.maximum(v.abs() - r, u.abs() - r * 0.3)
+        )
     elif kind == "bar":  # a long bar with a knob at one end: its orientation is unique over 360 degrees
         bar = torch.maximum(u.abs() - r, v.abs() - r * 0.2)
-        knob = torch.sqrt((u - r) ** 2 + v ** 2) - r * 0.38
+        knob = torch.sqrt((u - r) ** 2 + v**2) - r * 0.38
         dist = torch.minimum(bar, knob)
     else:
         raise ValueError(kind)
@@ -60,8 +76,18 @@ class SyntheticMotion(Dataset):
         classes: a subset of ``CLASSES`` by name (pairs stay pairs only if both are kept).
     """
 
-    def __init__(self, num_samples: int, *, num_frames: int = 8, size: int = 32, seed: int = 0, split: str = "train",
-                 classes: tuple[str, ...] = CLASSES, mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225)):
+    def __init__(
+        self,
+        num_samples: int,
+        *,
+        num_frames: int = 8,
+        size: int = 32,
+        seed: int = 0,
+        split: str = "train",
+        classes: tuple[str, ...] = CLASSES,
+        mean=(0.45, 0.45, 0.45),
+        std=(0.225, 0.225, 0.225),
+    ):
         unknown = [c for c in classes if c not in CLASSES]
         if unknown:
             raise ValueError(f"unknown SyntheticMotion class(es) {unknown}; known: {CLASSES}")
@@ -83,8 +109,14 @@ class SyntheticMotion(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         video, label = self.clip(i)
-        return {"video": normalize(video, self.mean, self.std), "mask": torch.ones(self.num_frames, dtype=torch.bool),
-                "label": label, "index": i, "view": 0, "path": f"synthetic:{self.split}:{i}"}
+        return {
+            "video": normalize(video, self.mean, self.std),
+            "mask": torch.ones(self.num_frames, dtype=torch.bool),
+            "label": label,
+            "index": i,
+            "view": 0,
+            "path": f"synthetic:{self.split}:{i}",
+        }
 
     def clip(self, i: int) -> tuple[torch.Tensor, int]:
         """``(uint8 t 3 S S, label)`` of sample ``i``."""
@@ -111,8 +143,9 @@ class SyntheticMotion(Dataset):
         coarse = 40 + 100 * rand(1, 3, 5, 5)
         background = F.interpolate(coarse, size=(S, S), mode="bicubic", align_corners=False)[0].clamp(0, 255)
         color = 150 + 105 * rand(3)
-        yy, xx = torch.meshgrid(torch.arange(S, dtype=torch.float32) + 0.5, torch.arange(S, dtype=torch.float32) + 0.5,
-                                indexing="ij")
+        yy, xx = torch.meshgrid(
+            torch.arange(S, dtype=torch.float32) + 0.5, torch.arange(S, dtype=torch.float32) + 0.5, indexing="ij"
+        )
         kinds = ("disc", "square", "triangle")
         kind = kinds[int(torch.randint(0, 3, (1,), generator=g))]
         angle = torch.full((T,), float(rand(1)) * 2 * math.pi)
@@ -147,8 +180,17 @@ class SyntheticMotion(Dataset):
         return frames.round().clamp(0, 255).to(torch.uint8)
 
 
-def write_synthetic(out: str | os.PathLike, num: int, *, split: str = "train", seed: int = 0, num_frames: int = 8,
-                    size: int = 32, fps: int = 8, progress=None) -> Path:
+def write_synthetic(
+    out: str | os.PathLike,
+    num: int,
+    *,
+    split: str = "train",
+    seed: int = 0,
+    num_frames: int = 8,
+    size: int = 32,
+    fps: int = 8,
+    progress=None,
+) -> Path:
     """Write ``num`` clips as H.264 mp4 files in the ``VideoFolder`` layout ``out/<split>/<class>/<i>.mp4``.
 
     Each file is written to a temporary name and renamed, so an interrupted run leaves no half-written video.

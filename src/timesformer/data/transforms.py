@@ -3,6 +3,7 @@ parameters once per clip from a ``torch.Generator``.
 
 Input frames are uint8; every output is float. Normalisation maps ``[0, 255]`` to ``(x / 255 - mean) / std``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,7 +27,7 @@ def crop(video: torch.Tensor, top: int, left: int, size: int) -> torch.Tensor:
     h, w = video.shape[-2:]
     if size > h or size > w:
         raise ValueError(f"crop of {size} px needs frames at least that large; got {h}x{w}")
-    return video[..., top:top + size, left:left + size]
+    return video[..., top : top + size, left : left + size]
 
 
 def center_crop(video: torch.Tensor, size: int) -> torch.Tensor:
@@ -58,8 +59,15 @@ class TrainTransform:
     horizontal flip with probability 0.5 (``flip=False`` where flipping changes the label, e.g. "moving left"),
     normalisation. ``__call__(uint8 t c H W, generator) -> float t c S S``."""
 
-    def __init__(self, *, crop_size: int, scale: tuple[int, int] = (256, 320), flip: bool = True,
-                 mean=OFFICIAL_MEAN, std=OFFICIAL_STD):
+    def __init__(
+        self,
+        *,
+        crop_size: int,
+        scale: tuple[int, int] = (256, 320),
+        flip: bool = True,
+        mean=OFFICIAL_MEAN,
+        std=OFFICIAL_STD,
+    ):
         if scale[0] < crop_size or scale[1] < scale[0]:
             raise ValueError(f"scale must be (min, max) with crop_size {crop_size} <= min <= max; got {scale}")
         self.crop_size, self.scale, self.flip, self.mean, self.std = crop_size, scale, flip, mean, std
@@ -80,8 +88,9 @@ class EvalTransform:
     """Test views: short side to ``short_side`` (default ``crop_size``, the official test protocol), then one
     centre crop or three crops. ``__call__(uint8 t c H W) -> list of float t c S S``."""
 
-    def __init__(self, *, crop_size: int, short_side: int | None = None, num_crops: int = 1,
-                 mean=OFFICIAL_MEAN, std=OFFICIAL_STD):
+    def __init__(
+        self, *, crop_size: int, short_side: int | None = None, num_crops: int = 1, mean=OFFICIAL_MEAN, std=OFFICIAL_STD
+    ):
         if num_crops not in (1, 3):
             raise ValueError(f"num_crops must be 1 or 3; got {num_crops}")
         self.crop_size, self.short_side, self.num_crops = crop_size, short_side or crop_size, num_crops
@@ -93,6 +102,7 @@ class EvalTransform:
     def view(self, video: torch.Tensor, crop_index: int) -> torch.Tensor:
         """Only the ``crop_index``-th view (datasets serve one view per item)."""
         video = resize_short_side(video, self.short_side)
-        view = three_crop(video, self.crop_size)[crop_index] if self.num_crops == 3 else center_crop(video,
-                                                                                                   self.crop_size)
+        view = (
+            three_crop(video, self.crop_size)[crop_index] if self.num_crops == 3 else center_crop(video, self.crop_size)
+        )
         return normalize(view, self.mean, self.std)

@@ -6,6 +6,7 @@ A checkpoint is written into ``<tag>.tmp/`` (every file fsynced), then swapped i
 becomes ``<tag>.old``, the new one ``<tag>``, then the old one is removed. A crash at any point leaves either
 the new checkpoint or the previous good one (``<tag>`` or ``<tag>.old``), which ``find_checkpoint`` finds.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -64,8 +65,7 @@ def write_json_atomic(path: Path, data) -> None:
 def rng_state(device: torch.device) -> dict:
     """This process's generators that a resumed run needs: the CPU one and, on a GPU, its CUDA one (dropout and
     drop path draw from them; data order and augmentation have seeded generators of their own)."""
-    return {"cpu": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
 def set_rng_state(state, device: torch.device, *, cuda_seed: int) -> None:

@@ -3,6 +3,7 @@
 Unknown keys and wrong types are a ``ValueError`` naming the key (the CLI prints it as one line, exit 2).
 A resumed run keeps its model, classes and data: ``check_resume`` names the field a resume may not change.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -94,13 +95,18 @@ def _check(value, annotation, key: str):
         return float(value)
     elif annotation is float and isinstance(value, str) and _is_float(value):  # YAML 1.1 reads 3e-4 as a string
         return float(value)
-    elif annotation in (list, dict, str, int, bool) and isinstance(value, annotation) and \
-            not (annotation is int and isinstance(value, bool)):
+    elif (
+        annotation in (list, dict, str, int, bool)
+        and isinstance(value, annotation)
+        and not (annotation is int and isinstance(value, bool))
+    ):
         return value
     elif annotation is list and isinstance(value, tuple):
         return list(value)
-    raise ValueError(f"config key {key}: expected {getattr(annotation, '__name__', annotation)}; got {value!r} "
-                     f"({type(value).__name__})")
+    raise ValueError(
+        f"config key {key}: expected {getattr(annotation, '__name__', annotation)}; got {value!r} "
+        f"({type(value).__name__})"
+    )
 
 
 def _is_float(text: str) -> bool:
@@ -117,8 +123,10 @@ def _build(cls, data: dict, prefix: str = ""):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"unknown config key {prefix}{unknown[0]}; known in {prefix.rstrip('.') or 'the top level'}: "
-                         f"{sorted(fields)}")
+        raise ValueError(
+            f"unknown config key {prefix}{unknown[0]}; known in {prefix.rstrip('.') or 'the top level'}: "
+            f"{sorted(fields)}"
+        )
     kwargs = {}
     for name, value in data.items():
         f = fields[name]
@@ -191,8 +199,11 @@ def changes(old: RunConfig, new: RunConfig) -> list[tuple[str, object, object]]:
     on one side only shows ``"unset"`` on the other. Name and out are left aside: they say where the run is."""
     a, b = _flatten(to_dict(old)), _flatten(to_dict(new))
     keys = list(a) + [k for k in b if k not in a]
-    return [(k, a.get(k, "unset"), b.get(k, "unset")) for k in keys
-            if k not in ("name", "out") and a.get(k, "unset") != b.get(k, "unset")]
+    return [
+        (k, a.get(k, "unset"), b.get(k, "unset"))
+        for k in keys
+        if k not in ("name", "out") and a.get(k, "unset") != b.get(k, "unset")
+    ]
 
 
 def check_resume(saved: RunConfig, cfg: RunConfig) -> list[tuple[str, object, object]]:
@@ -201,6 +212,8 @@ def check_resume(saved: RunConfig, cfg: RunConfig) -> list[tuple[str, object, ob
     diff = changes(saved, cfg)
     for key, was, now in diff:
         if key not in _FREE_ON_RESUME and any(key == f or key.startswith(f + ".") for f in _FIXED_ON_RESUME):
-            raise RunError(f"{key}: the run has {was}, this resume asks for {now}; a resumed run keeps its model, "
-                           f"classes, data, seed and optimiser (start a new run, or finetune from its checkpoint)")
+            raise RunError(
+                f"{key}: the run has {was}, this resume asks for {now}; a resumed run keeps its model, "
+                f"classes, data, seed and optimiser (start a new run, or finetune from its checkpoint)"
+            )
     return diff

@@ -6,9 +6,9 @@ the machine's speed. Each model is then evaluated on held-out clips: top-1 on al
 time-reversed pair classes, and direction accuracy (does the model score the true class above its time-reversed
 twin; chance 50 %), overall and per pair. ``schemes=SCHEMES`` is the paper's Table 1 in miniature.
 """
+
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -24,11 +24,21 @@ from .loop import fit
 from .metrics import confusion_matrix, direction_accuracy, topk_accuracy
 
 SCHEMES = ("space", "joint", "divided", "sparse", "axial")  # the paper's Table 1, in its order
-NAMES = {"space": "space-only (S)", "joint": "joint space-time (ST)", "divided": "divided space-time (T+S)",
-         "sparse": "sparse local-global (L+G)", "axial": "axial (T+W+H)"}
+NAMES = {
+    "space": "space-only (S)",
+    "joint": "joint space-time (ST)",
+    "divided": "divided space-time (T+S)",
+    "sparse": "sparse local-global (L+G)",
+    "axial": "axial (T+W+H)",
+}
 # Table 1 of the paper (IN-21k init, 8x224, 3 views): parameters (M), K400 top-1, SSv2 top-1
-PAPER_TABLE1 = {"space": (85.9, 76.9, 36.6), "joint": (85.9, 77.4, 58.5), "divided": (121.4, 78.0, 59.5),
-                "sparse": (121.4, 75.9, 56.3), "axial": (156.8, 73.5, 56.2)}
+PAPER_TABLE1 = {
+    "space": (85.9, 76.9, 36.6),
+    "joint": (85.9, 77.4, 58.5),
+    "divided": (121.4, 78.0, 59.5),
+    "sparse": (121.4, 75.9, 56.3),
+    "axial": (156.8, 73.5, 56.2),
+}
 STEPS = 1000  # optimiser steps per model
 # timesformer_tiny made narrower (dim 96, 3 heads): in a GPU sweep it learned every reversed pair within 1000 steps
 # on all 4 seeds tried, where dim 128 needs as many steps at 1.4x the cost per step
@@ -36,18 +46,35 @@ MODEL_ARGS = dict(dim=96, heads=3)
 VAL_CLIPS = 1200
 
 
-def demo_config(attention: str, *, out: str, steps: int = STEPS, seed: int = 0,
-                val_clips: int = VAL_CLIPS) -> RunConfig:
+def demo_config(
+    attention: str, *, out: str, steps: int = STEPS, seed: int = 0, val_clips: int = VAL_CLIPS
+) -> RunConfig:
     """The demo's run: identical for every scheme apart from ``attention``. One epoch of fresh clips, so every
     clip is seen once; warmup then cosine decay. fp32: at this size it is faster than bf16 autocast on CPUs, and
     its results move less from one machine to another."""
     batch = 32
     return RunConfig(
-        name=attention, out=out, model="timesformer_tiny", model_args=dict(MODEL_ARGS, attention=attention),
-        data=DataConfig(kind="synthetic", num_frames=8, synthetic_train=steps * batch, synthetic_val=val_clips,
-                        synthetic_size=32),
-        optim=OptimConfig(optimizer="adamw", lr=1e-3, min_lr=1e-5, weight_decay=0.05, schedule="cosine",
-                          warmup_steps=50, epochs=1, batch_size=batch, precision="fp32", seed=seed, log_every=10))
+        name=attention,
+        out=out,
+        model="timesformer_tiny",
+        model_args=dict(MODEL_ARGS, attention=attention),
+        data=DataConfig(
+            kind="synthetic", num_frames=8, synthetic_train=steps * batch, synthetic_val=val_clips, synthetic_size=32
+        ),
+        optim=OptimConfig(
+            optimizer="adamw",
+            lr=1e-3,
+            min_lr=1e-5,
+            weight_decay=0.05,
+            schedule="cosine",
+            warmup_steps=50,
+            epochs=1,
+            batch_size=batch,
+            precision="fp32",
+            seed=seed,
+            log_every=10,
+        ),
+    )
 
 
 def evaluate_demo(model, cfg: RunConfig) -> dict:
@@ -56,8 +83,15 @@ def evaluate_demo(model, cfg: RunConfig) -> dict:
     from ..data import SyntheticMotion
 
     device = next(model.parameters()).device
-    val = SyntheticMotion(cfg.data.synthetic_val, num_frames=cfg.data.num_frames, size=cfg.data.synthetic_size,
-                          seed=cfg.optim.seed, split="val", mean=model.config.mean, std=model.config.std)
+    val = SyntheticMotion(
+        cfg.data.synthetic_val,
+        num_frames=cfg.data.num_frames,
+        size=cfg.data.synthetic_size,
+        seed=cfg.optim.seed,
+        split="val",
+        mean=model.config.mean,
+        std=model.config.std,
+    )
     loader = DataLoader(val, batch_size=100, collate_fn=collate)
     logits, labels, _ = predict_views(model, loader, device, cfg.optim.precision)
     keys = sorted(logits)
@@ -68,9 +102,14 @@ def evaluate_demo(model, cfg: RunConfig) -> dict:
     for a, b in REVERSED_PAIRS:
         rows = (y == a) | (y == b)
         pairs[f"{val.classes[a]}/{val.classes[b]}"] = direction_accuracy(scores[rows], y[rows], REVERSED_PAIRS)
-    return {"top1": topk_accuracy(scores, y), "top1_pairs": topk_accuracy(scores[paired], y[paired]),
-            "direction": direction_accuracy(scores, y, REVERSED_PAIRS), "pairs": pairs,
-            "confusion": confusion_matrix(scores.argmax(1), y, scores.shape[1]).tolist(), "videos": len(keys)}
+    return {
+        "top1": topk_accuracy(scores, y),
+        "top1_pairs": topk_accuracy(scores[paired], y[paired]),
+        "direction": direction_accuracy(scores, y, REVERSED_PAIRS),
+        "pairs": pairs,
+        "confusion": confusion_matrix(scores.argmax(1), y, scores.shape[1]).tolist(),
+        "videos": len(keys),
+    }
 
 
 def gflops_per_clip(model) -> float:
@@ -93,16 +132,25 @@ def check_demo(schemes, steps: int, val_clips: int) -> tuple:
     """The schemes as a tuple, or a ``ValueError`` naming what was expected and what came."""
     schemes = tuple(schemes)
     if not schemes or any(s not in SCHEMES for s in schemes) or len(set(schemes)) != len(schemes):
-        raise ValueError(f"schemes: 'all' or distinct names from {','.join(SCHEMES)}; got "
-                         f"{','.join(schemes) or 'none'}")
+        raise ValueError(
+            f"schemes: 'all' or distinct names from {','.join(SCHEMES)}; got {','.join(schemes) or 'none'}"
+        )
     if steps < 1 or val_clips < len(CLASSES):
-        raise ValueError(f"steps must be at least 1 and val clips at least {len(CLASSES)} (one per class); got "
-                         f"{steps} and {val_clips}")
+        raise ValueError(
+            f"steps must be at least 1 and val clips at least {len(CLASSES)} (one per class); got "
+            f"{steps} and {val_clips}"
+        )
     return schemes
 
 
-def run_demo(out: str = "runs/demo", schemes=("divided", "space"), steps: int = STEPS, seed: int = 0,
-             val_clips: int = VAL_CLIPS, progress_factory=None) -> dict:
+def run_demo(
+    out: str = "runs/demo",
+    schemes=("divided", "space"),
+    steps: int = STEPS,
+    seed: int = 0,
+    val_clips: int = VAL_CLIPS,
+    progress_factory=None,
+) -> dict:
     """Train and evaluate one model per scheme; writes ``results.json``, ``table.md``, loss curves, confusion
     matrices and, for several schemes, accuracy against GFLOPs to ``out``.
 
@@ -123,6 +171,7 @@ def run_demo(out: str = "runs/demo", schemes=("divided", "space"), steps: int = 
             stamps.append(time.perf_counter())
             if bar:
                 bar.update(step, total, postfix)
+
         started = time.perf_counter()
         run = fit(cfg, overwrite=True, progress=progress, validate_epochs=False)  # scored once, below
         seconds = time.perf_counter() - started
@@ -131,11 +180,20 @@ def run_demo(out: str = "runs/demo", schemes=("divided", "space"), steps: int = 
         model = run["model"]
         res = evaluate_demo(model, cfg)
         per_step = (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else seconds / max(len(stamps), 1)
-        res.update(steps=run["step"], train_s=round(seconds, 1), s_per_step=per_step,
-                   params_m=sum(p.numel() for p in model.parameters()) / 1e6, gflops=gflops_per_clip(model))
+        res.update(
+            steps=run["step"],
+            train_s=round(seconds, 1),
+            s_per_step=per_step,
+            params_m=sum(p.numel() for p in model.parameters()) / 1e6,
+            gflops=gflops_per_clip(model),
+        )
         results[attention] = res
-        plot_confusion(res["confusion"], run["classes"], Path(out) / f"confusion_{attention}.png",
-                       title=f"{NAMES[attention]}: top-1 {res['top1']:.1%}, direction {res['direction']:.1%}")
+        plot_confusion(
+            res["confusion"],
+            run["classes"],
+            Path(out) / f"confusion_{attention}.png",
+            title=f"{NAMES[attention]}: top-1 {res['top1']:.1%}, direction {res['direction']:.1%}",
+        )
     plot_loss_curves({NAMES[a]: Path(out) / a / "metrics.jsonl" for a in results}, Path(out) / "loss_curves.png")
     if len(results) > 2:
         plot_schemes(results, NAMES, Path(out) / "schemes.png")
@@ -154,20 +212,24 @@ def format_tables(results: dict) -> str:
 
 
 def format_table(results: dict) -> str:
-    lines = ["| attention | steps | top-1, all 12 classes | top-1, reversed-pair classes | direction accuracy | "
-             "worst pair |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| attention | steps | top-1, all 12 classes | top-1, reversed-pair classes | direction accuracy | "
+        "worst pair |",
+        "|---|---|---|---|---|---|",
+    ]
     for attention, r in results.items():
         worst = min(r["pairs"], key=r["pairs"].get)
-        lines.append(f"| {NAMES[attention]} | {r['steps']} | {r['top1']:.1%} | {r['top1_pairs']:.1%} | "
-                     f"{r['direction']:.1%} | {worst} {r['pairs'][worst]:.1%} |")
+        lines.append(
+            f"| {NAMES[attention]} | {r['steps']} | {r['top1']:.1%} | {r['top1_pairs']:.1%} | "
+            f"{r['direction']:.1%} | {worst} {r['pairs'][worst]:.1%} |"
+        )
     return "\n".join(lines)
 
 
 def format_pairs(results: dict) -> str:
     """Direction accuracy per reversed pair (rows) and scheme (columns)."""
     pairs = list(next(iter(results.values()))["pairs"])
-    lines = ["| direction accuracy | " + " | ".join(NAMES[a] for a in results) + " |",
-             "|---|" + "---|" * len(results)]
+    lines = ["| direction accuracy | " + " | ".join(NAMES[a] for a in results) + " |", "|---|" + "---|" * len(results)]
     for pair in pairs:
         lines.append(f"| {pair} | " + " | ".join(f"{r['pairs'][pair]:.1%}" for r in results.values()) + " |")
     return "\n".join(lines)
@@ -175,10 +237,15 @@ def format_pairs(results: dict) -> str:
 
 def format_table1(results: dict) -> str:
     """Ours (SyntheticMotion, from scratch, equal steps) beside the paper's Table 1 (K400 and SSv2 top-1)."""
-    lines = ["| scheme | params | GFLOPs per clip | s per step | direction accuracy | top-1 | paper: params | "
-             "paper: K400 top-1 | paper: SSv2 top-1 |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| scheme | params | GFLOPs per clip | s per step | direction accuracy | top-1 | paper: params | "
+        "paper: K400 top-1 | paper: SSv2 top-1 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for attention, r in results.items():
         params, k400, ssv2 = PAPER_TABLE1[attention]
-        lines.append(f"| {NAMES[attention]} | {r['params_m']:.2f}M | {r['gflops']:.3f} | {r['s_per_step']:.3f} | "
-                     f"{r['direction']:.1%} | {r['top1']:.1%} | {params}M | {k400} | {ssv2} |")
+        lines.append(
+            f"| {NAMES[attention]} | {r['params_m']:.2f}M | {r['gflops']:.3f} | {r['s_per_step']:.3f} | "
+            f"{r['direction']:.1%} | {r['top1']:.1%} | {params}M | {k400} | {ssv2} |"
+        )
     return "\n".join(lines)

@@ -1,4 +1,5 @@
 """Where a run computes and in which precision: ``pick_device`` and the ``autocast`` context."""
+
 from __future__ import annotations
 
 import contextlib

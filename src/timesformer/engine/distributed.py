@@ -3,6 +3,7 @@
 Every collective here is called by all ranks at the same point of the loop; ``any_across`` is how ranks agree on
 a decision (skip a batch, stop), so none of them ever waits alone in a collective the others have left.
 """
+
 from __future__ import annotations
 
 import gc
@@ -58,13 +59,20 @@ def _attempt_store(world: int):
         return None
     if os.environ.get("GROUP_WORLD_SIZE", "1") != "1":
         if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0 and os.environ.get("RANK") == "0":
-            log.warning("torchrun shares its rendezvous store across restarts, where a restarted worker can read a "
-                        "dead peer's address: set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 for torchrun on every machine")
+            log.warning(
+                "torchrun shares its rendezvous store across restarts, where a restarted worker can read a "
+                "dead peer's address: set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 for torchrun on every machine"
+            )
         return None
     from torch.distributed.constants import default_pg_timeout
 
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size=world,
-                          is_master=False, timeout=default_pg_timeout)
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size=world,
+        is_master=False,
+        timeout=default_pg_timeout,
+    )
     return dist.PrefixStore(f"timesformer/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
@@ -137,8 +145,9 @@ class EpochSampler(torch.utils.data.Sampler):
             so that no micro-batch is left over at the end of an epoch.
     """
 
-    def __init__(self, n: int, *, global_batch: int, d: Dist, seed: int, shuffle: bool = True,
-                 batches: int | None = None):
+    def __init__(
+        self, n: int, *, global_batch: int, d: Dist, seed: int, shuffle: bool = True, batches: int | None = None
+    ):
         if global_batch % d.world:
             raise ValueError(f"optim.batch_size {global_batch} must be divisible by the {d.world} processes")
         self.n, self.global_batch, self.d, self.seed, self.shuffle = n, global_batch, d, seed, shuffle
@@ -152,12 +161,15 @@ class EpochSampler(torch.utils.data.Sampler):
         return max(self.batches - self.start, 0) * (self.global_batch // self.d.world)
 
     def __iter__(self):
-        order = (torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-                 if self.shuffle else torch.arange(self.n))
+        order = (
+            torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+            if self.shuffle
+            else torch.arange(self.n)
+        )
         per = self.global_batch // self.d.world
         for b in range(self.start, self.batches):
             start = b * self.global_batch + self.d.rank * per
-            yield from order[start:start + per].tolist()
+            yield from order[start : start + per].tolist()
 
 
 class ShardSampler(torch.utils.data.Sampler):

@@ -1,5 +1,6 @@
 """Evaluation on labelled data: logits of every test view averaged per video, gathered across ranks, and the
 metrics they give (top-1/top-5, per-class accuracy and confusion, or mAP for multi-label data)."""
+
 from __future__ import annotations
 
 import torch
@@ -48,6 +49,10 @@ def summarise(logits: dict, labels: dict, num_classes: int, multi_label: bool, c
         return {"videos": len(keys), "mAP": mean_average_precision(scores.sigmoid(), targets)}
     y = torch.tensor([int(labels[k]) for k in keys])
     cm = confusion_matrix(scores.argmax(1), y, num_classes)
-    return {"videos": len(keys), "top1": topk_accuracy(scores, y, 1), "top5": topk_accuracy(scores, y, 5),
-            "per_class": dict(zip(class_names or range(num_classes), per_class_accuracy(cm))),
-            "confusion": cm.tolist()}
+    return {
+        "videos": len(keys),
+        "top1": topk_accuracy(scores, y, 1),
+        "top5": topk_accuracy(scores, y, 5),
+        "per_class": dict(zip(class_names or range(num_classes), per_class_accuracy(cm))),
+        "confusion": cm.tolist(),
+    }

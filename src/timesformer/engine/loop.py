@@ -11,6 +11,7 @@ Under torchrun every rank takes the same decision at the same micro-batch -- ski
 data for, skip or stop at a non-finite loss, stop at the time limit, save -- so no rank ever waits alone in a
 collective that the others have left.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,8 +32,15 @@ from torch.utils.data import DataLoader
 from ..data import ClipSpec, SyntheticMotion, VideoFolder, VideoList, bad_files_report, collate
 from ..model import TimeSformer, create_model, get_config
 from . import distributed as distr
-from .checkpoint import (find_checkpoint, load_state, rng_state, save_checkpoint, set_rng_state, write_json_atomic,
-                         write_text_atomic)
+from .checkpoint import (
+    find_checkpoint,
+    load_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    write_json_atomic,
+    write_text_atomic,
+)
 from .config import RunConfig, RunError, check_resume, load_run_config, to_dict
 from .device import autocast, pick_device
 from .evaluate import predict_views, summarise
@@ -93,8 +101,15 @@ class Run:
         return self.pos.elapsed_s + time.time() - self.started
 
 
-def fit(cfg: RunConfig, *, resume: bool | str = False, overwrite: bool = False, progress=None,
-        stop_after_epochs: int | None = None, validate_epochs: bool = True) -> dict:
+def fit(
+    cfg: RunConfig,
+    *,
+    resume: bool | str = False,
+    overwrite: bool = False,
+    progress=None,
+    stop_after_epochs: int | None = None,
+    validate_epochs: bool = True,
+) -> dict:
     """Train (and validate every epoch) as ``cfg`` says; returns the last validation metrics.
 
     Args:
@@ -133,8 +148,14 @@ def fit(cfg: RunConfig, *, resume: bool | str = False, overwrite: bool = False, 
                 stopped = run.pos.epoch < o.epochs
                 break
         distr.barrier(d)  # every rank done with every collective (not on errors: a rank may be inside one)
-        return {"epoch": run.pos.epoch, "step": run.pos.step, "metrics": metrics, "model": run.model,
-                "classes": run.classes, "stopped": stopped}
+        return {
+            "epoch": run.pos.epoch,
+            "step": run.pos.step,
+            "metrics": metrics,
+            "model": run.model,
+            "classes": run.classes,
+            "stopped": stopped,
+        }
     finally:
         if run is not None:
             run.train_model = run.model  # DDP and the gloo work it holds go before the process group does
@@ -142,8 +163,9 @@ def fit(cfg: RunConfig, *, resume: bool | str = False, overwrite: bool = False, 
 
 
 # --- building the run --------------------------------------------------------------------------------------
-def build_run(cfg: RunConfig, d: distr.Dist, device: torch.device, *, resume: bool | str = False,
-              overwrite: bool = False) -> Run:
+def build_run(
+    cfg: RunConfig, d: distr.Dist, device: torch.device, *, resume: bool | str = False, overwrite: bool = False
+) -> Run:
     """The run's state: fresh, or restored from ``<out>/<name>/last`` with the position inside its epoch."""
     o = cfg.optim
     folder = Path(cfg.out) / cfg.name
@@ -173,25 +195,48 @@ def build_run(cfg: RunConfig, d: distr.Dist, device: torch.device, *, resume: bo
     per_rank = o.batch_size // d.world
     batches = len(train_set) // o.batch_size // o.accum_steps * o.accum_steps  # whole steps only
     if batches == 0:
-        raise RunError(f"data.train has {len(train_set)} clips, fewer than one step of optim.batch_size "
-                       f"{o.batch_size} x optim.accum_steps {o.accum_steps}")
+        raise RunError(
+            f"data.train has {len(train_set)} clips, fewer than one step of optim.batch_size "
+            f"{o.batch_size} x optim.accum_steps {o.accum_steps}"
+        )
     sampler = distr.EpochSampler(len(train_set), global_batch=o.batch_size, d=d, seed=o.seed, batches=batches)
     # Not persistent: workers are started each epoch, so they see the dataset's epoch (its augmentation seed).
     # The loaders' own generators keep them from drawing on the global RNG that dropout uses.
-    loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler, num_workers=cfg.data.workers,
-                        collate_fn=collate, generator=torch.Generator().manual_seed(o.seed + d.rank))
+    loader = DataLoader(
+        train_set,
+        batch_size=per_rank,
+        sampler=sampler,
+        num_workers=cfg.data.workers,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(o.seed + d.rank),
+    )
     val_loader = None
     if val_set is not None:
-        val_loader = DataLoader(val_set, batch_size=max(per_rank, 1), sampler=distr.ShardSampler(len(val_set), d),
-                                num_workers=cfg.data.workers, collate_fn=collate,
-                                generator=torch.Generator().manual_seed(o.seed))
-    run = Run(cfg=cfg, d=d, device=device, folder=folder, classes=classes, model=model, train_model=model,
-              optimizer=build_optimizer(model, name=o.optimizer, lr=o.lr, weight_decay=o.weight_decay,
-                                        momentum=o.momentum),
-              scaler=torch.amp.GradScaler("cuda") if o.precision == "fp16" else None,
-              ema=EMA(model, o.ema_decay) if o.ema_decay > 0 else None, sampler=sampler, train_loader=loader,
-              val_loader=val_loader, multi_label=bool(getattr(train_set, "multi_label", False)),
-              steps_per_epoch=batches // o.accum_steps)
+        val_loader = DataLoader(
+            val_set,
+            batch_size=max(per_rank, 1),
+            sampler=distr.ShardSampler(len(val_set), d),
+            num_workers=cfg.data.workers,
+            collate_fn=collate,
+            generator=torch.Generator().manual_seed(o.seed),
+        )
+    run = Run(
+        cfg=cfg,
+        d=d,
+        device=device,
+        folder=folder,
+        classes=classes,
+        model=model,
+        train_model=model,
+        optimizer=build_optimizer(model, name=o.optimizer, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum),
+        scaler=torch.amp.GradScaler("cuda") if o.precision == "fp16" else None,
+        ema=EMA(model, o.ema_decay) if o.ema_decay > 0 else None,
+        sampler=sampler,
+        train_loader=loader,
+        val_loader=val_loader,
+        multi_label=bool(getattr(train_set, "multi_label", False)),
+        steps_per_epoch=batches // o.accum_steps,
+    )
     if checkpoint is not None:
         restore_run(run, checkpoint, load_state(checkpoint))
     else:
@@ -203,6 +248,7 @@ def build_run(cfg: RunConfig, d: distr.Dist, device: torch.device, *, resume: bo
         (folder / "metrics.jsonl").touch()  # there, even for a run stopped before its first log line
         if checkpoint is not None:
             _truncate(folder / "metrics.jsonl", run.metrics_bytes)  # lines logged after the checkpoint go
+
     _on_rank0(d, write_run_files, f"writing {folder}/config.yaml")
     if d.main:
         run.board = _tensorboard(folder, purge_step=run.pos.step + 1 if checkpoint is not None else None)
@@ -218,12 +264,15 @@ def build_datasets(cfg: RunConfig, model_cfg, classes: list[str] | None = None):
     """Training and validation data; ``classes`` (a checkpoint's order) labels them by class name."""
     d = cfg.data
     if d.kind == "synthetic":
-        kw = dict(num_frames=d.num_frames, size=d.synthetic_size, seed=cfg.optim.seed, mean=model_cfg.mean,
-                  std=model_cfg.std)
+        kw = dict(
+            num_frames=d.num_frames, size=d.synthetic_size, seed=cfg.optim.seed, mean=model_cfg.mean, std=model_cfg.std
+        )
         if classes is not None:
             kw["classes"] = tuple(classes)
-        return (SyntheticMotion(d.synthetic_train, split="train", **kw),
-                SyntheticMotion(d.synthetic_val, split="val", **kw))
+        return (
+            SyntheticMotion(d.synthetic_train, split="train", **kw),
+            SyntheticMotion(d.synthetic_val, split="val", **kw),
+        )
     if d.kind not in ("folder", "list"):
         raise RunError(f"data.kind must be synthetic, folder or list; got {d.kind!r}")
     if not d.train:
@@ -234,6 +283,7 @@ def build_datasets(cfg: RunConfig, model_cfg, classes: list[str] | None = None):
         if d.kind == "folder":
             return VideoFolder(path, spec=spec, train=train, seed=cfg.optim.seed, classes=classes)
         return VideoList(path, root=d.root, spec=spec, train=train, seed=cfg.optim.seed, classes=classes)
+
     train = make(d.train, True, classes)
     return train, make(d.val, False, train.classes) if d.val else None  # val: labelled by train's class names
 
@@ -249,9 +299,19 @@ def sampling_protocol(cfg: RunConfig) -> dict:
 
 def clip_spec(cfg: RunConfig, model_cfg) -> ClipSpec:
     d = cfg.data
-    return ClipSpec(num_frames=d.num_frames, sampling=d.sampling, sampling_rate=d.sampling_rate, fps=d.fps,
-                    crop_size=d.crop_size, scale=tuple(d.scale), flip=d.flip, num_clips=d.num_clips,
-                    num_crops=d.num_crops, mean=tuple(model_cfg.mean), std=tuple(model_cfg.std))
+    return ClipSpec(
+        num_frames=d.num_frames,
+        sampling=d.sampling,
+        sampling_rate=d.sampling_rate,
+        fps=d.fps,
+        crop_size=d.crop_size,
+        scale=tuple(d.scale),
+        flip=d.flip,
+        num_clips=d.num_clips,
+        num_crops=d.num_crops,
+        mean=tuple(model_cfg.mean),
+        std=tuple(model_cfg.std),
+    )
 
 
 def build_model(cfg: RunConfig, classes: list[str], pretrained: TimeSformer | None = None) -> TimeSformer:
@@ -270,8 +330,10 @@ def build_model(cfg: RunConfig, classes: list[str], pretrained: TimeSformer | No
     except ValueError as err:
         raise RunError(f"model: {err}") from None
     if "num_classes" in cfg.model_args and cfg.model_args["num_classes"] != len(labels):
-        raise RunError(f"model_args.num_classes={cfg.model_args['num_classes']} contradicts the data, which has "
-                       f"{len(labels)} classes")
+        raise RunError(
+            f"model_args.num_classes={cfg.model_args['num_classes']} contradicts the data, which has "
+            f"{len(labels)} classes"
+        )
     return model
 
 
@@ -300,16 +362,26 @@ def restore_run(run: Run, folder: Path, state: dict) -> None:
     run.pos.batch = min(run.pos.batch, run.sampler.batches)
     if d.main:
         restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-        log.warning("%sresuming %s from %s (epoch %d, step %d of %d)", f"torchrun restart {restart}: " if restart
-                    else "", run.folder, folder.name, run.pos.epoch + 1, run.pos.step, run.total_steps)
+        log.warning(
+            "%sresuming %s from %s (epoch %d, step %d of %d)",
+            f"torchrun restart {restart}: " if restart else "",
+            run.folder,
+            folder.name,
+            run.pos.epoch + 1,
+            run.pos.step,
+            run.total_steps,
+        )
     saved = state.get("rng", [])
     if state.get("world", len(saved)) == d.world and d.rank < len(saved):
         # the last thing: nothing draws from the RNG after it
         set_rng_state(saved[d.rank], run.device, cuda_seed=o.seed + d.rank + run.pos.step)
     else:
         if d.main:
-            log.warning("the run was saved by %s process(es), resumed by %d: dropout draws differ from an "
-                        "uninterrupted run", state.get("world", len(saved)), d.world)
+            log.warning(
+                "the run was saved by %s process(es), resumed by %d: dropout draws differ from an uninterrupted run",
+                state.get("world", len(saved)),
+                d.world,
+            )
         torch.manual_seed(o.seed + d.rank + run.pos.step)
 
 
@@ -319,9 +391,11 @@ def _rebatch(pos: Position, batch_size: int, accum_steps: int, o) -> None:
         return
     clips = pos.batch * batch_size
     if clips % (o.batch_size * o.accum_steps):
-        raise RunError(f"optim.batch_size/accum_steps: the run stopped {clips} clips into epoch {pos.epoch + 1}, "
-                       f"not a whole number of steps of {o.batch_size} x {o.accum_steps}; resume with its "
-                       f"{batch_size} x {accum_steps} and change them at the epoch's end")
+        raise RunError(
+            f"optim.batch_size/accum_steps: the run stopped {clips} clips into epoch {pos.epoch + 1}, "
+            f"not a whole number of steps of {o.batch_size} x {o.accum_steps}; resume with its "
+            f"{batch_size} x {accum_steps} and change them at the epoch's end"
+        )
     pos.batch = clips // o.batch_size
 
 
@@ -350,8 +424,9 @@ def train_one_epoch(run: Run, *, progress=None, deadline: float | None = None) -
     for batch in run.train_loader:
         pos.bad += batch["bad"]
         final = (pos.batch + 1) % o.accum_steps == 0
-        empty, late = distr.any_across(d, batch["video"] is None, final and deadline is not None and
-                                       time.time() > deadline, device=run.device)
+        empty, late = distr.any_across(
+            d, batch["video"] is None, final and deadline is not None and time.time() > deadline, device=run.device
+        )
         if empty:  # on some rank: every rank skips it, or the others would wait in backward's all-reduce
             acc.synced = False
         else:
@@ -370,8 +445,9 @@ def train_one_epoch(run: Run, *, progress=None, deadline: float | None = None) -
         acc = _Accumulated()
         if progress and d.main:
             loss_text = f"loss {pos.loss_sum / max(pos.loss_count, 1):.3f} " if pos.loss_count else ""
-            progress(pos.step, run.total_steps, f"{loss_text}lr {lr:.2e} {clips / max(time.time() - t0, 1e-9):.1f} "
-                                                f"clips/s")
+            progress(
+                pos.step, run.total_steps, f"{loss_text}lr {lr:.2e} {clips / max(time.time() - t0, 1e-9):.1f} clips/s"
+            )
         if pos.batch < run.sampler.batches:  # the epoch's last step is saved by end_epoch
             if late:
                 save_run(run)
@@ -410,8 +486,12 @@ def _train_forward(run: Run, video: torch.Tensor, mask: torch.Tensor | None) -> 
     except torch.OutOfMemoryError:
         raise  # eager would need the memory too
     except Exception as err:  # inductor fails in many ways; nothing ran, so the micro-batch runs again eagerly
-        warnings.warn(f"optim.compile: torch.compile failed ({type(err).__name__}: "
-                      f"{str(err).strip().splitlines()[0][:200]}); training eagerly", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"optim.compile: torch.compile failed ({type(err).__name__}: "
+            f"{str(err).strip().splitlines()[0][:200]}); training eagerly",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         run.train_model = run.eager_model
         return run.train_model(video, mask)
 
@@ -420,8 +500,14 @@ def _optimizer_step(run: Run, acc: _Accumulated) -> float:
     """Apply the accumulated gradients, or skip a step whose loss or gradients are not finite; returns its lr."""
     o, pos, d = run.cfg.optim, run.pos, run.d
     # the schedule follows the position in the data (the same as the step count, unless a resume changed the batch)
-    lr = lr_at(pos.epoch * run.steps_per_epoch + pos.batch // o.accum_steps - 1, base=o.lr, total=run.total_steps,
-               warmup=o.warmup_steps, min_lr=o.min_lr, schedule=o.schedule)
+    lr = lr_at(
+        pos.epoch * run.steps_per_epoch + pos.batch // o.accum_steps - 1,
+        base=o.lr,
+        total=run.total_steps,
+        warmup=o.warmup_steps,
+        min_lr=o.min_lr,
+        schedule=o.schedule,
+    )
     problem, norm = (f"loss ({acc.nonfinite})" if acc.nonfinite is not None else None), None
     if problem is None and acc.contributed:
         if d.enabled and not acc.synced:
@@ -439,9 +525,11 @@ def _optimizer_step(run: Run, acc: _Accumulated) -> float:
         pos.skipped += 1
         _log(run, {"step": pos.step + 1, "epoch": pos.epoch + 1, "skipped": f"non-finite {problem}"})
         if pos.skipped > o.skip_nonfinite:
-            raise RunError(f"non-finite {problem} at step {pos.step + 1} (epoch {pos.epoch + 1}); last good "
-                           f"checkpoint: {_last_good(run)}. Lower optim.lr, set optim.clip_grad, or let "
-                           f"optim.skip_nonfinite=N skip up to N such steps")
+            raise RunError(
+                f"non-finite {problem} at step {pos.step + 1} (epoch {pos.epoch + 1}); last good "
+                f"checkpoint: {_last_good(run)}. Lower optim.lr, set optim.clip_grad, or let "
+                f"optim.skip_nonfinite=N skip up to N such steps"
+            )
     elif acc.contributed:
         if o.clip_grad > 0 and norm > o.clip_grad:
             for g in grads:
@@ -455,9 +543,11 @@ def _optimizer_step(run: Run, acc: _Accumulated) -> float:
             run.scaler.update()
             applied = run.scaler.get_scale() >= scale  # the scaler lowers its scale when it skips a step
             if run.scaler.get_scale() < 1.0:
-                raise RunError(f"fp16 loss scale fell to {run.scaler.get_scale():g} at step {pos.step + 1}: the "
-                               f"gradients overflow fp16 even unscaled; last good checkpoint: {_last_good(run)}. "
-                               f"Use optim.precision=bf16, or lower optim.lr")
+                raise RunError(
+                    f"fp16 loss scale fell to {run.scaler.get_scale():g} at step {pos.step + 1}: the "
+                    f"gradients overflow fp16 even unscaled; last good checkpoint: {_last_good(run)}. "
+                    f"Use optim.precision=bf16, or lower optim.lr"
+                )
         else:
             run.optimizer.step()
         if run.ema is not None and applied:
@@ -493,21 +583,34 @@ def end_epoch(run: Run, metrics: dict) -> None:
     ``last``, and ``best`` when the score improved."""
     pos = run.pos
     pos.bad = _merge_bad(distr.gather_objects(run.d, pos.bad))  # every rank's
-    record = {"epoch": pos.epoch + 1, "step": pos.step, "train_loss": pos.loss_sum / max(pos.loss_count, 1),
-              "time_s": round(run.elapsed(), 3)}
+    record = {
+        "epoch": pos.epoch + 1,
+        "step": pos.step,
+        "train_loss": pos.loss_sum / max(pos.loss_count, 1),
+        "time_s": round(run.elapsed(), 3),
+    }
     if pos.bad:
         record.update(bad_files_report(pos.bad))
         if run.d.main:
-            log.warning("epoch %d: %d bad file(s) (unreadable: skipped; partial: frames past the break masked): %s",
-                        pos.epoch + 1, len(record["bad_files"]), ", ".join(record["bad_files"]))
+            log.warning(
+                "epoch %d: %d bad file(s) (unreadable: skipped; partial: frames past the break masked): %s",
+                pos.epoch + 1,
+                len(record["bad_files"]),
+                ", ".join(record["bad_files"]),
+            )
     record.update({k: v for k, v in metrics.items() if k in ("top1", "top5", "mAP", "videos")})
     if "bad_files" in metrics:
         record["val_bad_files"] = metrics["bad_files"]
     _log(run, record)
     score = record.get("top1", record.get("mAP", -record["train_loss"]))
     improved = score > pos.best  # a NaN score never is
-    run.pos = Position(epoch=pos.epoch + 1, step=pos.step, best=score if improved else pos.best,
-                       skipped=pos.skipped, elapsed_s=pos.elapsed_s)
+    run.pos = Position(
+        epoch=pos.epoch + 1,
+        step=pos.step,
+        best=score if improved else pos.best,
+        skipped=pos.skipped,
+        elapsed_s=pos.elapsed_s,
+    )
     save_run(run, ("best", "last") if improved else ("last",))  # best first: a `last` never claims a best not saved
 
 
@@ -521,20 +624,30 @@ def save_run(run: Run, tags=("last",)) -> None:
         bad = _nonfinite_tensor(models[tag])
         if bad is not None:  # the same on every rank: their weights are equal
             epoch = pos.epoch + 1 if pos.batch else pos.epoch
-            raise RunError(f"non-finite weights ({bad}) after step {pos.step} (epoch {epoch}); last good "
-                           f"checkpoint: {_last_good(run)}. Lower optim.lr or set optim.clip_grad")
+            raise RunError(
+                f"non-finite weights ({bad}) after step {pos.step} (epoch {epoch}); last good "
+                f"checkpoint: {_last_good(run)}. Lower optim.lr or set optim.clip_grad"
+            )
     parts = distr.gather_objects(d, (rng_state(run.device), pos.bad))
     rngs, pos.bad = [rng for rng, _ in parts], _merge_bad(bad for _, bad in parts)
 
     def write():
         metrics = run.folder / "metrics.jsonl"
-        state = {**dataclasses.asdict(pos), "elapsed_s": run.elapsed(), "optimizer": run.optimizer.state_dict(),
-                 "scaler": run.scaler.state_dict() if run.scaler is not None else None,
-                 "ema": run.ema.state_dict() if run.ema is not None else None, "rng": rngs, "world": d.world,
-                 "batch_size": run.cfg.optim.batch_size, "accum_steps": run.cfg.optim.accum_steps,
-                 "metrics_bytes": metrics.stat().st_size if metrics.exists() else 0}
+        state = {
+            **dataclasses.asdict(pos),
+            "elapsed_s": run.elapsed(),
+            "optimizer": run.optimizer.state_dict(),
+            "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+            "ema": run.ema.state_dict() if run.ema is not None else None,
+            "rng": rngs,
+            "world": d.world,
+            "batch_size": run.cfg.optim.batch_size,
+            "accum_steps": run.cfg.optim.accum_steps,
+            "metrics_bytes": metrics.stat().st_size if metrics.exists() else 0,
+        }
         for tag in tags:
             save_checkpoint(run.folder, tag, models[tag], state)
+
     _on_rank0(d, write, f"saving {'/'.join(tags)} in {run.folder}")
     run.last_saved = (run.folder / "last", pos.step)
 
@@ -580,19 +693,23 @@ def _open_run_dir(folder: Path, cfg: RunConfig, resume, overwrite: bool, d: dist
     """Rank 0 decides -- resume from which checkpoint, start afresh, or refuse -- and prepares the folder; every
     rank gets its answer, so that no two ranks see the folder at different moments. Returns the checkpoint to
     resume from, or None for a fresh run."""
+
     def decide():
         checkpoint = _prepare_run_dir(folder, resume, overwrite)
         if checkpoint is not None:
             _check_resume(folder, cfg)
         return checkpoint
+
     return _on_rank0(d, decide, f"preparing {folder}")
 
 
 def _prepare_run_dir(run_dir: Path, resume, overwrite: bool) -> Path | None:
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     if overwrite and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0:
-        raise RunError("--overwrite under torchrun --max-restarts would wipe the run at every restart; remove the "
-                       "folder yourself, or pass --auto-resume")
+        raise RunError(
+            "--overwrite under torchrun --max-restarts would wipe the run at every restart; remove the "
+            "folder yourself, or pass --auto-resume"
+        )
     if resume:
         checkpoint = find_checkpoint(run_dir)
         if checkpoint is not None:
@@ -602,10 +719,12 @@ def _prepare_run_dir(run_dir: Path, resume, overwrite: bool) -> Path | None:
         overwrite = True  # --auto-resume: a run that died before its first checkpoint starts afresh
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
-            hint = (f" (torchrun restart {restart}: pass --auto-resume so that restarts continue the run)" if restart
-                    else "")
-            raise RunError(f"{run_dir} already exists; pass --resume to continue it or --overwrite to start "
-                           f"over{hint}")
+            hint = (
+                f" (torchrun restart {restart}: pass --auto-resume so that restarts continue the run)"
+                if restart
+                else ""
+            )
+            raise RunError(f"{run_dir} already exists; pass --resume to continue it or --overwrite to start over{hint}")
         if resume:
             log.warning("%s has no checkpoint to resume: starting it afresh", run_dir)
         import shutil

@@ -1,4 +1,5 @@
 """Classification metrics on aggregated per-video logits."""
+
 from __future__ import annotations
 
 import torch
@@ -14,7 +15,7 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> flo
 
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """``num_classes x num_classes`` counts: row = true class, column = predicted."""
-    return torch.bincount(labels * num_classes + preds, minlength=num_classes ** 2).view(num_classes, num_classes)
+    return torch.bincount(labels * num_classes + preds, minlength=num_classes**2).view(num_classes, num_classes)
 
 
 def per_class_accuracy(confusion: torch.Tensor) -> list[float]:

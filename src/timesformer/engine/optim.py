@@ -1,4 +1,5 @@
 """Parameter groups, optimizers and the learning-rate schedule."""
+
 from __future__ import annotations
 
 import copy

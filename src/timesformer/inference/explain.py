@@ -16,6 +16,7 @@ matrix (a 16x448 clip has N = 12545).
 
 Legend: ``t h w`` frames x patch grid; ``N = 1 + t*h*w`` tokens; ``G L`` groups x slots of a stage.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Export: ONNX (dynamic batch, opset >= 17) checked against onnxruntime, and ``torch.export``."""
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,9 @@ class _Logits(torch.nn.Module):
         return self.model(video)
 
 
-def export_onnx(model: TimeSformer, out: str | os.PathLike, *, opset: int = 18, frames: int | None = None,
-                size: int | None = None) -> Path:
+def export_onnx(
+    model: TimeSformer, out: str | os.PathLike, *, opset: int = 18, frames: int | None = None, size: int | None = None
+) -> Path:
     """Write an ONNX file with a dynamic batch dimension (frames and size fixed at export: ``frames`` x ``size``,
     default the config's). Written to a temporary name, then renamed."""
     cfg = model.config
@@ -36,9 +38,16 @@ def export_onnx(model: TimeSformer, out: str | os.PathLike, *, opset: int = 18, 
     # bakes sizes derived from it into the graph)
     batch = torch.export.Dim("batch", min=1, max=1024)
     with torch.no_grad():
-        program = torch.onnx.export(wrapper, (example,), input_names=["video"], output_names=["logits"],
-                                    dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True,
-                                    external_data=False)
+        program = torch.onnx.export(
+            wrapper,
+            (example,),
+            input_names=["video"],
+            output_names=["logits"],
+            dynamic_shapes=({0: batch},),
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+        )
     program.save(str(tmp))
     os.replace(tmp, out)
     return out
@@ -56,8 +65,12 @@ def quantize_onnx(src: str | os.PathLike, out: str | os.PathLike) -> Path:
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, lambda tmp: quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8,
-                                                   op_types_to_quantize=["MatMul", "Gemm"]))
+    write_atomic(
+        out,
+        lambda tmp: quantize_dynamic(
+            str(src), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
+        ),
+    )
     return out
 
 
@@ -85,8 +98,9 @@ def check_onnx(model: TimeSformer, path: str | os.PathLike, video: torch.Tensor)
     return float((onnx_logits(path, video) - ours).abs().max())
 
 
-def export_program(model: TimeSformer, out: str | os.PathLike, *, frames: int | None = None,
-                   size: int | None = None) -> Path:
+def export_program(
+    model: TimeSformer, out: str | os.PathLike, *, frames: int | None = None, size: int | None = None
+) -> Path:
     """``torch.export`` the model with a dynamic batch and save the ExportedProgram (``.pt2``)."""
     cfg = model.config
     example = torch.randn(2, frames or cfg.num_frames, cfg.channels, size or cfg.image_size, size or cfg.image_size)

@@ -2,6 +2,7 @@
 
 Legend: ``t c S S`` a clip; ``v`` views (clips x crops); ``d`` model dim.
 """
+
 from __future__ import annotations
 
 import copy
@@ -17,8 +18,8 @@ from ..data import ClipSpec, DecodeError, open_video
 from ..data.decode import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from ..data.sampling import clip_start_times
 from ..data.transforms import EvalTransform
-from ..model import TimeSformer
 from ..fast import optimize
+from ..model import TimeSformer
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +28,11 @@ def expand_inputs(items: list[str]) -> list[Path]:
     """Files, folders (their videos and frame folders, recursively) and glob patterns -> sorted paths."""
     out: list[Path] = []
     for item in items:
-        matches = [Path(m) for m in sorted(glob.glob(item, recursive=True))] if any(c in item for c in "*?[") else \
-            [Path(item)]
+        matches = (
+            [Path(m) for m in sorted(glob.glob(item, recursive=True))]
+            if any(c in item for c in "*?[")
+            else [Path(item)]
+        )
         for path in matches:
             if path.is_dir() and not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in path.iterdir()):
                 out += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
@@ -51,15 +55,33 @@ class Predictor:
             copy of the model: later changes to ``model``'s weights don't reach it.
     """
 
-    def __init__(self, model: TimeSformer, *, clips: int = 1, crops: int = 1, sampling: str | None = None,
-                 sampling_rate: int | None = None, fps: float | None = None, device: str | torch.device = "cpu",
-                 precision: str = "fp32", compile: bool = False):
+    def __init__(
+        self,
+        model: TimeSformer,
+        *,
+        clips: int = 1,
+        crops: int = 1,
+        sampling: str | None = None,
+        sampling_rate: int | None = None,
+        fps: float | None = None,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
+        compile: bool = False,
+    ):
         cfg = model.config
         self.model = optimize(model, precision=precision, compile=compile, device=device)
         self.device, self.precision = torch.device(device), precision
-        self.spec = ClipSpec(num_frames=cfg.num_frames, sampling=sampling or cfg.sampling,
-                             sampling_rate=sampling_rate or cfg.sampling_rate, fps=fps or cfg.fps,
-                             crop_size=cfg.image_size, num_clips=clips, num_crops=crops, mean=cfg.mean, std=cfg.std)
+        self.spec = ClipSpec(
+            num_frames=cfg.num_frames,
+            sampling=sampling or cfg.sampling,
+            sampling_rate=sampling_rate or cfg.sampling_rate,
+            fps=fps or cfg.fps,
+            crop_size=cfg.image_size,
+            num_clips=clips,
+            num_crops=crops,
+            mean=cfg.mean,
+            std=cfg.std,
+        )
         self.transform = EvalTransform(crop_size=cfg.image_size, num_crops=crops, mean=cfg.mean, std=cfg.std)
         self.labels = list(cfg.labels) if cfg.labels else None
         self.partial = {}  # path -> why decoding stopped early, for files that decoded only partly
@@ -76,18 +98,20 @@ class Predictor:
                 per_file.append(self.views(path)[0])
             except DecodeError:
                 continue
-        order = [views[i] for i in range(max((len(v) for v in per_file), default=0)) for views in per_file
-                 if i < len(views)][:clips]
+        order = [
+            views[i] for i in range(max((len(v) for v in per_file), default=0)) for views in per_file if i < len(views)
+        ][:clips]
         if order:
             self.model.calibrate(torch.stack(order))
         return len(order)
 
-    def with_views(self, clips: int, crops: int) -> "Predictor":
+    def with_views(self, clips: int, crops: int) -> Predictor:
         """A predictor that shares this one's model but takes ``clips`` x ``crops`` test views."""
         other = copy.copy(self)
         other.spec = dataclasses.replace(self.spec, num_clips=clips, num_crops=crops)
-        other.transform = EvalTransform(crop_size=self.spec.crop_size, num_crops=crops, mean=self.spec.mean,
-                                        std=self.spec.std)
+        other.transform = EvalTransform(
+            crop_size=self.spec.crop_size, num_crops=crops, mean=self.spec.mean, std=self.spec.std
+        )
         other.partial = {}
         return other
 
@@ -138,8 +162,10 @@ class Predictor:
     def top(self, probs: torch.Tensor, k: int) -> list[dict]:
         """The ``k`` most probable classes: ``[{"class", "index", "prob"}]``."""
         top = probs.topk(min(k, len(probs)))
-        return [{"class": self.class_name(i), "index": i, "prob": p}
-                for p, i in zip(top.values.tolist(), top.indices.tolist())]
+        return [
+            {"class": self.class_name(i), "index": i, "prob": p}
+            for p, i in zip(top.values.tolist(), top.indices.tolist())
+        ]
 
     def predict(self, path, topk: int = 5) -> dict:
         """``{"path", "top"}``, and ``"partial"`` (the reason) for a file that decoded only partly."""
@@ -157,10 +183,22 @@ class Predictor:
         for start in clip_start_times(duration, window=window, stride=stride).tolist():
             views, masks = self.views(path, start=start, window=window)
             probs = self._run(views, masks).mean(0).softmax(-1)
-            entries.append({"start": start, "end": min(start + window, duration), "probs": probs.tolist(),
-                            "top": self.top(probs, topk)})
-        out = {"path": str(path), "duration": duration, "window": window, "stride": stride, "entries": entries,
-               "classes": [self.class_name(i) for i in range(len(entries[0]["probs"]))]}
+            entries.append(
+                {
+                    "start": start,
+                    "end": min(start + window, duration),
+                    "probs": probs.tolist(),
+                    "top": self.top(probs, topk),
+                }
+            )
+        out = {
+            "path": str(path),
+            "duration": duration,
+            "window": window,
+            "stride": stride,
+            "entries": entries,
+            "classes": [self.class_name(i) for i in range(len(entries[0]["probs"]))],
+        }
         return {**out, "partial": self.partial[str(path)]} if str(path) in self.partial else out
 
     def features(self, path, kind: str = "pooled") -> torch.Tensor:

@@ -5,6 +5,7 @@ MPEG-TS from ffmpeg) or a capture device (``/dev/videoN``). ``stream_predictions
 clip's worth of frames (``num_frames * sampling_rate / fps`` seconds, each resized and cropped as the model sees it)
 in a ring buffer and predicts every ``every`` input frames on the clip ending now, sampled as ``predict`` samples.
 """
+
 from __future__ import annotations
 
 import collections
@@ -54,8 +55,15 @@ def frames_from(source: str) -> Iterator[tuple[float, torch.Tensor]]:
             log.warning("%s: decoding stopped (%s); the frames before it were predicted", source, err)
 
 
-def stream_predictions(predictor, frames: Iterable[tuple[float, torch.Tensor]], *, every: int = 8, smooth: int = 1,
-                       topk: int = 5, realtime: bool = False) -> Iterator[dict]:
+def stream_predictions(
+    predictor,
+    frames: Iterable[tuple[float, torch.Tensor]],
+    *,
+    every: int = 8,
+    smooth: int = 1,
+    topk: int = 5,
+    realtime: bool = False,
+) -> Iterator[dict]:
     """``{"time", "top", "logits", "window", "frames", "latency_ms"}`` per prediction.
 
     The window is the clip the model was trained on, ending now: ``span = num_frames * sampling_rate / fps`` seconds,
@@ -91,8 +99,7 @@ def stream_predictions(predictor, frames: Iterable[tuple[float, torch.Tensor]], 
         if realtime and start_wall + now < busy_until:  # this frame came while the model was busy
             dropped += 1
             continue
-        yield _predict(predictor, now, now - offsets[-1], offsets, buffer, recent, topk,
-                       dropped if realtime else None)
+        yield _predict(predictor, now, now - offsets[-1], offsets, buffer, recent, topk, dropped if realtime else None)
         busy_until = time.monotonic()
     if buffer and now - buffer[0][0] < offsets[-1] - 1e-6:  # a stream shorter than one window
         yield _predict(predictor, now, buffer[0][0], offsets, buffer, recent, topk, dropped if realtime else None)
@@ -109,10 +116,14 @@ def _predict(predictor, now: float, start: float, offsets, buffer, recent, topk:
     clip = predictor.transform.view(torch.stack(picked), 0)[None]
     logits = predictor.clip_logits(clip, torch.tensor(valid)[None])[0].float()
     recent.append(logits.softmax(-1))
-    out = {"time": round(now, 4), "top": predictor.top(torch.stack(list(recent)).mean(0), topk),
-           "window": [round(start, 4), round(start + offsets[-1], 4)],
-           "frames": [round(start + o, 4) for o in offsets], "logits": logits,
-           "latency_ms": round((time.perf_counter() - begin) * 1000, 1)}
+    out = {
+        "time": round(now, 4),
+        "top": predictor.top(torch.stack(list(recent)).mean(0), topk),
+        "window": [round(start, 4), round(start + offsets[-1], 4)],
+        "frames": [round(start + o, 4) for o in offsets],
+        "logits": logits,
+        "latency_ms": round((time.perf_counter() - begin) * 1000, 1),
+    }
     if dropped is not None:
         out["dropped"] = dropped
     return out

@@ -2,6 +2,7 @@
 
 Legend: ``B`` batch of attention groups, ``k`` heads, ``L`` / ``S`` query / key length, ``e`` head dim.
 """
+
 from __future__ import annotations
 
 import torch
@@ -78,8 +79,9 @@ class Attention(nn.Module):
     module owns the weights, named as in the official code (``qkv``, ``proj``).
     """
 
-    def __init__(self, *, dim: int, heads: int, dim_head: int, qkv_bias: bool, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0):
+    def __init__(
+        self, *, dim: int, heads: int, dim_head: int, qkv_bias: bool, attn_drop: float = 0.0, proj_drop: float = 0.0
+    ):
         super().__init__()
         self.heads, self.dim_head = heads, dim_head
         inner = heads * dim_head

@@ -19,6 +19,7 @@ How the cls token takes part (``cls_attention``):
 * ``"global"`` (the seed): in every stage the cls token's query attends to all tokens of the clip, and every
   group's keys and values include the cls token.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -58,27 +59,43 @@ def shift_tokens(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         x = torch.where(valid[:, :, None, None, None], x, 0.0)
     c = x.shape[-1] // 3
     nxt = F.pad(x[:, 1:, ..., :c], (0, 0, 0, 0, 0, 0, 0, 1))
-    prv = F.pad(x[:, :-1, ..., 2 * c:3 * c], (0, 0, 0, 0, 0, 0, 1, 0))
-    return torch.cat([nxt, x[..., c:2 * c], prv, x[..., 3 * c:]], dim=-1)
+    prv = F.pad(x[:, :-1, ..., 2 * c : 3 * c], (0, 0, 0, 0, 0, 0, 1, 0))
+    return torch.cat([nxt, x[..., c : 2 * c], prv, x[..., 3 * c :]], dim=-1)
 
 
 class Block(nn.Module):
     """One TimeSformer block. ``forward(cls: b c d, x: b t h w d, ctx) -> (cls, x)``."""
 
-    def __init__(self, *, dim: int, heads: int, dim_head: int, attention: str, mlp_ratio: float = 4.0,
-                 mlp: str = "gelu", qkv_bias: bool = True, temporal_fc: bool = True,
-                 cls_attention: str = "average", shift: bool = False, norm_eps: float = 1e-6,
-                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0, attn_impl: str = "sdpa",
-                 sparse_windows: int = 2, sparse_stride: int = 2):
+    def __init__(
+        self,
+        *,
+        dim: int,
+        heads: int,
+        dim_head: int,
+        attention: str,
+        mlp_ratio: float = 4.0,
+        mlp: str = "gelu",
+        qkv_bias: bool = True,
+        temporal_fc: bool = True,
+        cls_attention: str = "average",
+        shift: bool = False,
+        norm_eps: float = 1e-6,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        attn_impl: str = "sdpa",
+        sparse_windows: int = 2,
+        sparse_stride: int = 2,
+    ):
         super().__init__()
         self.cls_attention, self.shift, self.attn_impl = cls_attention, shift, attn_impl
-        pre, (self.final_name, self.final) = stages_for(attention, sparse_windows=sparse_windows,
-                                                        sparse_stride=sparse_stride)
+        pre, (self.final_name, self.final) = stages_for(
+            attention, sparse_windows=sparse_windows, sparse_stride=sparse_stride
+        )
         self.pre_stages = [name for name, _ in pre]
         self.partitions = dict(pre)
         self.partitions[self.final_name] = self.final
-        attn_kw = dict(dim=dim, heads=heads, dim_head=dim_head, qkv_bias=qkv_bias, attn_drop=attn_drop,
-                       proj_drop=drop)
+        attn_kw = dict(dim=dim, heads=heads, dim_head=dim_head, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
         for name in self.pre_stages:
             setattr(self, f"{name}_norm1", nn.LayerNorm(dim, eps=norm_eps))
             setattr(self, f"{name}_attn", Attention(**attn_kw))
@@ -118,8 +135,11 @@ class Block(nn.Module):
                 copies, weight = co
                 res = self._project(attn, fc, copies.flatten(0, 1)[:, None], keep, 1).view(b, groups, -1)
                 if cls.shape[1] == 1:
-                    res = res.mean(1, keepdim=True) if weight is None else (
-                        (res * weight[..., None]).sum(1, keepdim=True) / weight.sum(1)[:, None, None])
+                    res = (
+                        res.mean(1, keepdim=True)
+                        if weight is None
+                        else ((res * weight[..., None]).sum(1, keepdim=True) / weight.sum(1)[:, None, None])
+                    )
                 cls = cls + res
         if glob:
             keep, rows = block_keep, b
@@ -170,8 +190,7 @@ class Block(nn.Module):
     def _pre(self, x, ctx):
         return shift_tokens(x, ctx.valid) if self.shift else x
 
-    def _attend(self, attn: Attention, part: Partition, cls: torch.Tensor | None, x: torch.Tensor,
-                ctx: TokenContext):
+    def _attend(self, attn: Attention, part: Partition, cls: torch.Tensor | None, x: torch.Tensor, ctx: TokenContext):
         """Attention of one stage. ``cls: b c d`` (normed) or None when the cls token sits this stage out;
         ``x: b t h w d`` (normed). Returns ``x_out: (b G) L (k e)`` still grouped by ``part``, and for the cls token
         None, ``b 1 (k e)`` (``global``), or ``(copies: b G (k e), weights: b G or None)`` (``average``: one copy

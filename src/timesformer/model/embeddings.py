@@ -2,6 +2,7 @@
 
 Legend: ``b t c H W`` pixels, ``h w`` patch grid, ``n = h*w``, ``d`` model dim, ``e`` head dim.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,8 +64,9 @@ def resample_joint_pos_embed(pos_embed: torch.Tensor, num_frames: int, size: tup
     n = (pos_embed.shape[1] - 1) // num_frames
     side = math.isqrt(n)
     if side * side * num_frames + 1 != pos_embed.shape[1]:
-        raise ValueError(f"joint pos_embed must hold 1 + {num_frames} frames x a square grid; got "
-                         f"{tuple(pos_embed.shape)}")
+        raise ValueError(
+            f"joint pos_embed must hold 1 + {num_frames} frames x a square grid; got {tuple(pos_embed.shape)}"
+        )
     if (num_frames, side, side) == tuple(size):
         return pos_embed
     grid = rearrange(pos_embed[:, 1:], "1 (t h w) d -> 1 d t h w", t=num_frames, h=side)
@@ -82,8 +84,9 @@ def resample_joint_pos_embed(pos_embed: torch.Tensor, num_frames: int, size: tup
 AXES = {"t": 0, "y": 1, "x": 2}
 
 
-def rotary_angles(axes: str, sizes: tuple[int, int, int], dim_head: int, *, base: float = 10000.0,
-                  device=None) -> torch.Tensor:
+def rotary_angles(
+    axes: str, sizes: tuple[int, int, int], dim_head: int, *, base: float = 10000.0, device=None
+) -> torch.Tensor:
     """Angles ``t h w (e/2)`` for the axes named in ``axes`` (a subset of ``"tyx"``).
 
     Args:

@@ -1,4 +1,5 @@
 """Feed-forward and stochastic depth. Legend: ``d`` model dim."""
+
 from __future__ import annotations
 
 import torch

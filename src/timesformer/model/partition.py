@@ -3,6 +3,7 @@
 Legend: ``b t h w`` batch x frames x patch grid, ``c`` channels, ``G`` groups per clip, ``L`` tokens per group.
 A partition maps ``b t h w c -> (b G) L c`` and back. Sizes always come from the input tensor.
 """
+
 from __future__ import annotations
 
 import functools
@@ -22,7 +23,9 @@ class Partition:
     def group(self, x: torch.Tensor) -> torch.Tensor:  # b t h w c -> (b G) L c
         raise NotImplementedError
 
-    def ungroup(self, y: torch.Tensor, size: tuple[int, int, int, int]) -> torch.Tensor:  # (b G) L c -> b t h w c (contiguous)
+    def ungroup(
+        self, y: torch.Tensor, size: tuple[int, int, int, int]
+    ) -> torch.Tensor:  # (b G) L c -> b t h w c (contiguous)
         raise NotImplementedError
 
     def slot_valid(self, t: int, h: int, w: int, device) -> torch.Tensor | None:
@@ -73,7 +76,7 @@ class IndexPartition(Partition):
     def __init__(self, ids_fn, *, spans_time: bool, axes: str):
         self.ids_fn, self.spans_time, self.axes = ids_fn, spans_time, axes
 
-    @functools.lru_cache(maxsize=32)
+    @functools.lru_cache(maxsize=32)  # noqa: B019 -- partitions live as long as the model, a few per block
     def _cpu_index(self, t: int, h: int, w: int):
         tt, yy, xx = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
         return _group_index(self.ids_fn(tt.flatten(), yy.flatten(), xx.flatten(), (t, h, w)))
@@ -131,7 +134,9 @@ def stages_for(attention: str, *, sparse_windows: int = 2, sparse_stride: int = 
         "joint": ((), ("joint", EinopsPartition("b", "(t h w)", spans_time=True, axes="tyx"))),
         "divided": ((("temporal", temporal),), ("spatial", spatial)),
         "sparse": ((("local", local_windows(sparse_windows)),), ("global", global_stride(sparse_stride))),
-        "axial": ((("temporal", temporal), ("width", EinopsPartition("(b t h)", "w", spans_time=False, axes="x"))),
-                  ("height", EinopsPartition("(b t w)", "h", spans_time=False, axes="y"))),
+        "axial": (
+            (("temporal", temporal), ("width", EinopsPartition("(b t h)", "w", spans_time=False, axes="x"))),
+            ("height", EinopsPartition("(b t w)", "h", spans_time=False, axes="y")),
+        ),
     }
     return schemes[attention]

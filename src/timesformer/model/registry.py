@@ -1,4 +1,5 @@
 """Named presets: ``create_model(name, **overrides)`` and ``list_models()``."""
+
 from __future__ import annotations
 
 from .timesformer import TimeSformer, TimeSformerConfig
@@ -17,14 +18,39 @@ PRESETS: dict[str, dict] = {
     # the spatial step) direction accuracy sat at chance for ~300 steps and reached 79 % after 467; with the
     # cls token attending every token in every step (the seed's) it reached 90 % after 200 steps and 99 % after
     # 400. Rotary embeddings give relative time without a table.
-    "timesformer_tiny": dict(num_frames=8, image_size=32, patch_size=8, dim=128, depth=4, heads=4, dim_head=32,
-                             attention="divided", pos_emb="rotary", cls_attention="global", temporal_fc=False,
-                             num_classes=12),
+    "timesformer_tiny": dict(
+        num_frames=8,
+        image_size=32,
+        patch_size=8,
+        dim=128,
+        depth=4,
+        heads=4,
+        dim_head=32,
+        attention="divided",
+        pos_emb="rotary",
+        cls_attention="global",
+        temporal_fc=False,
+        num_classes=12,
+    ),
     # the seed's architecture (timesformer-pytorch): pre-norm blocks, GEGLU, no qkv bias, no temporal_fc, the cls
     # token attending all tokens, rotary embeddings, LayerNorm eps 1e-5
-    "lucidrains": dict(num_frames=8, image_size=224, patch_size=16, dim=512, depth=12, heads=8, dim_head=64,
-                       attention="divided", pos_emb="rotary", mlp="geglu", qkv_bias=False, temporal_fc=False,
-                       cls_attention="global", norm_eps=1e-5, num_classes=10),
+    "lucidrains": dict(
+        num_frames=8,
+        image_size=224,
+        patch_size=16,
+        dim=512,
+        depth=12,
+        heads=8,
+        dim_head=64,
+        attention="divided",
+        pos_emb="rotary",
+        mlp="geglu",
+        qkv_bias=False,
+        temporal_fc=False,
+        cls_attention="global",
+        norm_eps=1e-5,
+        num_classes=10,
+    ),
 }
 
 

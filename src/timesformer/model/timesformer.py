@@ -4,6 +4,7 @@ Legend: ``b t c H W`` pixels, ``h w`` patch grid, ``n = h*w``, ``d`` model dim, 
 Input is ``b t c H W`` float (the seed's and Hugging Face's layout); the official ``b c t H W`` is one
 ``video.transpose(1, 2)`` away and the weights are the same.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,8 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import IMPLS
 from .blocks import Block, TokenContext
-from .embeddings import (PatchEmbed, resample_joint_pos_embed, resample_pos_embed, resample_time_embed,
-                         rotary_angles)
+from .embeddings import PatchEmbed, resample_joint_pos_embed, resample_pos_embed, resample_time_embed, rotary_angles
 from .partition import stages_for
 
 ATTENTIONS = ("divided", "joint", "space", "sparse", "axial")
@@ -68,15 +68,31 @@ class TimeSformerConfig:
     fps: float = 30.0
 
     def __post_init__(self):
-        choices = dict(attention=ATTENTIONS, pos_emb=POS_EMBS, mlp=("gelu", "geglu"),
-                       cls_attention=("average", "global"), attn_impl=IMPLS, sampling=("dense", "segment"))
+        choices = dict(
+            attention=ATTENTIONS,
+            pos_emb=POS_EMBS,
+            mlp=("gelu", "geglu"),
+            cls_attention=("average", "global"),
+            attn_impl=IMPLS,
+            sampling=("dense", "segment"),
+        )
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"TimeSformerConfig.{key} must be one of {allowed}; got {getattr(self, key)!r}")
         if not self.fps > 0:
             raise ValueError(f"TimeSformerConfig.fps must be positive; got {self.fps!r}")
-        for key in ("num_classes", "num_frames", "image_size", "patch_size", "channels", "dim", "depth", "heads",
-                    "dim_head", "sampling_rate"):
+        for key in (
+            "num_classes",
+            "num_frames",
+            "image_size",
+            "patch_size",
+            "channels",
+            "dim",
+            "depth",
+            "heads",
+            "dim_head",
+            "sampling_rate",
+        ):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "num_classes" else 1):
                 raise ValueError(f"TimeSformerConfig.{key} must be a positive int; got {value!r}")
@@ -98,11 +114,13 @@ class TimeSformerConfig:
     def grid(self) -> int:
         return self.image_size // self.patch_size
 
-    def replace(self, **changes) -> "TimeSformerConfig":
+    def replace(self, **changes) -> TimeSformerConfig:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
-            raise ValueError(f"unknown TimeSformerConfig field(s) {sorted(unknown)}; "
-                             f"known: {[f.name for f in dataclasses.fields(self)]}")
+            raise ValueError(
+                f"unknown TimeSformerConfig field(s) {sorted(unknown)}; "
+                f"known: {[f.name for f in dataclasses.fields(self)]}"
+            )
         return dataclasses.replace(self, **changes)
 
 
@@ -119,27 +137,43 @@ class TimeSformer(nn.Module):
         self.patch_embed = PatchEmbed(channels=cfg.channels, dim=cfg.dim, patch_size=cfg.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         if cfg.pos_emb == "learned":
-            self.pos_embed = nn.Parameter(torch.zeros(1, cfg.grid ** 2 + 1, cfg.dim))
+            self.pos_embed = nn.Parameter(torch.zeros(1, cfg.grid**2 + 1, cfg.dim))
             if cfg.attention != "space":  # official: no time table for space-only
                 self.time_embed = nn.Parameter(torch.zeros(1, cfg.num_frames, cfg.dim))
         elif cfg.pos_emb == "learned_joint":
-            self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_frames * cfg.grid ** 2 + 1, cfg.dim))
+            self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_frames * cfg.grid**2 + 1, cfg.dim))
         self.pos_drop = nn.Dropout(cfg.drop_rate)
         rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()  # stochastic depth decay rule
-        self.blocks = nn.ModuleList([
-            Block(dim=cfg.dim, heads=cfg.heads, dim_head=cfg.dim_head, attention=cfg.attention,
-                  mlp_ratio=cfg.mlp_ratio, mlp=cfg.mlp, qkv_bias=cfg.qkv_bias, temporal_fc=cfg.temporal_fc,
-                  cls_attention=cfg.cls_attention, shift=cfg.shift_tokens, norm_eps=cfg.norm_eps,
-                  drop=cfg.drop_rate, attn_drop=cfg.attn_drop_rate, drop_path=rate, attn_impl=cfg.attn_impl,
-                  sparse_windows=cfg.sparse_windows, sparse_stride=cfg.sparse_stride)
-            for rate in rates])
+        self.blocks = nn.ModuleList(
+            [
+                Block(
+                    dim=cfg.dim,
+                    heads=cfg.heads,
+                    dim_head=cfg.dim_head,
+                    attention=cfg.attention,
+                    mlp_ratio=cfg.mlp_ratio,
+                    mlp=cfg.mlp,
+                    qkv_bias=cfg.qkv_bias,
+                    temporal_fc=cfg.temporal_fc,
+                    cls_attention=cfg.cls_attention,
+                    shift=cfg.shift_tokens,
+                    norm_eps=cfg.norm_eps,
+                    drop=cfg.drop_rate,
+                    attn_drop=cfg.attn_drop_rate,
+                    drop_path=rate,
+                    attn_impl=cfg.attn_impl,
+                    sparse_windows=cfg.sparse_windows,
+                    sparse_stride=cfg.sparse_stride,
+                )
+                for rate in rates
+            ]
+        )
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.head = nn.Linear(cfg.dim, cfg.num_classes) if cfg.num_classes else nn.Identity()
         self.grad_checkpointing = False
         # per-frame cls copies: the official space-only model runs frames as separate images
         self._cls_per_frame = cfg.attention == "space" and cfg.cls_attention == "average"
-        self._rope_axes = sorted({part.axes for pre, final in [stages_for(cfg.attention)]
-                                  for _, part in (*pre, final)})
+        self._rope_axes = sorted({part.axes for pre, final in [stages_for(cfg.attention)] for _, part in (*pre, final)})
         self.apply(self._init_weights)
         self._init_special()
 

@@ -1,4 +1,5 @@
 """Serving a trained model: an HTTP API with request batching (``create_app``)."""
+
 from .app import create_app
 from .batching import Batcher, QueueFull
 

@@ -13,6 +13,7 @@ Bad input is a 4xx JSON ``{"error": ...}`` naming the problem; a full queue is 5
 a temporary file that is deleted on success and on error. Decoding runs in worker threads; the model runs on one
 batching thread (:class:`~timesformer.serve.batching.Batcher`).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -68,8 +69,17 @@ def _number(form, name: str, kind, low, high, default):
     return value
 
 
-def create_app(predictor: Predictor, *, model=None, max_batch: int = 8, max_wait_ms: float = 20.0, queue_size: int = 64,
-               max_upload_mb: float = 200.0, api_key: str | None = None, warmup: bool = True):
+def create_app(
+    predictor: Predictor,
+    *,
+    model=None,
+    max_batch: int = 8,
+    max_wait_ms: float = 20.0,
+    queue_size: int = 64,
+    max_upload_mb: float = 200.0,
+    api_key: str | None = None,
+    warmup: bool = True,
+):
     """The service around ``predictor`` (its model, views and preprocessing). See the module docstring.
 
     ``model``: the fp32 ``TimeSformer`` that ``/v1/explain`` runs attention rollout on (the predictor's copy may be
@@ -90,8 +100,13 @@ def create_app(predictor: Predictor, *, model=None, max_batch: int = 8, max_wait
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        batcher = Batcher(predictor.clip_logits, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
-                          on_batch=metrics.batch_size)
+        batcher = Batcher(
+            predictor.clip_logits,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            queue_size=queue_size,
+            on_batch=metrics.batch_size,
+        )
         metrics.queue_depth = lambda: batcher.depth
         state["batcher"] = batcher
         if warmup:  # a full batch before /healthz says ready: no request pays for the first one's allocations
@@ -116,8 +131,7 @@ def create_app(predictor: Predictor, *, model=None, max_batch: int = 8, max_wait
         start = time.perf_counter()
         path = request.url.path if request.url.path in known else "other"  # metrics labels stay few and safe
         if api_key is not None and request.url.path not in open_paths:
-            given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix(
-                "Bearer ")
+            given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
             if not hmac.compare_digest(given.encode(), api_key.encode()):
                 response = JSONResponse({"error": "a valid API key is required (X-API-Key header)"}, status_code=401)
                 metrics.request(path, 401, time.perf_counter() - start)
@@ -157,8 +171,9 @@ def create_app(predictor: Predictor, *, model=None, max_batch: int = 8, max_wait
         try:
             future = state["batcher"].submit(views, masks)
         except QueueFull:
-            raise BadRequest(503, "the server is busy: every queue slot is taken; retry shortly",
-                             {"Retry-After": "1"}) from None
+            raise BadRequest(
+                503, "the server is busy: every queue slot is taken; retry shortly", {"Retry-After": "1"}
+            ) from None
         except Stopped:
             raise BadRequest(503, "the server is shutting down", {"Retry-After": "5"}) from None
         try:
@@ -229,19 +244,36 @@ def create_app(predictor: Predictor, *, model=None, max_batch: int = 8, max_wait
         from ..viz import plot_explanation
 
         await asyncio.to_thread(_duration, path)
-        spec = ClipSpec(num_frames=model.config.num_frames, sampling=predictor.spec.sampling,
-                        sampling_rate=predictor.spec.sampling_rate, fps=predictor.spec.fps)
+        spec = ClipSpec(
+            num_frames=model.config.num_frames,
+            sampling=predictor.spec.sampling,
+            sampling_rate=predictor.spec.sampling_rate,
+            fps=predictor.spec.fps,
+        )
         try:
             result = await asyncio.to_thread(explain_video, model, path, spec)
         except DecodeError as err:
             raise BadRequest(400, f"the upload is not a readable video: {_hide(err, path)}") from None
         png, gif = os.path.join(tmp, "explain.png"), os.path.join(tmp, "explain.gif")
-        await asyncio.to_thread(plot_explanation, result["frames"], result["maps"], result["frame_importance"], png,
-                                gif, f"predicted {result['predicted']}")
-        images = {kind: f"data:image/{kind};base64," + base64.b64encode(Path(f).read_bytes()).decode()
-                  for kind, f in (("png", png), ("gif", gif))}
-        return {"predicted": result["predicted"], "frame_importance": result["frame_importance"].tolist(),
-                "maps": result["maps"].tolist(), **images}
+        await asyncio.to_thread(
+            plot_explanation,
+            result["frames"],
+            result["maps"],
+            result["frame_importance"],
+            png,
+            gif,
+            f"predicted {result['predicted']}",
+        )
+        images = {
+            kind: f"data:image/{kind};base64," + base64.b64encode(Path(f).read_bytes()).decode()
+            for kind, f in (("png", png), ("gif", gif))
+        }
+        return {
+            "predicted": result["predicted"],
+            "frame_importance": result["frame_importance"].tolist(),
+            "maps": result["maps"].tolist(),
+            **images,
+        }
 
     @app.post("/v1/predict")
     async def predict(request: Request):
@@ -264,20 +296,29 @@ def create_app(predictor: Predictor, *, model=None, max_batch: int = 8, max_wait
                 else:  # one prediction per window; the answer's top-k averages them
                     starts = clip_start_times(duration, window=window, stride=stride).tolist()
                     if len(starts) > MAX_WINDOWS:
-                        raise BadRequest(422, f"window {window:g} s every {stride:g} s makes {len(starts)} windows of "
-                                              f"this {duration:.0f} s video; at most {MAX_WINDOWS}")
+                        raise BadRequest(
+                            422,
+                            f"window {window:g} s every {stride:g} s makes {len(starts)} windows of "
+                            f"this {duration:.0f} s video; at most {MAX_WINDOWS}",
+                        )
                     entries, every = [], []
                     for begin in starts:
                         every.append((await run(*(await decode(pred, path, begin, window)))).softmax(-1))
-                        entries.append({"start": begin, "end": min(begin + window, duration),
-                                        "top": pred.top(every[-1], topk)})
+                        entries.append(
+                            {"start": begin, "end": min(begin + window, duration), "top": pred.top(every[-1], topk)}
+                        )
                     body["timeline"] = entries
                     probs = torch.stack(every).mean(0)
         finally:
             await form.close()
         top = pred.top(probs, topk)
-        return {"labels": [t["class"] for t in top], "scores": [t["prob"] for t in top], "top": top, **body,
-                "latency_ms": round((time.perf_counter() - start) * 1000, 1)}
+        return {
+            "labels": [t["class"] for t in top],
+            "scores": [t["prob"] for t in top],
+            "top": top,
+            **body,
+            "latency_ms": round((time.perf_counter() - start) * 1000, 1),
+        }
 
     return app
 

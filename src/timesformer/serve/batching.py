@@ -6,6 +6,7 @@ batch holds ``max_batch`` clips or ``max_wait_ms`` have passed since it began wa
 splits the logits back. The queue is bounded: a full queue refuses the request at once (``QueueFull``), so the
 server can answer 503 instead of growing without limit. Decoding happens in the callers, never in this thread.
 """
+
 from __future__ import annotations
 
 import queue
@@ -43,11 +44,12 @@ class Batcher:
         on_batch: called with the number of clips of every batch run (metrics).
     """
 
-    def __init__(self, model, *, max_batch: int = 8, max_wait_ms: float = 20.0, queue_size: int = 64,
-                 on_batch=None):
+    def __init__(self, model, *, max_batch: int = 8, max_wait_ms: float = 20.0, queue_size: int = 64, on_batch=None):
         if max_batch < 1 or queue_size < 1 or max_wait_ms < 0:
-            raise ValueError(f"max_batch and queue_size must be >= 1 and max_wait_ms >= 0; got {max_batch}, "
-                             f"{queue_size}, {max_wait_ms}")
+            raise ValueError(
+                f"max_batch and queue_size must be >= 1 and max_wait_ms >= 0; got {max_batch}, "
+                f"{queue_size}, {max_wait_ms}"
+            )
         self.model, self.max_batch, self.max_wait = model, max_batch, max_wait_ms / 1000
         self.on_batch, self.queue_size = on_batch, queue_size
         self._queue: queue.Queue[_Request | None] = queue.Queue()  # bounded by the count below, under the lock
@@ -128,5 +130,5 @@ class Batcher:
             return
         start = 0
         for r in live:
-            r.future.set_result(logits[start:start + len(r.clips)])
+            r.future.set_result(logits[start : start + len(r.clips)])
             start += len(r.clips)

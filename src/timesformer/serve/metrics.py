@@ -1,4 +1,5 @@
 """Counters and histograms in Prometheus' text format (what ``GET /metrics`` serves), thread-safe."""
+
 from __future__ import annotations
 
 import bisect
@@ -24,7 +25,11 @@ class Histogram:
         for bound, n in zip(self.buckets, self.counts):
             running += n
             out.append(f'{name}_bucket{{le="{bound:g}"}} {running}')
-        out += [f'{name}_bucket{{le="+Inf"}} {self.count}', f"{name}_sum {self.total:.6f}", f"{name}_count {self.count}"]
+        out += [
+            f'{name}_bucket{{le="+Inf"}} {self.count}',
+            f"{name}_sum {self.total:.6f}",
+            f"{name}_count {self.count}",
+        ]
         return out
 
 
@@ -49,21 +54,36 @@ class Metrics:
 
     def render(self) -> str:
         with self._lock:
-            lines = ["# HELP timesformer_requests_total Requests by endpoint and status code.",
-                     "# TYPE timesformer_requests_total counter"]
-            lines += [f'timesformer_requests_total{{path="{p}",code="{c}"}} {n}'
-                      for (p, c), n in sorted(self.requests.items())]
-            lines += ["# HELP timesformer_errors_total Requests answered with a 4xx or 5xx status.",
-                      "# TYPE timesformer_errors_total counter"]
+            lines = [
+                "# HELP timesformer_requests_total Requests by endpoint and status code.",
+                "# TYPE timesformer_requests_total counter",
+            ]
+            lines += [
+                f'timesformer_requests_total{{path="{p}",code="{c}"}} {n}'
+                for (p, c), n in sorted(self.requests.items())
+            ]
+            lines += [
+                "# HELP timesformer_errors_total Requests answered with a 4xx or 5xx status.",
+                "# TYPE timesformer_errors_total counter",
+            ]
             errors = Counter()
             for (_, code), n in self.requests.items():
                 if code >= 400:
                     errors[code] += n
             lines += [f'timesformer_errors_total{{code="{c}"}} {n}' for c, n in sorted(errors.items())]
-            lines += ["# HELP timesformer_request_seconds Request latency.",
-                      "# TYPE timesformer_request_seconds histogram", *self.latency.lines("timesformer_request_seconds")]
-            lines += ["# HELP timesformer_batch_clips Clips per model call.",
-                      "# TYPE timesformer_batch_clips histogram", *self.batch.lines("timesformer_batch_clips")]
-            lines += ["# HELP timesformer_queue_depth Requests waiting for the model.",
-                      "# TYPE timesformer_queue_depth gauge", f"timesformer_queue_depth {self.queue_depth()}"]
+            lines += [
+                "# HELP timesformer_request_seconds Request latency.",
+                "# TYPE timesformer_request_seconds histogram",
+                *self.latency.lines("timesformer_request_seconds"),
+            ]
+            lines += [
+                "# HELP timesformer_batch_clips Clips per model call.",
+                "# TYPE timesformer_batch_clips histogram",
+                *self.batch.lines("timesformer_batch_clips"),
+            ]
+            lines += [
+                "# HELP timesformer_queue_depth Requests waiting for the model.",
+                "# TYPE timesformer_queue_depth gauge",
+                f"timesformer_queue_depth {self.queue_depth()}",
+            ]
         return "\n".join(lines) + "\n"

@@ -1,4 +1,5 @@
 """PNG figures written atomically. matplotlib is an optional extra (``pip install 'timesformer[plot]'``)."""
+
 from __future__ import annotations
 
 import json
@@ -60,8 +61,15 @@ def plot_confusion(confusion, classes: list[str], out: str | os.PathLike, title:
     for i in range(n):
         for j in range(n):
             if cm[i, j]:
-                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=6,
-                        color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    int(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
@@ -69,19 +77,34 @@ def plot_confusion(confusion, classes: list[str], out: str | os.PathLike, title:
     plt.close(fig)
 
 
-def plot_schemes(results: dict, names: dict, out: str | os.PathLike,
-                 title: str = "attention schemes at equal steps (SyntheticMotion)"):
+def plot_schemes(
+    results: dict,
+    names: dict,
+    out: str | os.PathLike,
+    title: str = "attention schemes at equal steps (SyntheticMotion)",
+):
     """Direction accuracy and top-1 against GFLOPs per clip, a point per scheme (``results[scheme]`` holds
     ``gflops``, ``direction`` and ``top1``)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     x = [r["gflops"] for r in results.values()]
     ax.scatter(x, [100 * r["direction"] for r in results.values()], marker="o", label="direction accuracy")
-    ax.scatter(x, [100 * r["top1"] for r in results.values()], marker="s", facecolors="none", edgecolors="C1",
-               label="top-1, 12 classes")
+    ax.scatter(
+        x,
+        [100 * r["top1"] for r in results.values()],
+        marker="s",
+        facecolors="none",
+        edgecolors="C1",
+        label="top-1, 12 classes",
+    )
     for scheme, r in results.items():
-        ax.annotate(names.get(scheme, scheme), (r["gflops"], 100 * r["direction"]), textcoords="offset points",
-                    xytext=(5, 5), fontsize=7)
+        ax.annotate(
+            names.get(scheme, scheme),
+            (r["gflops"], 100 * r["direction"]),
+            textcoords="offset points",
+            xytext=(5, 5),
+            fontsize=7,
+        )
     ax.axhline(50, color="gray", linestyle=":", linewidth=1)
     ax.text(max(x), 49, "chance (direction)", fontsize=7, color="gray", ha="right", va="top")
     ax.set_xlabel("GFLOPs per clip (multiply-adds)")
@@ -131,8 +154,7 @@ def _overlays(frames, maps):
     return [((0.55 * base[i] + 0.45 * heat[i]).clamp(0, 1) * 255).round().to(torch.uint8).numpy() for i in range(t)]
 
 
-def plot_explanation(frames, maps, importance, out_png: str | os.PathLike, out_gif: str | os.PathLike,
-                     title: str = ""):
+def plot_explanation(frames, maps, importance, out_png: str | os.PathLike, out_gif: str | os.PathLike, title: str = ""):
     """A PNG grid (frames, attention overlays, per-frame importance bars) and an animated GIF of the overlays
     (one GIF frame per input frame)."""
     from PIL import Image

@@ -1,5 +1,6 @@
 """A preview of labelled clips: a PNG grid (a row per clip, a column per frame) or an animated GIF (all clips
 side by side, a GIF frame per video frame). Pillow only; written atomically."""
+
 from __future__ import annotations
 
 import os
@@ -11,8 +12,14 @@ _LABEL_WIDTH = 120  # pixels left of each PNG row, or below each GIF tile, for t
 _LABEL_HEIGHT = 14
 
 
-def write_preview(clips: list[tuple[str, torch.Tensor]], out: str | os.PathLike, *, scale: int = 4,
-                  columns: int = 4, frame_ms: int = 250) -> Path:
+def write_preview(
+    clips: list[tuple[str, torch.Tensor]],
+    out: str | os.PathLike,
+    *,
+    scale: int = 4,
+    columns: int = 4,
+    frame_ms: int = 250,
+) -> Path:
     """Write ``clips`` (``(name, uint8 t 3 H W)``, all of one shape) to ``out``: ``.png`` or ``.gif``.
 
     Each pixel becomes a ``scale x scale`` block (nearest neighbour: what the model sees, unsmoothed).
@@ -26,8 +33,10 @@ def write_preview(clips: list[tuple[str, torch.Tensor]], out: str | os.PathLike,
     shapes = {tuple(video.shape) for _, video in clips}
     dtypes = {video.dtype for _, video in clips}
     if len(shapes) != 1 or len(next(iter(shapes))) != 4 or next(iter(shapes))[1] != 3 or dtypes != {torch.uint8}:
-        raise ValueError(f"preview: clips must all be uint8 t 3 H W of one shape; got shapes {sorted(shapes)}, "
-                         f"dtypes {sorted(map(str, dtypes))}")
+        raise ValueError(
+            f"preview: clips must all be uint8 t 3 H W of one shape; got shapes {sorted(shapes)}, "
+            f"dtypes {sorted(map(str, dtypes))}"
+        )
     tiles = [(name, _upscale(video, scale)) for name, video in clips]  # t H' W' 3 uint8
     if kind == ".png":
         images = [_png_grid(tiles)]
@@ -39,8 +48,12 @@ def write_preview(clips: list[tuple[str, torch.Tensor]], out: str | os.PathLike,
     if kind == ".png":
         write_atomic(out, lambda tmp: images[0].save(tmp, format="PNG"))
     else:
-        write_atomic(out, lambda tmp: images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
-                                                     duration=frame_ms, loop=0))
+        write_atomic(
+            out,
+            lambda tmp: images[0].save(
+                tmp, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0
+            ),
+        )
     return out
 
 
