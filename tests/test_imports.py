@@ -68,3 +68,21 @@ def test_layers_import_one_way():
     for sub, bad in forbidden.items():
         for name, mod in package_imports(sub):
             assert not mod.startswith(bad), f"{sub}/{name} imports {mod}"
+
+
+def test_the_version_is_defined_once_and_the_project_files_agree():
+    """pyproject reads the version from the package; CITATION.cff names the same one; LICENSE is the declared one."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    import timesformer
+
+    root = Path(__file__).resolve().parent.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and project["project"]["dynamic"] == ["version"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "timesformer.__version__"}
+    assert re.search(r"^version: (\S+)$", (root / "CITATION.cff").read_text(), re.M)[1] == timesformer.__version__
+    assert (root / "LICENSE").read_text().startswith(project["project"]["license"]["text"] + " License")
+    assert (root / "src" / "timesformer" / "py.typed").exists()
+    assert f"## [{timesformer.__version__}]" in (root / "CHANGELOG.md").read_text()
