@@ -238,19 +238,30 @@ def test_finetune_and_the_shipped_configs_use_the_official_stochastic_depth(tmp_
     assert tf.load_pretrained(tmp_path / "ft0" / "last").config.drop_path_rate == 0.0
 
 
-def test_progress_eta_follows_the_recent_rate_not_a_slow_start(monkeypatch):
-    """Ten steps in the first 100 s (a model build, a busy machine), then one a second: 80 steps left is 80 s."""
+def test_progress_bar_takes_absolute_counts_and_its_eta_forgets_a_slow_start(monkeypatch):
+    """Ten steps in the first 100 s (a model build, a busy machine), then one a second: with 80 steps left, the ETA
+    is about 80 s, not the 800 s the average since the start gives."""
     import io
+    import re
+
+    import tqdm.std
 
     from timesformer import cli
 
     clock = [0.0]
-    monkeypatch.setattr(cli.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(tqdm.std, "time", lambda: clock[0])
     stream = io.StringIO()
-    bar = cli.Progress(100, "train", stream=stream)
+    bar = cli.progress_bar(100, "train", stream=stream)
+    bar.mininterval = bar.miniters = 0
     clock[0] = 100.0
-    bar.update(10)
+    bar.advance(10)
     for step in range(11, 21):
         clock[0] += 1.0
-        bar.update(step)
-    assert stream.getvalue().rsplit("\r", 1)[-1].startswith("train [####....................] 20/100 1.0/s ETA   80s")
+        bar.advance(step, postfix="loss 0.5")
+    last = stream.getvalue().rsplit("\r", 1)[-1]
+    assert last.startswith("train:  20%") and "20/100" in last and "loss 0.5" in last
+    minutes, seconds = map(int, re.search(r"<(\d+):(\d+),", last).groups())
+    assert 75 <= 60 * minutes + seconds <= 100, last
+    bar.advance(20, total=200)  # the training loop learns the total once the data is built
+    assert bar.total == 200
+    bar.close()

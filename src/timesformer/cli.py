@@ -32,7 +32,7 @@ def cmd_demo(args) -> int:
         steps=args.steps,
         seed=args.seed,
         val_clips=args.val_clips,
-        progress_factory=lambda name, i, n: Progress(args.steps, f"{name:8s} [{i + 1}/{n}]"),
+        progress_factory=lambda name, i, n: progress_bar(args.steps, f"{name:8s} [{i + 1}/{n}]"),
     )
     print()
     print(format_tables(results))
@@ -79,9 +79,9 @@ def cmd_train(args) -> int:
             "--auto-resume continues the run if it has a checkpoint and starts it otherwise; it goes "
             "with neither --resume nor --overwrite"
         )
-    bar = Progress(1, f"train {cfg.name}")
+    bar = progress_bar(1, f"train {cfg.name}", delay=0.5)  # set-up errors print on a line of their own
     result = fit(
-        cfg, resume="auto" if args.auto_resume else bool(args.resume), overwrite=args.overwrite, progress=bar.update
+        cfg, resume="auto" if args.auto_resume else bool(args.resume), overwrite=args.overwrite, progress=bar.advance
     )
     bar.close()
     m = result["metrics"]
@@ -281,7 +281,7 @@ def cmd_predict(args) -> int:
     paths = _inputs(args)
     _calibrate(predictor, paths, args)
     bases = _output_bases(paths, Path(args.out or "."))
-    bar = Progress(len(paths), "predict", stream=sys.stderr)
+    bar = progress_bar(len(paths), "predict")
     failed, results = [], []
     for k, path in enumerate(paths):
         try:
@@ -305,7 +305,7 @@ def cmd_predict(args) -> int:
                 results.append(predictor.predict(path, topk=args.topk))
         except DecodeError as err:
             failed.append((str(path), str(err)))
-        bar.update(k + 1)
+        bar.advance(k + 1)
     bar.close()
     for r in results:
         if args.json:
@@ -346,7 +346,7 @@ def cmd_extract(args) -> int:
     paths = _inputs(args)
     _calibrate(predictor, paths, args)
     bases = _output_bases(paths, out)
-    bar = Progress(len(paths), "extract", stream=sys.stderr)
+    bar = progress_bar(len(paths), "extract")
     written = 0
     for k, path in enumerate(paths):
         if args.format == "npy":  # the pooled file names its video in a sidecar: .npy holds no metadata
@@ -377,7 +377,7 @@ def cmd_extract(args) -> int:
                 ),
             )
         written += 1
-        bar.update(k + 1)
+        bar.advance(k + 1)
     bar.close()
     print(
         f"features of {written} video(s) in {out} (pooled: {model.config.dim} values"
@@ -622,7 +622,7 @@ def cmd_synth(args) -> int:
         raise ValueError("synth writes clips with --out DIR --num N, or a preview with --preview FILE.png|.gif")
     if args.num < 1:
         raise ValueError(f"--num must be at least 1; got {args.num}")
-    bar = Progress(args.num, f"synth {args.split}")
+    bar = progress_bar(args.num, f"synth {args.split}")
     root = write_synthetic(
         args.out,
         args.num,
@@ -631,7 +631,7 @@ def cmd_synth(args) -> int:
         num_frames=args.frames,
         size=args.size,
         fps=args.fps,
-        progress=bar.update,
+        progress=bar.advance,
     )
     bar.close()
     print(
@@ -641,47 +641,32 @@ def cmd_synth(args) -> int:
     return 0
 
 
-class Progress:
-    """A one-line progress bar on stderr: count, rate, ETA, and any postfix (loss, lr ...).
+def progress_bar(total: int, label: str, stream=None, delay: float = 0.0):
+    """A tqdm bar on stderr that callers move to an absolute count: ``advance(done, total=None, postfix="")`` (what
+    the training loop, the demo and the file loops report). tqdm handles non-terminals, logging and notebooks; its
+    rate and ETA are a moving average (``smoothing``), so a slow start (a model build) fades within a few updates.
+    ``delay``: seconds before it first draws (an error in the meantime keeps a line of its own)."""
+    from tqdm.auto import tqdm
 
-    Rate and ETA come from the last ``window`` seconds, so a slow start (a model build, a busy machine) does not
-    skew the ETA for the rest of the run.
-    """
+    bar = tqdm(
+        total=total,
+        desc=label,
+        file=stream or sys.stderr,
+        mininterval=0.2,
+        smoothing=0.5,
+        dynamic_ncols=True,
+        delay=delay,
+    )
 
-    def __init__(self, total: int, label: str, stream=None, window: float = 30.0):
-        self.total, self.label, self.stream, self.window = total, label, stream or sys.stderr, window
-        self.last = time.perf_counter()
-        self.done, self.postfix = 0, ""
-        self.history = [(self.last, 0)]  # (time, done) within the window, oldest first
+    def advance(done: int, total: int | None = None, postfix: str = ""):
+        if total is not None and total != bar.total:
+            bar.total = total
+        if postfix:
+            bar.set_postfix_str(postfix, refresh=False)
+        bar.update(done - bar.n)
 
-    def update(self, done: int, total: int | None = None, postfix: str = ""):
-        if isinstance(total, str):  # update(done, postfix)
-            total, postfix = None, total
-        if total is not None:
-            self.total = total
-        self.done, self.postfix = done, postfix
-        now = time.perf_counter()
-        self.history.append((now, done))
-        while len(self.history) > 2 and now - self.history[0][0] > self.window:
-            self.history.pop(0)
-        if now - self.last < 0.2 and done < self.total:
-            return
-        self.last = now
-        then, done_then = self.history[0]
-        rate = (done - done_then) / max(now - then, 1e-9)
-        eta = (self.total - done) / rate if rate > 0 else 0
-        width = 24
-        fill = int(width * done / max(self.total, 1))
-        self.stream.write(
-            f"\r{self.label} [{'#' * fill}{'.' * (width - fill)}] {done}/{self.total} "
-            f"{rate:.1f}/s ETA {eta:4.0f}s {postfix}  "
-        )
-        self.stream.flush()
-
-    def close(self):
-        self.update(self.done, self.postfix) if self.done < self.total else None
-        self.stream.write("\n")
-        self.stream.flush()
+    bar.advance = advance
+    return bar
 
 
 def _sampling_options(parser):

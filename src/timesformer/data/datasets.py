@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from .decode import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, DecodeError, _natural_key, open_video
+from .decode import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, DecodeError, natural_key, open_video
 from .sampling import dense_clip_times, segment_times
 from .transforms import OFFICIAL_MEAN, OFFICIAL_STD, EvalTransform, TrainTransform
 
@@ -209,11 +209,9 @@ class VideoFolder(VideoDataset):
         root = Path(root)
         if not root.is_dir():
             raise ValueError(f"{root}: not a folder; expected root/<class>/<video>")
-        folders = sorted(
-            (d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")), key=_natural_key
-        )
+        folders = sorted((d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")), key=natural_key)
         videos = {
-            name: [p for p in sorted((root / name).iterdir(), key=lambda p: _natural_key(p.name)) if _is_video(p)]
+            name: [p for p in sorted((root / name).iterdir(), key=lambda p: natural_key(p.name)) if _is_video(p)]
             for name in folders
         }
         if classes is None:
@@ -294,7 +292,7 @@ def read_list(
             top = max(int(lab) for _, _, labs in raw for lab in labs)
             classes = [str(i) for i in range(top + 1)]
         else:
-            classes = sorted({lab for _, _, labs in raw for lab in labs}, key=_natural_key)
+            classes = sorted({lab for _, _, labs in raw for lab in labs}, key=natural_key)
     index = {name: i for i, name in enumerate(classes)}
     items = []
     for n, path, labs in raw:

@@ -33,7 +33,8 @@ def _av():
     return av
 
 
-def _natural_key(name: str):
+def natural_key(name: str) -> list:
+    """Sort key that orders numbers by value: ``frame2.jpg`` before ``frame10.jpg``, class ``9`` before ``10``."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
@@ -218,7 +219,7 @@ class FrameFolderReader:
         try:
             self.files = sorted(
                 (p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS),
-                key=lambda p: _natural_key(p.name),
+                key=lambda p: natural_key(p.name),
             )
         except OSError as err:
             raise DecodeError(f"{self.path}: can't list the frames ({err})") from None

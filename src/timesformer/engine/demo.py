@@ -155,7 +155,7 @@ def run_demo(
     matrices and, for several schemes, accuracy against GFLOPs to ``out``.
 
     Args:
-        progress_factory: ``callable(scheme, index, count)`` returning a bar with ``update(step, total, postfix)``
+        progress_factory: ``callable(scheme, index, count)`` returning a bar with ``advance(step, total, postfix)``
             and ``close()``.
     """
     from ..viz import plot_confusion, plot_loss_curves, plot_schemes
@@ -170,7 +170,7 @@ def run_demo(
         def progress(step, total, postfix=""):
             stamps.append(time.perf_counter())
             if bar:
-                bar.update(step, total, postfix)
+                bar.advance(step, total, postfix)
 
         started = time.perf_counter()
         run = fit(cfg, overwrite=True, progress=progress, validate_epochs=False)  # scored once, below

@@ -82,7 +82,7 @@ def attention_rollout(model: TimeSformer, video: torch.Tensor, mask: torch.Tenso
     ctx.record = []
     for block in model.blocks:
         cls, x = block(cls, x, ctx)
-    logits = model.head(model.norm(model._pool_cls(cls, mask)))[0]
+    logits = model.head(model.norm(model.pool_cls(cls, mask)))[0]
     _, t, h, w, _ = x.shape
     n = 1 + t * h * w
     cls_row = torch.zeros(n, dtype=torch.float64)

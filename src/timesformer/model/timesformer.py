@@ -285,7 +285,7 @@ class TimeSformer(nn.Module):
                 cls, x = block(cls, x, ctx)
         return cls, x
 
-    def _pool_cls(self, cls: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def pool_cls(self, cls: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """``b c d -> b d``: per-frame cls copies (official space-only) are averaged over real frames before the
         final norm, as the official code averages the tokens over T."""
         if cls.shape[1] == 1:
@@ -298,13 +298,13 @@ class TimeSformer(nn.Module):
     def forward_features(self, video: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Pooled, normed embedding: ``video: b t c H W -> b d`` (the input of the head)."""
         cls, _ = self.forward_blocks(video, mask)
-        return self.norm(self._pool_cls(cls, mask))
+        return self.norm(self.pool_cls(cls, mask))
 
     def forward_tokens(self, video: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """All normed tokens: ``video -> b (1 + t*n) d``, the pooled cls token first, then patches frame by
         frame (``t h w`` order)."""
         cls, x = self.forward_blocks(video, mask)
-        tokens = torch.cat([self._pool_cls(cls, mask).unsqueeze(1), x.flatten(1, 3)], dim=1)
+        tokens = torch.cat([self.pool_cls(cls, mask).unsqueeze(1), x.flatten(1, 3)], dim=1)
         return self.norm(tokens)
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
