@@ -86,3 +86,29 @@ def test_the_version_is_defined_once_and_the_project_files_agree():
     assert (root / "LICENSE").read_text().startswith(project["project"]["license"]["text"] + " License")
     assert (root / "src" / "timesformer" / "py.typed").exists()
     assert f"## [{timesformer.__version__}]" in (root / "CHANGELOG.md").read_text()
+
+
+def test_torch_hub_loads_every_preset_from_a_local_clone(tmp_path):
+    """``torch.hub.load(repo_dir, name, source="local")`` builds the preset (config overrides apply) and loads a
+    checkpoint folder with ``checkpoint=``: the same logits as the model saved there."""
+    from pathlib import Path
+
+    import torch
+
+    import timesformer as tf
+
+    root = str(Path(__file__).resolve().parent.parent)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hubconf", Path(root) / "hubconf.py")
+    hubconf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hubconf)
+    entries = {n for n in dir(hubconf) if callable(getattr(hubconf, n)) and not n.startswith("_")}
+    assert entries == set(tf.list_models()) - {"lucidrains"}  # the presets (the seed's has its own loader)
+    model = torch.hub.load(root, "timesformer_tiny", source="local", num_classes=5).eval()
+    assert model.config == tf.get_config("timesformer_tiny", num_classes=5)
+    tf.save_pretrained(model, tmp_path / "ckpt")
+    loaded = torch.hub.load(root, "timesformer_tiny", source="local", checkpoint=str(tmp_path / "ckpt")).eval()
+    video = torch.randn(1, 8, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(video), model(video))
