@@ -19,9 +19,7 @@ import timesformer  # noqa: E402
 
 def _entry(name: str):
     def load(checkpoint: str | None = None, **overrides):
-        if checkpoint is not None:
-            return timesformer.load_pretrained(checkpoint, **overrides)
-        return timesformer.create_model(name, **overrides)
+        return timesformer.create_model(name, pretrained=checkpoint, **overrides)
 
     load.__name__ = name
     load.__doc__ = f"The ``{name}`` preset (``timesformer.create_model({name!r}, **overrides)``), or ``checkpoint``'s."

@@ -33,7 +33,8 @@ from .convert.mmaction import from_mmaction, is_mmaction
 from .convert.official import from_official
 from .convert.official import infer_config as official_config
 from .convert.vit import from_image_vit
-from .model import TimeSformer, TimeSformerConfig
+from .model import TimeSformer, TimeSformerConfig, get_config
+from .model import create_model as registry_create_model
 
 FORMATS = ("native", "hf", "official", "mmaction2", "lucidrains")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -583,4 +584,48 @@ def init_from_image_vit(model: TimeSformer, source) -> TimeSformer:
     full = from_image_vit(state, model)
     check_state(model, full, str(source) if not isinstance(source, dict) else "image ViT state dict")
     model.load_state_dict(full, strict=True)
+    return model
+
+
+# what makes two models the same network (everything else -- classes, frames, size, preprocessing -- may differ)
+ARCHITECTURE = (
+    "dim",
+    "depth",
+    "heads",
+    "dim_head",
+    "patch_size",
+    "mlp_ratio",
+    "attention",
+    "pos_emb",
+    "mlp",
+    "qkv_bias",
+    "temporal_fc",
+    "cls_attention",
+    "shift_tokens",
+)
+
+
+def create_model(name: str, pretrained: str | os.PathLike | None = None, **overrides) -> TimeSformer:
+    """A preset, as ``timesformer.model.create_model``; with ``pretrained`` (anything :func:`load_pretrained`
+    reads: a folder, a file, a Hugging Face hub id such as ``"facebook/timesformer-base-finetuned-k400"``), its
+    weights, in timm's style.
+
+    The checkpoint must be the preset's network (an error names the fields that differ). ``num_classes`` different
+    from the checkpoint's gives a new head for fine-tuning (the backbone keeps its weights); other overrides go to
+    :func:`load_pretrained`.
+    """
+    if pretrained is None:
+        return registry_create_model(name, **overrides)
+    preset = get_config(name)
+    num_classes = overrides.pop("num_classes", None)
+    model = load_pretrained(pretrained, **overrides)
+    differ = [
+        f"{k}: {getattr(preset, k)!r} in {name}, {getattr(model.config, k)!r} in {pretrained}"
+        for k in ARCHITECTURE
+        if getattr(preset, k) != getattr(model.config, k)
+    ]
+    if differ:
+        raise ValueError(f"{pretrained} is not a {name}: " + "; ".join(differ))
+    if num_classes is not None and num_classes != model.config.num_classes:
+        model.reset_classifier(num_classes)
     return model

@@ -169,3 +169,22 @@ def test_native_files_saved_before_the_protocol_was_recorded_keep_the_old_sampli
     with caplog.at_level(logging.WARNING, logger="timesformer"):
         c = tf.load_pretrained(tmp_path).config
     assert (c.sampling, c.sampling_rate, c.fps) == ("dense", 8, 30.0) and "older version" in caplog.text
+
+
+def test_create_model_with_pretrained_loads_the_presets_weights_in_timms_style(tmp_path):
+    """``create_model(name, pretrained=src)``: the checkpoint's weights (equal logits); ``num_classes`` other than the
+    checkpoint's gives a new head on the same backbone; another preset's checkpoint is an error naming the fields."""
+    import timesformer as tf
+
+    torch.manual_seed(0)
+    source = tf.create_model("timesformer_tiny", num_classes=5).eval()
+    tf.save_pretrained(source, tmp_path / "tiny")
+    video = torch.randn(2, 8, 3, 32, 32)
+    loaded = tf.create_model("timesformer_tiny", pretrained=tmp_path / "tiny")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(video), source(video))
+    tuned = tf.create_model("timesformer_tiny", pretrained=tmp_path / "tiny", num_classes=7, drop_path_rate=0.1)
+    assert tuned.config.num_classes == 7 and tuned.head.out_features == 7 and tuned.config.drop_path_rate == 0.1
+    assert torch.equal(tuned.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+    with pytest.raises(ValueError, match=r"is not a timesformer_base: dim: 768 in timesformer_base, 128 in .*depth"):
+        tf.create_model("timesformer_base", pretrained=tmp_path / "tiny")
