@@ -102,16 +102,6 @@ def _first_rank() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def parse_views(text: str) -> tuple[int, int]:
-    try:
-        clips, crops = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"--views must be CLIPSxCROPS like 1x3; got {text!r}") from None
-    if clips < 1 or crops not in (1, 3):
-        raise ValueError(f"--views needs clips >= 1 and crops 1 or 3; got {text!r}")
-    return clips, crops
-
-
 def cmd_eval(args) -> int:
     from pathlib import Path
 
@@ -121,6 +111,7 @@ def cmd_eval(args) -> int:
     from .engine.checkpoint import write_json_atomic
     from .engine.evaluate import predict_views, summarise
     from .fast import optimize
+    from .inference import parse_views
     from .pretrained import load_pretrained
     from .viz import plot_confusion
 
@@ -264,20 +255,10 @@ def cmd_predict(args) -> int:
 
     from .data import DecodeError
     from .engine.checkpoint import write_json_atomic
-    from .inference import Predictor
     from .viz import plot_timeline
 
-    clips, crops = parse_views(args.views)
     model = _load_for_inference(args)
-    predictor = Predictor(
-        model,
-        clips=clips,
-        crops=crops,
-        **_sampling(args, model.config),
-        device=_device(args.device, args.precision),
-        precision=args.precision,
-        compile=args.compile,
-    )
+    predictor = _predictor(args, model)
     paths = _inputs(args)
     _calibrate(predictor, paths, args)
     bases = _output_bases(paths, Path(args.out or "."))
@@ -328,20 +309,10 @@ def cmd_extract(args) -> int:
     from pathlib import Path
 
     from .data import DecodeError
-    from .inference import Predictor
     from .pretrained import write_atomic
 
     model = _load_for_inference(args)
-    clips, crops = parse_views(args.views)
-    predictor = Predictor(
-        model,
-        clips=clips,
-        crops=crops,
-        **_sampling(args, model.config),
-        device=_device(args.device, args.precision),
-        precision=args.precision,
-        compile=args.compile,
-    )
+    predictor = _predictor(args, model)
     out = Path(args.out)
     paths = _inputs(args)
     _calibrate(predictor, paths, args)
@@ -433,7 +404,6 @@ def cmd_serve(args) -> int:
         from .serve import create_app
     except ImportError as err:
         raise SystemExit(f"timesformer serve needs the serve extra: pip install 'timesformer[serve]' ({err})") from None
-    from .inference import Predictor
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(
@@ -442,16 +412,7 @@ def cmd_serve(args) -> int:
             file=sys.stderr,
         )
     model = _load_for_inference(args)
-    clips, crops = parse_views(args.views)
-    predictor = Predictor(
-        model,
-        clips=clips,
-        crops=crops,
-        **_sampling(args, model.config),
-        device=_device(args.device, args.precision),
-        precision=args.precision,
-        compile=args.compile,
-    )
+    predictor = _predictor(args, model)
     if predictor.model.method == "int8-static":  # the warm-up's blank clip must not set the int8 scales
         if not args.calibration_videos:
             raise ValueError(
@@ -493,17 +454,10 @@ def cmd_serve(args) -> int:
 def cmd_stream(args) -> int:
     import json
 
-    from .inference import Predictor
     from .inference.stream import frames_from
 
     model = _load_for_inference(args)
-    predictor = Predictor(
-        model,
-        **_sampling(args, model.config),
-        device=_device(args.device, args.precision),
-        precision=args.precision,
-        compile=args.compile,
-    )
+    predictor = _predictor(args, model)
     for out in predictor.stream(
         frames_from(args.source), every=args.every, smooth=args.smooth, topk=args.topk, realtime=args.realtime
     ):
@@ -690,6 +644,22 @@ def _first_clips(loader, n: int):
         if sum(len(b) for b in batches) >= n:
             break
     return torch.cat(batches)[:n] if batches else []
+
+
+def _predictor(args, model):
+    """The ``Predictor`` the command line asks for: views (where the command has them), sampling, device, fast path."""
+    from .inference import Predictor, parse_views
+
+    clips, crops = parse_views(args.views) if hasattr(args, "views") else (1, 1)
+    return Predictor(
+        model,
+        clips=clips,
+        crops=crops,
+        **_sampling(args, model.config),
+        device=_device(args.device, args.precision),
+        precision=args.precision,
+        compile=args.compile,
+    )
 
 
 def _calibrate(predictor, paths, args):

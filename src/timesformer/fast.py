@@ -35,7 +35,6 @@ from torch import nn
 from .model import TimeSformer
 
 PRECISIONS = ("fp32", "bf16", "int8")
-METHODS = ("fp32", "bf16", "int8-static", "int8-dynamic")
 
 
 def torchao_pt2e():

@@ -41,6 +41,18 @@ def expand_inputs(items: list[str]) -> list[Path]:
     return out
 
 
+def parse_views(text: str, option: str = "--views", max_clips: int | None = None) -> tuple[int, int]:
+    """``"CLIPSxCROPS"`` (e.g. ``"1x3"``) -> ``(clips, crops)``; ``option`` names the setting in the error."""
+    try:
+        clips, crops = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"{option} must be CLIPSxCROPS like 1x3; got {text!r}") from None
+    if clips < 1 or (max_clips is not None and clips > max_clips) or crops not in (1, 3):
+        limit = f"1..{max_clips}" if max_clips is not None else ">= 1"
+        raise ValueError(f"{option} needs clips {limit} and crops 1 or 3; got {text!r}")
+    return clips, crops
+
+
 class Predictor:
     """Runs a model on video files with the preprocessing its weights travel with.
 

@@ -27,15 +27,9 @@ def frames_from(source: str) -> Iterator[tuple[float, torch.Tensor]]:
         import av
     except ImportError:
         raise ImportError("reading video needs PyAV: pip install 'timesformer[video]'") from None
-    options = {}
-    if source == "-":
-        target, options["format"] = sys.stdin.buffer, None
-    elif source.startswith("/dev/video"):
-        target, options["format"] = source, "v4l2"
-    else:
-        target = source
+    target = sys.stdin.buffer if source == "-" else source  # stdin: FFmpeg probes the container it carries
     try:
-        container = av.open(target, mode="r", **{k: v for k, v in options.items() if v})
+        container = av.open(target, mode="r", format="v4l2" if source.startswith("/dev/video") else None)
     except (av.error.FFmpegError, OSError) as err:
         raise DecodeError(f"{source}: cannot open a video ({type(err).__name__}: {err})") from None
     with container:

@@ -30,7 +30,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 from ..data import DecodeError, open_video
 from ..data.sampling import clip_start_times
-from ..inference import Predictor
+from ..inference import Predictor, parse_views
 from .batching import Batcher, QueueFull, Stopped
 from .metrics import Metrics
 
@@ -48,12 +48,9 @@ def _views_option(text: str | None, default: tuple[int, int]) -> tuple[int, int]
     if text is None or text == "":
         return default
     try:
-        clips, crops = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise BadRequest(422, f"views must be CLIPSxCROPS, e.g. 1x1 or 4x3; got {text!r}") from None
-    if not (1 <= clips <= 10 and crops in (1, 3)):
-        raise BadRequest(422, f"views: clips must be 1..10 and crops 1 or 3; got {text!r}")
-    return clips, crops
+        return parse_views(text, option="views", max_clips=10)
+    except ValueError as err:
+        raise BadRequest(422, str(err)) from None
 
 
 def _number(form, name: str, kind, low, high, default):
