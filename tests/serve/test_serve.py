@@ -171,10 +171,11 @@ class Gate:
     """A model that waits for ``open`` before answering: lets a test fill the queue."""
 
     def __init__(self):
-        self.open, self.batches = threading.Event(), []
+        self.entered, self.open, self.batches = threading.Event(), threading.Event(), []
 
     def __call__(self, clips, mask):
-        self.open.wait(10)
+        self.entered.set()
+        assert self.open.wait(120), "the test never opened the gate"
         self.batches.append(len(clips))
         return clips.flatten(1)[:, :3]
 
@@ -184,7 +185,7 @@ def test_a_full_queue_refuses_at_once_and_close_drains_what_is_queued():
     batcher = Batcher(gate, max_batch=4, max_wait_ms=0, queue_size=2)
     clip, mask = torch.randn(1, 4, 3, 8, 8), torch.ones(1, 4, dtype=torch.bool)
     first = batcher.submit(clip, mask)
-    time.sleep(0.2)  # the worker holds the first request, waiting on the gate
+    assert gate.entered.wait(120)  # the worker holds the first request, waiting on the gate
     queued = [batcher.submit(clip, mask), batcher.submit(clip, mask)]
     with pytest.raises(QueueFull, match="2 requests are waiting"):
         batcher.submit(clip, mask)
@@ -195,20 +196,32 @@ def test_a_full_queue_refuses_at_once_and_close_drains_what_is_queued():
 
 
 def test_a_full_queue_is_503_with_retry_after(model, videos, uploads):
-    """One request runs (held at a gate), one waits in the one-slot queue: the third is refused at once."""
-    gate = threading.Event()
+    """One request runs (held at a gate), one waits in the one-slot queue: the third is refused at once.
+
+    Each request is sent only once the one before is where it should be (in the model, in the queue): sent
+    together, the second can reach the queue before the worker has taken the first, and be refused itself."""
+    entered, gate = threading.Event(), threading.Event()
     predictor = Predictor(model)
     real = predictor.clip_logits
-    predictor.clip_logits = lambda clips, masks: gate.wait(10) and real(clips, masks)
+
+    def held(clips, masks):
+        entered.set()
+        assert gate.wait(120), "the test never opened the gate"
+        return real(clips, masks)
+
+    predictor.clip_logits = held
     with TestClient(create_app(predictor, max_batch=1, max_wait_ms=0, queue_size=1, warmup=False)) as client:
         with ThreadPoolExecutor(2) as pool:
-            held = [pool.submit(post, client, videos / "a.mp4") for _ in range(2)]
-            deadline = time.monotonic() + 10
-            while client.get("/metrics").text.count("timesformer_queue_depth 1") == 0 and time.monotonic() < deadline:
+            running = pool.submit(post, client, videos / "a.mp4")
+            assert entered.wait(120), "the first request never reached the model"
+            queued = pool.submit(post, client, videos / "a.mp4")
+            deadline = time.monotonic() + 120
+            while "timesformer_queue_depth 1" not in client.get("/metrics").text:
+                assert time.monotonic() < deadline, "the second request never reached the queue"
                 time.sleep(0.05)
             response = post(client, videos / "a.mp4")
             gate.set()
-            assert [f.result().status_code for f in held] == [200, 200]
+            assert [running.result().status_code, queued.result().status_code] == [200, 200]
         assert response.status_code == 503 and response.headers["retry-after"] == "1"
         assert "busy" in response.json()["error"]
         assert post(client, videos / "a.mp4").status_code == 200  # and it serves again
