@@ -190,13 +190,95 @@ def _load_for_inference(args):
     return model
 
 
-def _inputs(args):
-    from .inference import expand_inputs
+def _inputs(args, ids: bool = False):
+    """The videos the command names (files, folders, globs, then ``--list``'s entries): their paths; with ``ids``,
+    ``(path, id, label)`` entries for a sharded job (ids: paths as given, or relative to the list's root)."""
+    from pathlib import Path
 
-    paths = expand_inputs(args.videos)
-    if not paths:
-        raise ValueError(f"no videos found in {args.videos}")
-    return paths
+    from .data import list_videos
+    from .inference import expand_inputs
+    from .inference.batch import video_id
+
+    entries = [(path, video_id(path), None) for path in expand_inputs(args.videos)]
+    if getattr(args, "list", None):
+        root = args.root or Path(args.list).parent
+        entries += [(path, video_id(path, root), label) for path, label in list_videos(args.list, args.root)]
+    if not entries:
+        raise ValueError(
+            f"no videos found in {args.videos}" if args.videos else "name videos, folders, globs or --list"
+        )
+    return entries if ids else [path for path, _, _ in entries]
+
+
+def _output_format(args, per_file: str) -> str:
+    """``--format``, or its default: ``shards`` under torchrun (one process per shard set), else ``per_file``."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    fmt = args.format or ("shards" if world > 1 else per_file)
+    if world > 1 and fmt != "shards":
+        raise ValueError(f"under torchrun the processes share the work as --format shards; got --format {fmt}")
+    if fmt == "shards" and not args.out:
+        raise ValueError("--format shards writes shard files and index.jsonl into a folder: pass --out DIR")
+    return fmt
+
+
+def _sharded(args, task: str, model) -> int:
+    """``extract`` / ``predict`` over a dataset as a sharded, resumable job (``inference.batch``), one process or
+    one per torchrun rank."""
+    import os
+
+    import torch
+
+    from .engine import distributed
+    from .inference.batch import ShardedJob, videos_from, weights_digest
+
+    if getattr(args, "window", None):
+        raise ValueError("--window timelines are written per file; run them without --format shards")
+    device = _device(args.device, args.precision)
+    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    d = distributed.setup(device)
+    try:
+        entries = _inputs(args, ids=True)
+        videos = videos_from(entries)
+        paths = [path for path, _, _ in entries]
+        predictor = _predictor(args, model, device)
+        _calibrate(predictor, paths, args)
+        job = ShardedJob(
+            predictor,
+            videos,
+            args.out,
+            task=task,
+            identity={"weights": weights_digest(model)},
+            kinds=["pooled", *args.tokens] if task == "extract" else (),
+            topk=getattr(args, "topk", 5),
+            shard_size=args.shard_size,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            rank=d.rank,
+            world=d.world,
+        )
+        bar = progress_bar(None, f"{task} (rank 0 of {d.world})" if d.enabled else task, delay=0.5) if d.main else None
+        summary = job.run(bar.advance if bar is not None else None)
+        if bar is not None:
+            bar.close()
+    finally:
+        distributed.teardown(d)
+    who = f"rank {d.rank}: " if d.enabled else ""
+    print(f"{who}{summary.shards_written} shard(s) written, {summary.shards_skipped} done before", file=sys.stderr)
+    if summary.index is None:
+        return 0
+    for path, err in summary.bad[:20]:
+        print(f"bad: {err}" if str(path) in err else f"bad: {path}: {err}", file=sys.stderr)
+    if len(summary.bad) > 20:
+        print(f"... and {len(summary.bad) - 20} more bad files (status bad in the index)", file=sys.stderr)
+    print(
+        f"{summary.videos} videos in {len(job.shards)} shard(s): {summary.ok} ok, {summary.partial} partial, "
+        f"{len(summary.bad)} bad -> {summary.index}"
+    )
+    return 0 if summary.ok + summary.partial else 2
 
 
 def _output_bases(paths, out) -> dict:
@@ -257,7 +339,10 @@ def cmd_predict(args) -> int:
     from .engine.checkpoint import write_json_atomic
     from .viz import plot_timeline
 
+    fmt = _output_format(args, "json" if args.json else "table")
     model = _load_for_inference(args)
+    if fmt == "shards":
+        return _sharded(args, "predict", model)
     predictor = _predictor(args, model)
     paths = _inputs(args)
     _calibrate(predictor, paths, args)
@@ -289,7 +374,7 @@ def cmd_predict(args) -> int:
         bar.advance(k + 1)
     bar.close()
     for r in results:
-        if args.json:
+        if fmt == "json":
             print(json.dumps(r))
         elif "top" in r:
             print(
@@ -311,7 +396,10 @@ def cmd_extract(args) -> int:
     from .data import DecodeError
     from .pretrained import write_atomic
 
+    fmt = _output_format(args, "npy")
     model = _load_for_inference(args)
+    if fmt == "shards":
+        return _sharded(args, "extract", model)
     predictor = _predictor(args, model)
     out = Path(args.out)
     paths = _inputs(args)
@@ -320,7 +408,7 @@ def cmd_extract(args) -> int:
     bar = progress_bar(len(paths), "extract")
     written = 0
     for k, path in enumerate(paths):
-        if args.format == "npy":  # the pooled file names its video in a sidecar: .npy holds no metadata
+        if fmt == "npy":  # the pooled file names its video in a sidecar: .npy holds no metadata
             targets = {kind: _output(bases[str(path)], f".{kind}.npy") for kind in ["pooled"] + args.tokens}
             _output(bases[str(path)], ".source.txt", path, lambda f: f.read_text().strip())
         else:
@@ -330,7 +418,7 @@ def cmd_extract(args) -> int:
         except DecodeError as err:
             print(f"\nskipped {path}: {err}", file=sys.stderr)
             continue
-        if args.format == "npy":
+        if fmt == "npy":
             for kind, tensor in feats.items():
                 write_atomic(targets[kind], lambda tmp, a=tensor.numpy(): _save_npy(tmp, a))
             write_atomic(
@@ -623,6 +711,20 @@ def progress_bar(total: int, label: str, stream=None, delay: float = 0.0):
     return bar
 
 
+def _dataset_options(parser):
+    parser.add_argument(
+        "--list", help="a list of videos: one path per line, 'path label' lines, or a CSV / Kinetics CSV"
+    )
+    parser.add_argument("--root", help="the folder --list's paths are relative to (default: the list's folder)")
+    parser.add_argument(
+        "--shard-size", type=_positive_int, default=256, help="--format shards: videos per shard file (default 256)"
+    )
+    parser.add_argument("--batch-size", type=_positive_int, default=4, help="--format shards: videos per model call")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="--format shards: DataLoader processes decoding ahead (default 2)"
+    )
+
+
 def _sampling_options(parser):
     parser.add_argument(
         "--sampling",
@@ -646,7 +748,7 @@ def _first_clips(loader, n: int):
     return torch.cat(batches)[:n] if batches else []
 
 
-def _predictor(args, model):
+def _predictor(args, model, device=None):
     """The ``Predictor`` the command line asks for: views (where the command has them), sampling, device, fast path."""
     from .inference import Predictor, parse_views
 
@@ -656,7 +758,7 @@ def _predictor(args, model):
         clips=clips,
         crops=crops,
         **_sampling(args, model.config),
-        device=_device(args.device, args.precision),
+        device=device if device is not None else _device(args.device, args.precision),
         precision=args.precision,
         compile=args.compile,
     )
@@ -672,7 +774,7 @@ def _calibrate(predictor, paths, args):
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive number of clips; got {text}")
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1; got {text}")
     return value
 
 
@@ -797,22 +899,30 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--overwrite", action="store_true", help="replace files in a non-empty output folder")
     conv.set_defaults(func=cmd_convert)
 
-    pred = sub.add_parser("predict", help="top-k classes for videos (files, folders, globs); --window for timelines")
-    pred.add_argument("videos", nargs="+")
+    pred = sub.add_parser(
+        "predict", help="top-k classes for videos (files, folders, globs, --list); --window for timelines"
+    )
+    pred.add_argument("videos", nargs="*")
     pred.add_argument("--checkpoint", required=True, help="anything load_pretrained reads")
     pred.add_argument("--topk", type=int, default=5)
     pred.add_argument("--views", default="1x1", help="CLIPSxCROPS, logits averaged (the paper: 1x3)")
-    pred.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    pred.add_argument("--json", action="store_true", help="JSON lines instead of a table (--format json)")
+    pred.add_argument(
+        "--format",
+        choices=("table", "json", "shards"),
+        help="shards: probabilities in shard files + index.jsonl under --out, resumable (the default under torchrun)",
+    )
     pred.add_argument("--window", type=float, help="seconds per window: predictions along the whole video")
     pred.add_argument("--stride", type=float, help="seconds between windows (default: --window)")
-    pred.add_argument("--out", help="folder for timeline JSON and PNG (default: .)")
+    pred.add_argument("--out", help="folder for timeline JSON and PNG (default: .), or for --format shards")
+    _dataset_options(pred)
     _sampling_options(pred)
     _fast_options(pred)
     pred.add_argument("--device", default="auto")
     pred.set_defaults(func=cmd_predict)
 
     ext = sub.add_parser("extract", help="pooled embeddings (and per-frame / per-patch tokens) per video")
-    ext.add_argument("videos", nargs="+")
+    ext.add_argument("videos", nargs="*")
     ext.add_argument("--checkpoint", required=True)
     ext.add_argument("--out", required=True)
     ext.add_argument(
@@ -822,8 +932,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("frames", "patches"),
         help="also per-frame (t d) and/or per-patch (1 + t*n, d) features",
     )
-    ext.add_argument("--format", choices=("npy", "safetensors"), default="npy")
+    ext.add_argument(
+        "--format",
+        choices=("npy", "safetensors", "shards"),
+        help="npy / safetensors: files per video (default); shards: shard files + index.jsonl, resumable "
+        "(the default under torchrun)",
+    )
     ext.add_argument("--views", default="1x1")
+    _dataset_options(ext)
     _sampling_options(ext)
     _fast_options(ext)
     ext.add_argument("--device", default="auto")

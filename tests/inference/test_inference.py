@@ -357,7 +357,7 @@ def test_precision_flags_on_predict_extract_and_eval(precision, ckpt, videos, tm
     assert report["videos"] == 12 and report["views"] == "1x1"  # int8 calibration used to overwrite the views
     with pytest.raises(SystemExit):
         main(["eval", "--checkpoint", str(tmp_path / "synth"), "--data", str(root), "--calibration-clips", "0"])
-    assert "--calibration-clips: must be a positive number of clips; got 0" in capsys.readouterr().err
+    assert "--calibration-clips: must be a whole number >= 1; got 0" in capsys.readouterr().err
 
 
 @pytest.mark.slow

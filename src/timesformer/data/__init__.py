@@ -3,7 +3,7 @@
 Imports torch and, when decoding, PyAV; never ``timesformer.model``.
 """
 
-from .datasets import ClipSpec, VideoDataset, VideoFolder, VideoList, bad_files_report, collate, read_list
+from .datasets import ClipSpec, VideoDataset, VideoFolder, VideoList, bad_files_report, collate, list_videos, read_list
 from .decode import DecodeError, FrameFolderReader, VideoReader, open_video
 from .sampling import clip_start_times, dense_clip_times, segment_times
 from .synthetic import CLASSES, REVERSED_PAIRS, SyntheticMotion, write_synthetic
@@ -27,6 +27,7 @@ __all__ = [
     "clip_start_times",
     "collate",
     "dense_clip_times",
+    "list_videos",
     "normalize",
     "open_video",
     "read_list",

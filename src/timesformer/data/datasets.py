@@ -248,12 +248,54 @@ def read_list(
     ``ValueError`` naming the file and line number.
     """
     file = Path(file)
+    raw = _list_rows(file, root, labelled=True)
+
+    numeric = all(lab.isdigit() for _, _, labs in raw for lab in labs)
+    if classes is None:
+        if numeric:
+            top = max(int(lab) for _, _, labs in raw for lab in labs)
+            classes = [str(i) for i in range(top + 1)]
+        else:
+            classes = sorted({lab for _, _, labs in raw for lab in labs}, key=natural_key)
+    index = {name: i for i, name in enumerate(classes)}
+    items = []
+    for n, path, labs in raw:
+        ids = []
+        for lab in labs:
+            if lab.isdigit() and (numeric or lab not in index):
+                if int(lab) >= len(classes):
+                    raise ValueError(f"{file}:{n}: label {lab} is out of range for {len(classes)} classes")
+                ids.append(int(lab))
+            elif lab in index:
+                ids.append(index[lab])
+            else:
+                raise ValueError(
+                    f"{file}:{n}: unknown label {lab!r}; known: {classes[:10]}" + (" ..." if len(classes) > 10 else "")
+                )
+        items.append((path, tuple(ids) if len(labs) > 1 else ids[0]))
+    return items, classes
+
+
+def list_videos(file: str | os.PathLike, root: str | os.PathLike | None = None) -> list[tuple[Path, str | None]]:
+    """The videos an inference list names, in its order: ``[(path, label text or None)]``.
+
+    Reads what ``read_list`` reads, and also plain lists of one path per line (no label). A line is one path when
+    it names a file under ``root`` or ends in a video extension; otherwise ``<path> <label>``. Labels are kept as
+    written, not checked. ``ValueError`` names the file and line of a malformed line."""
+    return [(path, ",".join(labs) if labs else None) for _, path, labs in _list_rows(Path(file), root, labelled=False)]
+
+
+def _list_rows(file: Path, root, *, labelled: bool) -> list[tuple[int, Path, list[str]]]:
+    """``(line number, path, [label texts])`` for every entry of a list file (see ``read_list``); with
+    ``labelled=False`` a plain line may be a path alone."""
     root = Path(root) if root is not None else file.parent
     try:
         lines = file.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise ValueError(f"{file}: cannot read the list ({err})") from None
     header = [h.strip() for h in lines[0].split(",")] if lines else []
+    if not labelled and header == ["path"]:
+        return [(n, root / line.strip(), []) for n, line in enumerate(lines[1:], start=2) if line.strip()]
     raw = []  # (line number, path, [labels as strings])
     if header == KINETICS_HEADER:
         for n, row in enumerate(csv.reader(lines[1:]), start=2):
@@ -280,36 +322,19 @@ def read_list(
             if not line.strip():
                 continue
             parts = line.rsplit(maxsplit=1)
+            if not labelled and (
+                len(parts) == 1
+                or (root / line.strip()).exists()
+                or Path(line.strip()).suffix.lower() in VIDEO_EXTENSIONS
+            ):
+                raw.append((n, root / line.strip(), []))
+                continue
             if len(parts) != 2:
                 raise ValueError(f"{file}:{n}: expected '<path> <label>'; got {line!r}")
             raw.append((n, root / parts[0], parts[1].split(",")))
     if not raw:
         raise ValueError(f"{file}: the list holds no videos")
-
-    numeric = all(lab.isdigit() for _, _, labs in raw for lab in labs)
-    if classes is None:
-        if numeric:
-            top = max(int(lab) for _, _, labs in raw for lab in labs)
-            classes = [str(i) for i in range(top + 1)]
-        else:
-            classes = sorted({lab for _, _, labs in raw for lab in labs}, key=natural_key)
-    index = {name: i for i, name in enumerate(classes)}
-    items = []
-    for n, path, labs in raw:
-        ids = []
-        for lab in labs:
-            if lab.isdigit() and (numeric or lab not in index):
-                if int(lab) >= len(classes):
-                    raise ValueError(f"{file}:{n}: label {lab} is out of range for {len(classes)} classes")
-                ids.append(int(lab))
-            elif lab in index:
-                ids.append(index[lab])
-            else:
-                raise ValueError(
-                    f"{file}:{n}: unknown label {lab!r}; known: {classes[:10]}" + (" ..." if len(classes) > 10 else "")
-                )
-        items.append((path, tuple(ids) if len(labs) > 1 else ids[0]))
-    return items, classes
+    return raw
 
 
 class VideoList(VideoDataset):

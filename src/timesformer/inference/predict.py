@@ -53,6 +53,30 @@ def parse_views(text: str, option: str = "--views", max_clips: int | None = None
     return clips, crops
 
 
+class ViewDecoder:
+    """The test views of one video, without a model (so DataLoader workers can decode): ``(path, start, window) ->
+    (views v t c S S, masks v t, why decoding stopped early or None)``."""
+
+    def __init__(self, spec: ClipSpec):
+        self.spec = spec
+        self.transform = EvalTransform(crop_size=spec.crop_size, num_crops=spec.num_crops, mean=spec.mean, std=spec.std)
+
+    def __call__(self, path, start: float | None = None, window: float | None = None):
+        with open_video(path, frames_fps=self.spec.frames_fps) as reader:
+            duration = reader.duration if window is None else min(window, reader.duration)
+            clips, masks = [], []
+            for k in range(self.spec.num_clips):
+                times = self.spec.times(duration, train=False, clip_index=k)
+                if start is not None:
+                    times = times + start
+                frames, valid = reader.frames_at(times)
+                for crop in range(self.spec.num_crops):
+                    clips.append(self.transform.view(frames, crop))
+                    masks.append(valid)
+            partial = reader.partial
+        return torch.stack(clips), torch.stack(masks), partial
+
+
 class Predictor:
     """Runs a model on video files with the preprocessing its weights travel with.
 
@@ -94,7 +118,7 @@ class Predictor:
             mean=cfg.mean,
             std=cfg.std,
         )
-        self.transform = EvalTransform(crop_size=cfg.image_size, num_crops=crops, mean=cfg.mean, std=cfg.std)
+        self.decoder = ViewDecoder(self.spec)
         self.labels = list(cfg.labels) if cfg.labels else None
         self.partial = {}  # path -> why decoding stopped early, for files that decoded only partly
 
@@ -121,9 +145,7 @@ class Predictor:
         """A predictor that shares this one's model but takes ``clips`` x ``crops`` test views."""
         other = copy.copy(self)
         other.spec = dataclasses.replace(self.spec, num_clips=clips, num_crops=crops)
-        other.transform = EvalTransform(
-            crop_size=self.spec.crop_size, num_crops=crops, mean=self.spec.mean, std=self.spec.std
-        )
+        other.decoder = ViewDecoder(other.spec)
         other.partial = {}
         return other
 
@@ -151,20 +173,10 @@ class Predictor:
     def views(self, path: str | os.PathLike, start: float | None = None, window: float | None = None):
         """Normalised views of a video (or of ``[start, start + window)`` of it): ``(v t c S S, v t)``. A file that
         decodes only partly leaves its reason in ``self.partial[path]`` (frames past the break are masked)."""
-        with open_video(path, frames_fps=self.spec.frames_fps) as reader:
-            duration = reader.duration if window is None else min(window, reader.duration)
-            clips, masks = [], []
-            for k in range(self.spec.num_clips):
-                times = self.spec.times(duration, train=False, clip_index=k)
-                if start is not None:
-                    times = times + start
-                frames, valid = reader.frames_at(times)
-                for crop in range(self.spec.num_crops):
-                    clips.append(self.transform.view(frames, crop))
-                    masks.append(valid)
-            if reader.partial:
-                self.partial[str(path)] = reader.partial
-        return torch.stack(clips), torch.stack(masks)
+        views, masks, partial = self.decoder(path, start, window)
+        if partial:
+            self.partial[str(path)] = partial
+        return views, masks
 
     def logits(self, path) -> torch.Tensor:
         """Multi-view averaged logits of one video: ``classes``."""

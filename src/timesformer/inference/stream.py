@@ -107,7 +107,7 @@ def _predict(predictor, now: float, start: float, offsets, buffer, recent, topk:
         frame = next((f for t, f in reversed(buffer) if t <= target + 1e-4), buffer[0][1])  # as frames_at picks
         picked.append(frame)
         valid.append(target <= now + 1e-6)
-    clip = predictor.transform.view(torch.stack(picked), 0)[None]
+    clip = predictor.decoder.transform.view(torch.stack(picked), 0)[None]
     logits = predictor.clip_logits(clip, torch.tensor(valid)[None])[0].float()
     recent.append(logits.softmax(-1))
     out = {
