@@ -33,7 +33,8 @@ from .convert.mmaction import from_mmaction, is_mmaction
 from .convert.official import from_official
 from .convert.official import infer_config as official_config
 from .convert.vit import from_image_vit
-from .model import TimeSformer, TimeSformerConfig, get_config
+from .hub import TimeSformer
+from .model import TimeSformerConfig, get_config
 from .model import create_model as registry_create_model
 
 FORMATS = ("native", "hf", "official", "mmaction2", "lucidrains")
@@ -615,7 +616,7 @@ def create_model(name: str, pretrained: str | os.PathLike | None = None, **overr
     :func:`load_pretrained`.
     """
     if pretrained is None:
-        return registry_create_model(name, **overrides)
+        return TimeSformer.promote(registry_create_model(name, **overrides))
     preset = get_config(name)
     num_classes = overrides.pop("num_classes", None)
     model = load_pretrained(pretrained, **overrides)
