@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
 import sys
 
-from timing import median_seconds, run_worker
+from timing import machine, median_seconds, run_worker
 
 MODELS = ("ours", "hf", "seed")
 
@@ -245,28 +243,6 @@ def machine_peaks(quick: bool) -> dict:
             fn = lambda: a @ b  # noqa: E731
         out[dtype] = flops / median_seconds(fn, 3 if quick else 10, warmup=2) / 1e9
     return out
-
-
-def machine() -> str:
-    """The CPU's model name and the ISA oneDNN dispatches to (from its verbose log of one bf16 matmul)."""
-    import platform
-
-    name = (
-        next(
-            (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-            platform.processor(),
-        )
-        if os.path.exists("/proc/cpuinfo")
-        else platform.processor()
-    )
-    probe = subprocess.run(
-        [sys.executable, "-c", "import torch; a = torch.ones(64, 64, dtype=torch.bfloat16); a @ a"],
-        env=dict(os.environ, ONEDNN_VERBOSE="1"),
-        capture_output=True,
-        text=True,
-    )
-    isa = next((line.split("isa:", 1)[1].strip() for line in probe.stdout.splitlines() if "isa:" in line), "unknown")
-    return f"{name}; oneDNN ISA: {isa}"
 
 
 def fast_table(threads: int, quick: bool):

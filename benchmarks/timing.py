@@ -30,3 +30,25 @@ def median_seconds(fn, reps: int, warmup: int = 1) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def machine() -> str:
+    """The CPU's model name and the ISA oneDNN dispatches to (from its verbose log of one bf16 matmul)."""
+    import platform
+
+    name = (
+        next(
+            (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+            platform.processor(),
+        )
+        if os.path.exists("/proc/cpuinfo")
+        else platform.processor()
+    )
+    probe = subprocess.run(
+        [sys.executable, "-c", "import torch; a = torch.ones(64, 64, dtype=torch.bfloat16); a @ a"],
+        env=dict(os.environ, ONEDNN_VERBOSE="1"),
+        capture_output=True,
+        text=True,
+    )
+    isa = next((line.split("isa:", 1)[1].strip() for line in probe.stdout.splitlines() if "isa:" in line), "unknown")
+    return f"{name}; oneDNN ISA: {isa}"
