@@ -8,7 +8,7 @@ comes from ``src/`` beside this file, so a clone works without installing it.
 import sys
 from pathlib import Path as _Path  # private: every public callable here is an entry point
 
-dependencies = ["torch", "einops", "safetensors", "yaml"]
+dependencies = ["torch", "einops", "safetensors", "yaml", "huggingface_hub", "tqdm"]
 
 _src = str(_Path(__file__).resolve().parent / "src")
 if _src not in sys.path:

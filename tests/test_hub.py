@@ -59,6 +59,7 @@ def test_the_model_card_gives_config_labels_preprocessing_and_recorded_results(m
     assert loaded.evaluation == {"source": "training run (best validation epoch)", "epoch": 2, "val_top1": 0.75}
     loaded.save_pretrained(tmp_path / "copy")
     assert "| val_top1 | 0.7500 |" in (tmp_path / "copy" / "README.md").read_text()
+    assert tf.TimeSformer.from_pretrained(tmp_path / "copy").evaluation == loaded.evaluation  # and on, saved again
 
     # `timesformer eval` writes report.json into the checkpoint folder: it wins over the run's metrics
     report = {"data": "val.csv", "views": "1x3", "videos": 40, "top1": 0.8, "top5": 1.0, "confusion": [[1]]}

@@ -5,9 +5,9 @@ from .model import ATTENTIONS, POS_EMBS, TimeSformerConfig, get_config, list_mod
 __version__ = "0.1.0"
 
 # create_model here also takes pretrained= (timm's style); timesformer.model.create_model builds presets only
-from .fast import optimize  # noqa: E402
-from .hub import TimeSformer  # noqa: E402  (the network with the Hub's from_pretrained / push_to_hub)
-from .pretrained import create_model, export_hf, init_from_image_vit, load_pretrained, save_pretrained  # noqa: E402
+from .fast import optimize
+from .hub import TimeSformer
+from .pretrained import create_model, export_hf, init_from_image_vit, load_pretrained, save_pretrained
 
 __all__ = ["ATTENTIONS", "POS_EMBS", "TimeSformer", "TimeSformerConfig", "create_model", "get_config", "list_models"]
 __all__ += ["export_hf", "init_from_image_vit", "load_pretrained", "optimize", "save_pretrained"]

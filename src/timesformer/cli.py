@@ -220,6 +220,13 @@ def _output_format(args, per_file: str) -> str:
         raise ValueError(f"under torchrun the processes share the work as --format shards; got --format {fmt}")
     if fmt == "shards" and not args.out:
         raise ValueError("--format shards writes shard files and index.jsonl into a folder: pass --out DIR")
+    given = [
+        f"--{k.replace('_', '-')}" for k in ("shard_size", "batch_size", "workers") if getattr(args, k) is not None
+    ]
+    if fmt != "shards" and given:
+        raise ValueError(f"{', '.join(given)} set(s) up --format shards jobs; got --format {fmt}")
+    if fmt == "shards" and getattr(args, "json", False):
+        raise ValueError("--json prints results; --format shards writes them to --out (index.jsonl is JSON lines)")
     return fmt
 
 
@@ -246,17 +253,22 @@ def _sharded(args, task: str, model) -> int:
         paths = [path for path, _, _ in entries]
         predictor = _predictor(args, model, device)
         _calibrate(predictor, paths, args)
+        identity = {"weights": weights_digest(model)}
+        if args.precision == "int8":  # static int8 (calibrated) and dynamic int8 give different numbers
+            identity["int8"] = predictor.model.method
+            if predictor.model.method == "int8-static":
+                identity["calibration_clips"] = args.calibration_clips
         job = ShardedJob(
             predictor,
             videos,
             args.out,
             task=task,
-            identity={"weights": weights_digest(model)},
+            identity=identity,
             kinds=["pooled", *args.tokens] if task == "extract" else (),
             topk=getattr(args, "topk", 5),
-            shard_size=args.shard_size,
-            batch_size=args.batch_size,
-            workers=args.workers,
+            shard_size=args.shard_size or 256,
+            batch_size=args.batch_size or 4,
+            workers=2 if args.workers is None else args.workers,
             rank=d.rank,
             world=d.world,
         )
@@ -269,6 +281,12 @@ def _sharded(args, task: str, model) -> int:
     who = f"rank {d.rank}: " if d.enabled else ""
     print(f"{who}{summary.shards_written} shard(s) written, {summary.shards_skipped} done before", file=sys.stderr)
     if summary.index is None:
+        if summary.missing:
+            print(
+                f"{who}{summary.missing} shard(s) not written yet by the other ranks: the last rank to finish writes "
+                f"{args.out}/index.jsonl (if none does, rerun the command)",
+                file=sys.stderr,
+            )
         return 0
     for path, err in summary.bad[:20]:
         print(f"bad: {err}" if str(path) in err else f"bad: {path}: {err}", file=sys.stderr)
@@ -717,11 +735,14 @@ def _dataset_options(parser):
     )
     parser.add_argument("--root", help="the folder --list's paths are relative to (default: the list's folder)")
     parser.add_argument(
-        "--shard-size", type=_positive_int, default=256, help="--format shards: videos per shard file (default 256)"
+        "--shard-size",
+        type=_positive_int,
+        help="--format shards: videos per shard file (default 256; a kill loses "
+        "at most one shard per rank; its tensors are held in memory until written)",
     )
-    parser.add_argument("--batch-size", type=_positive_int, default=4, help="--format shards: videos per model call")
+    parser.add_argument("--batch-size", type=_positive_int, help="--format shards: videos per model call (default 4)")
     parser.add_argument(
-        "--workers", type=int, default=2, help="--format shards: DataLoader processes decoding ahead (default 2)"
+        "--workers", type=_count, help="--format shards: DataLoader processes decoding ahead (default 2)"
     )
 
 
@@ -769,6 +790,13 @@ def _calibrate(predictor, paths, args):
     if args.precision == "int8" and args.compile and predictor.model.method == "int8-static":
         used = predictor.calibrate(paths, args.calibration_clips)
         print(f"int8: calibrated on {used} clips of the first inputs", file=sys.stderr)
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0; got {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:

@@ -5,7 +5,8 @@ the model package itself stays free of it (it imports only torch and einops). Ev
 or loads (``create_model``, ``load_pretrained``) is one. The files are the native format's (``model.safetensors``
 and ``config.json``, which carries the labels, preprocessing and sampling protocol) plus a generated model card
 (``README.md``): the config, labels, preprocessing, and the evaluation results recorded beside the checkpoint
-(``report.json`` of ``timesformer eval``, or the best validation line of its run's ``metrics.jsonl``).
+(``report.json`` of ``timesformer eval``, or the best validation line of its run's ``metrics.jsonl``), which
+travel on in ``evaluation.json``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ from huggingface_hub import ModelCard, ModelCardData, ModelHubMixin
 from . import model as network
 
 PAPER = "https://arxiv.org/abs/2102.05095"
-FILES = ["config.json", "model.safetensors", "labels.txt", "classes.json", "report.json", "README.md"]
+FILES = [
+    "config.json",
+    "model.safetensors",
+    "labels.txt",
+    "classes.json",
+    "evaluation.json",
+    "report.json",
+    "README.md",
+]
 
 CARD = """---
 {{ card_data }}
@@ -100,8 +109,8 @@ class TimeSformer(
         from .pretrained import save_pretrained
 
         save_pretrained(self, save_directory)
-        if self.evaluation:
-            (Path(save_directory) / "report.json").write_text(json.dumps(self.evaluation, indent=2) + "\n")
+        if self.evaluation:  # read back as it is by from_pretrained (recorded_results)
+            (Path(save_directory) / "evaluation.json").write_text(json.dumps(self.evaluation, indent=2) + "\n")
 
     @classmethod
     def _from_pretrained(
@@ -187,9 +196,14 @@ class TimeSformer(
 
 
 def recorded_results(folder) -> dict | None:
-    """Evaluation results recorded beside a checkpoint folder: its ``report.json`` (``timesformer eval``), else the
-    best validation line of its run's ``metrics.jsonl`` (the folder's parent, a training run)."""
+    """Evaluation results recorded beside a checkpoint folder: its ``evaluation.json`` (what ``save_pretrained``
+    wrote), else its ``report.json`` (``timesformer eval``), else the best validation line of its run's
+    ``metrics.jsonl`` (the folder's parent, a training run)."""
     folder = Path(folder)
+    try:
+        return json.loads((folder / "evaluation.json").read_text())
+    except (OSError, ValueError):
+        pass
     try:
         report = json.loads((folder / "report.json").read_text())
         keep = ("data", "views", "videos", "top1", "top5", "mAP")

@@ -11,7 +11,7 @@ import timesformer as tf
 from timesformer.cli import main
 from timesformer.data import list_videos
 from timesformer.inference import Predictor
-from timesformer.inference.batch import SHARD, read_shards
+from timesformer.inference.batch import SHARD, ShardedJob, read_shards, video_id, videos_from, weights_digest
 
 from ..conftest import labelled_tiny_model
 from ..data.videos import write_video
@@ -59,10 +59,12 @@ def check_index_agrees_with_shards(out, n_videos: int, kinds=("pooled",)) -> dic
 
     index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
     assert len(index) == n_videos and len({e["id"] for e in index}) == n_videos
-    keys = {}
+    found = []  # (key, shard) over every shard file: a video in two files would show twice
     for shard in sorted(out.glob("shard-*.safetensors")):
         with safe_open(str(shard), "pt") as f:
-            keys.update({key: int(shard.name[6:11]) for key in f.keys()})
+            found += [(key, int(shard.name[6:11])) for key in f.keys()]
+    keys = dict(found)
+    assert len(keys) == len(found), "a tensor is in more than one shard file"
     for e in index:
         names = [e["id"]] + [f"{e['id']}::{kind}" for kind in kinds if kind != "pooled"]
         if e["status"] == "bad":
@@ -188,7 +190,7 @@ def test_a_rerun_with_other_settings_is_refused_and_nothing_is_lost(ckpt, data, 
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
-def test_a_list_that_grew_keeps_its_earlier_shards(ckpt, data, tmp_path, capsys):
+def test_a_list_that_grew_keeps_its_earlier_shards_and_one_that_shrank_drops_the_rest(ckpt, data, tmp_path, capsys):
     lines = (data / "list.txt").read_text().splitlines()
     short = tmp_path / "short.txt"
     short.write_text("".join(f"{data / line}\n" for line in lines[:5]))
@@ -197,13 +199,59 @@ def test_a_list_that_grew_keeps_its_earlier_shards(ckpt, data, tmp_path, capsys)
     assert main([*command, "--shard-size", "2", "--workers", "0"]) == 0
     stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*")}
     time.sleep(0.01)
+
+    # grown, and interrupted: the old index, which no longer tells the whole job, is gone
     short.write_text("".join(f"{data / line}\n" for line in lines[:7]))
+    model = tf.load_pretrained(ckpt)
+    predictor = Predictor(model)
+    videos = videos_from([(data / line, video_id(data / line, tmp_path), None) for line in lines[:7]])
+
+    def interrupt(done, total):
+        if done:
+            raise KeyboardInterrupt
+
+    identity = {"weights": weights_digest(model)}  # as the CLI records it
+    job = ShardedJob(predictor, videos, out, task="extract", identity=identity, shard_size=2, batch_size=1, workers=0)
+    with pytest.raises(KeyboardInterrupt):
+        job.run(interrupt)
+    assert not (out / "index.jsonl").exists()
+    with pytest.raises(ValueError, match="no index.jsonl; the job has not finished"):
+        read_shards(out)
+
     assert main([*command, "--shard-size", "2", "--workers", "0"]) == 0
     assert "2 shard(s) written, 2 done before" in capsys.readouterr().err  # shard 2 held 1 video, now 2; shard 3 new
-    assert {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*")}.items() >= {
-        k: v for k, v in stamps.items() if k != SHARD.format(2)
-    }.items()
+    after = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*")}
+    assert all(after[k] == v for k, v in stamps.items() if k != SHARD.format(2))
     check_index_agrees_with_shards(out, 7)
+
+    short.write_text("".join(f"{data / line}\n" for line in lines[:3]))  # shrunk: shards 2 and 3 go
+    assert main([*command, "--shard-size", "2", "--workers", "0"]) == 0
+    assert sorted(p.name for p in out.glob("shard-*")) == [SHARD.format(0), SHARD.format(1)]
+    check_index_agrees_with_shards(out, 3)
+
+
+def test_a_damaged_shard_or_another_root_is_done_again(ckpt, data, tmp_path, capsys, caplog):
+    out = tmp_path / "out"
+    args = ["--format", "shards", "--shard-size", "5", "--workers", "0", "--tokens", "patches", "frames"]
+    assert main(extract(ckpt, data, out, *args)) == 0
+    shard = out / SHARD.format(1)
+    shard.write_bytes(shard.read_bytes()[:100])
+    capsys.readouterr()
+    args[-2:] = ["frames", "patches"]  # the same outputs in another order: the same job
+    assert main(extract(ckpt, data, out, *args)) == 0
+    assert "1 shard(s) written, 2 done before" in capsys.readouterr().err
+    assert f"{shard} can't be read" in caplog.text
+    check_index_agrees_with_shards(out, 14, ("pooled", "frames", "patches"))
+
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(data, copy)  # the same relative names under another --root: other videos, so done again
+    command = extract(ckpt, data, out, *args)
+    command[command.index("--list") + 1] = str(copy / "list.txt")
+    assert main(command) == 0
+    assert "3 shard(s) written, 0 done before" in capsys.readouterr().err
+    assert all(e["path"].startswith(str(copy)) for e in read_shards(out).values())
 
 
 def test_sharded_options_name_what_they_need(ckpt, data, tmp_path, capsys, monkeypatch):
@@ -218,6 +266,12 @@ def test_sharded_options_name_what_they_need(ckpt, data, tmp_path, capsys, monke
     assert "--window timelines are written per file" in capsys.readouterr().err
     assert main(["extract", "--checkpoint", str(ckpt), "--out", str(tmp_path)]) == 2
     assert "name videos, folders, globs or --list" in capsys.readouterr().err
+    assert main(extract(ckpt, data, tmp_path / "y", "--format", "npy", "--shard-size", "4")) == 2
+    assert "--shard-size set(s) up --format shards jobs; got --format npy" in capsys.readouterr().err
+    assert (
+        main(["predict", str(data / "a"), "--checkpoint", str(ckpt), "--out", "p", "--format", "shards", "--json"]) == 2
+    )
+    assert "--json prints results; --format shards writes them to --out" in capsys.readouterr().err
     monkeypatch.chdir(tmp_path)  # here, a/v0.mp4 is another file than the list's a/v0.mp4
     args = ["extract", "a/v0.mp4", "--list", str(data / "list.txt"), "--checkpoint", str(ckpt), "--out", "t"]
     assert main([*args, "--format", "shards"]) == 2

@@ -18,9 +18,9 @@ from ..data.videos import write_video
 
 pytest.importorskip("av")
 pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from timesformer.serve import Batcher, QueueFull, create_app  # noqa: E402
+from timesformer.serve import Batcher, QueueFull, create_app
 
 
 @pytest.fixture(scope="module")

@@ -3,15 +3,17 @@
 The videos, in list order, are cut into shards of ``shard_size``. Shard ``k`` is written once all its videos are
 done, atomically, as ``shard-{k:05d}.safetensors``: every video's tensors keyed by its id and, in its metadata, the
 shard's index entries. A shard file is whole or absent, so a killed job loses only the shards in flight, and a
-rerun skips every shard already written whose videos are the ones the list puts there now (a list that grew at its
-end keeps its earlier shards). ``index.jsonl`` (one line per video: id, path, shard, status ``ok``/``partial``/
-``bad``, error, the list's label if it has one, and for predictions the top-k) is rebuilt from the shard files once
-the last one is written. ``job.json`` records what the results depend on (the weights' digest, views, sampling,
-precision, outputs, shard size): a rerun with other settings is refused rather than mixing results.
+rerun skips every shard already written whose videos (ids and paths) are the ones the list puts there now: a list
+that grew at its end keeps its earlier shards, and the shards past the end of one that got shorter are removed.
+``index.jsonl`` (one line per video: id, path, shard, status ``ok``/``partial``/``bad``, error, the list's label if
+it has one, and for predictions the top-k) is rebuilt from the shard files once the last one is written, and
+removed while shards are left to do. ``job.json`` records what the results depend on (the weights' digest, views,
+sampling, precision, outputs, shard size): a rerun with other settings is refused rather than mixing results.
 
 Under torchrun, rank 0 finds the shards left and broadcasts them; rank ``r`` of ``W`` takes every ``W``-th. No
 collective follows, so a rank that finishes early waits for nobody: whichever rank finds every shard written when
-it is done writes the index. The number of processes may change between a run and its resumption.
+it is done writes the index (so ``out`` must be one folder every rank sees, on several machines a shared file
+system). The number of processes may change between a run and its resumption.
 
 Tensors per video (fp32): extract: ``id`` the pooled embedding ``d``, ``id::frames`` ``t d``, ``id::patches``
 ``(1 + t*n) d`` (views averaged, as ``Predictor.features``); predict: ``id`` the class probabilities ``classes``
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -33,6 +36,8 @@ from torch.utils.data import DataLoader, Dataset
 from ..data import DecodeError
 from ..pretrained import write_atomic
 from .predict import Predictor, ViewDecoder
+
+log = logging.getLogger(__name__)
 
 SHARD = "shard-{:05d}.safetensors"
 FORMAT = "timesformer-shards/1"
@@ -97,6 +102,7 @@ class Summary:
     shards_written: int = 0
     shards_skipped: int = 0
     index: Path | None = None  # set when this rank wrote index.jsonl (the job is complete)
+    missing: int = 0  # shards not yet written when this rank finished (another rank writes the index)
 
 
 class _Decode(Dataset):
@@ -149,9 +155,9 @@ class ShardedJob:
     ):
         if task not in TASKS:
             raise ValueError(f"task must be one of {list(TASKS)}; got {task!r}")
-        kinds = ("probs",) if task == "predict" else tuple(kinds)
         if task == "extract" and ("pooled" not in kinds or not set(kinds) <= set(TASKS["extract"])):
-            raise ValueError(f"extract kinds must include 'pooled', among {TASKS['extract']}; got {kinds}")
+            raise ValueError(f"extract kinds must include 'pooled', among {TASKS['extract']}; got {tuple(kinds)}")
+        kinds = ("probs",) if task == "predict" else tuple(k for k in TASKS["extract"] if k in kinds)  # one order
         if shard_size < 1 or batch_size < 1 or workers < 0:
             raise ValueError(
                 f"shard_size and batch_size must be >= 1 and workers >= 0; got {shard_size}, {batch_size}, {workers}"
@@ -202,7 +208,14 @@ class ShardedJob:
             write_atomic(job, lambda tmp: Path(tmp).write_text(json.dumps(self.identity, indent=2) + "\n"))
         for tmp in self.out.glob(".*.tmp"):  # a temp file of a killed run (write_atomic's names)
             tmp.unlink(missing_ok=True)
-        return [k for k, entries in enumerate(self._read_all()) if entries is None]
+        for path in self.out.glob("shard-*.safetensors"):  # past the end of a list that got shorter
+            if not path.name[6:11].isdigit() or int(path.name[6:11]) >= len(self.shards):
+                log.warning("%s: no shard of this list any more (it is shorter); removed", path)
+                path.unlink()
+        todo = [k for k, entries in enumerate(self._read_all()) if entries is None]
+        if todo:  # the index describes a finished job only: rebuilt when the last shard is written
+            (self.out / "index.jsonl").unlink(missing_ok=True)
+        return todo
 
     def _read(self, k: int) -> list[dict] | None:
         """Shard ``k``'s index entries, or None when it is missing or holds other videos than the list's now."""
@@ -215,10 +228,13 @@ class ShardedJob:
             with safe_open(str(path), "pt") as f:
                 meta = f.metadata() or {}
             entries = json.loads(meta["index"])
-        except Exception:  # a damaged or foreign file: this shard is redone and the file replaced
+            if meta.get("format") != FORMAT:
+                raise ValueError(f"format {meta.get('format')!r}, not {FORMAT!r}")
+        except Exception as err:  # damaged or foreign: redone, and the file replaced
+            log.warning("%s can't be read (%s): the shard is done again", path, err)
             return None
-        if meta.get("format") != FORMAT or [e["id"] for e in entries] != [v.id for v in self.shards[k]]:
-            return None
+        if [(e["id"], e["path"]) for e in entries] != [(v.id, v.path) for v in self.shards[k]]:
+            return None  # other videos there now (the list or --root changed): done again
         return entries
 
     def _read_all(self) -> list[list[dict] | None]:
@@ -228,27 +244,30 @@ class ShardedJob:
 
     def run(self, progress=None) -> Summary:
         """Do this rank's share of the shards left; ``progress(done, total)`` counts its videos."""
-        todo, error = None, None
+        todo, error, message = None, None, None
         if self.rank == 0:
             try:
                 todo = self._prepare()
-            except ValueError as err:
-                error = str(err)
+            except Exception as err:  # told to every rank, so none waits for shards that never come
+                error, message = err, str(err) if isinstance(err, ValueError) else f"rank 0: {err!r}"
         if self.world > 1:
             import torch.distributed as dist
 
-            box = [(todo, error)]
+            box = [(todo, message)]
             dist.broadcast_object_list(box, src=0)
-            todo, error = box[0]
-        if error:
-            raise ValueError(error)
+            todo, message = box[0]
+        if error is not None:
+            raise error
+        if message:
+            raise ValueError(message)
         mine = todo[self.rank :: self.world]
         summary = Summary(shards_skipped=len(self.shards) - len(todo))
         items = [(k, v) for k in mine for v in self.shards[k]]
         if items:
             self._work(items, summary, progress)
         entries = self._read_all()
-        if all(e is not None for e in entries) and (mine or self.rank == 0):
+        summary.missing = sum(e is None for e in entries)
+        if not summary.missing and (mine or self.rank == 0):
             self._write_index([e for shard in entries for e in shard], summary)
         return summary
 
@@ -317,7 +336,7 @@ class ShardedJob:
                     out[b["i"]] = {"pooled": r}
                 else:
                     t = b["views"].shape[1]
-                    kinds = {"pooled": r[0], "frames": r[1:].reshape(t, -1, r.shape[-1]).mean(1), "patches": r}
+                    kinds = {"pooled": r[0].clone(), "frames": r[1:].reshape(t, -1, r.shape[-1]).mean(1), "patches": r}
                     out[b["i"]] = {kind: kinds[kind] for kind in self.kinds}
         return out
 
