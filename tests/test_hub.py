@@ -4,6 +4,7 @@ No network is reachable where these tests run: the Hub is replaced by local fold
 ``HfApi`` that records what would have been sent."""
 
 import json
+import time
 
 import pytest
 import torch
@@ -60,6 +61,11 @@ def test_the_model_card_gives_config_labels_preprocessing_and_recorded_results(m
     loaded.save_pretrained(tmp_path / "copy")
     assert "| val_top1 | 0.7500 |" in (tmp_path / "copy" / "README.md").read_text()
     assert tf.TimeSformer.from_pretrained(tmp_path / "copy").evaluation == loaded.evaluation  # and on, saved again
+    time.sleep(0.01)
+    (tmp_path / "copy" / "report.json").write_text(json.dumps({"top1": 0.6}))  # a later `timesformer eval` wins
+    assert tf.TimeSformer.from_pretrained(tmp_path / "copy").evaluation == {"source": "timesformer eval", "top1": 0.6}
+    model.save_pretrained(tmp_path / "copy")  # a model without results leaves none of the earlier save's
+    assert not (tmp_path / "copy" / "evaluation.json").exists()
 
     # `timesformer eval` writes report.json into the checkpoint folder: it wins over the run's metrics
     report = {"data": "val.csv", "views": "1x3", "videos": 40, "top1": 0.8, "top5": 1.0, "confusion": [[1]]}

@@ -256,8 +256,13 @@ def _sharded(args, task: str, model) -> int:
         identity = {"weights": weights_digest(model)}
         if args.precision == "int8":  # static int8 (calibrated) and dynamic int8 give different numbers
             identity["int8"] = predictor.model.method
-            if predictor.model.method == "int8-static":
-                identity["calibration_clips"] = args.calibration_clips
+            if predictor.model.method == "int8-static":  # its scales come from the first videos
+                import hashlib
+
+                first = "\n".join(str(path) for path in paths[: args.calibration_clips])
+                identity["calibration"] = (
+                    f"{args.calibration_clips} clips of {hashlib.sha256(first.encode()).hexdigest()}"
+                )
         job = ShardedJob(
             predictor,
             videos,

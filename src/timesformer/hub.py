@@ -109,8 +109,11 @@ class TimeSformer(
         from .pretrained import save_pretrained
 
         save_pretrained(self, save_directory)
-        if self.evaluation:  # read back as it is by from_pretrained (recorded_results)
-            (Path(save_directory) / "evaluation.json").write_text(json.dumps(self.evaluation, indent=2) + "\n")
+        record = Path(save_directory) / "evaluation.json"  # read back as it is by from_pretrained (recorded_results)
+        if self.evaluation:
+            record.write_text(json.dumps(self.evaluation, indent=2) + "\n")
+        else:
+            record.unlink(missing_ok=True)  # a model without results leaves none of an earlier save's
 
     @classmethod
     def _from_pretrained(
@@ -197,11 +200,13 @@ class TimeSformer(
 
 def recorded_results(folder) -> dict | None:
     """Evaluation results recorded beside a checkpoint folder: its ``evaluation.json`` (what ``save_pretrained``
-    wrote), else its ``report.json`` (``timesformer eval``), else the best validation line of its run's
-    ``metrics.jsonl`` (the folder's parent, a training run)."""
+    wrote) unless a ``report.json`` of ``timesformer eval`` is newer, else the report, else the best validation line
+    of its run's ``metrics.jsonl`` (the folder's parent, a training run)."""
     folder = Path(folder)
+    record, report = folder / "evaluation.json", folder / "report.json"
     try:
-        return json.loads((folder / "evaluation.json").read_text())
+        if not report.exists() or record.stat().st_mtime_ns >= report.stat().st_mtime_ns:
+            return json.loads(record.read_text())
     except (OSError, ValueError):
         pass
     try:

@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,7 @@ TASKS = {"extract": ("pooled", "frames", "patches"), "predict": ("probs",)}
 @dataclass(frozen=True)
 class Video:
     id: str  # how the command named it (see ``videos_from``): unique, and the same on every run of the command
-    path: str
+    path: str  # absolute
     label: str | None = None
 
 
@@ -75,7 +76,7 @@ def videos_from(entries) -> list[Video]:
                 raise ValueError(f"two videos would share the id {vid!r}: {seen[vid]} and {path}; name them apart")
             continue
         seen[vid] = path
-        out.append(Video(vid, str(path), label))
+        out.append(Video(vid, os.path.abspath(path), label))
     if len(out) < len(entries):
         warnings.warn(f"{len(entries) - len(out)} video(s) were named more than once; each runs once", stacklevel=2)
     return out
@@ -209,7 +210,8 @@ class ShardedJob:
         for tmp in self.out.glob(".*.tmp"):  # a temp file of a killed run (write_atomic's names)
             tmp.unlink(missing_ok=True)
         for path in self.out.glob("shard-*.safetensors"):  # past the end of a list that got shorter
-            if not path.name[6:11].isdigit() or int(path.name[6:11]) >= len(self.shards):
+            number = re.fullmatch(r"shard-(\d{5,})\.safetensors", path.name)
+            if number and int(number[1]) >= len(self.shards):
                 log.warning("%s: no shard of this list any more (it is shorter); removed", path)
                 path.unlink()
         todo = [k for k, entries in enumerate(self._read_all()) if entries is None]
@@ -217,8 +219,9 @@ class ShardedJob:
             (self.out / "index.jsonl").unlink(missing_ok=True)
         return todo
 
-    def _read(self, k: int) -> list[dict] | None:
-        """Shard ``k``'s index entries, or None when it is missing or holds other videos than the list's now."""
+    def _read(self, k: int, paths: bool = True) -> list[dict] | None:
+        """Shard ``k``'s index entries, or None when it is missing or holds other videos than the list's now (by id
+        and, with ``paths``, by absolute path: rank 0's check, as other machines may mount the folder elsewhere)."""
         from safetensors import safe_open
 
         path = self.out / SHARD.format(k)
@@ -233,12 +236,14 @@ class ShardedJob:
         except Exception as err:  # damaged or foreign: redone, and the file replaced
             log.warning("%s can't be read (%s): the shard is done again", path, err)
             return None
-        if [(e["id"], e["path"]) for e in entries] != [(v.id, v.path) for v in self.shards[k]]:
+        if [e["id"] for e in entries] != [v.id for v in self.shards[k]] or (
+            paths and [e["path"] for e in entries] != [v.path for v in self.shards[k]]
+        ):
             return None  # other videos there now (the list or --root changed): done again
         return entries
 
-    def _read_all(self) -> list[list[dict] | None]:
-        return [self._read(k) for k in range(len(self.shards))]
+    def _read_all(self, paths: bool = True) -> list[list[dict] | None]:
+        return [self._read(k, paths) for k in range(len(self.shards))]
 
     # -- the run ----------------------------------------------------------------------------------------------------
 
@@ -249,7 +254,7 @@ class ShardedJob:
             try:
                 todo = self._prepare()
             except Exception as err:  # told to every rank, so none waits for shards that never come
-                error, message = err, str(err) if isinstance(err, ValueError) else f"rank 0: {err!r}"
+                error, message = err, str(err) if isinstance(err, ValueError) and str(err) else f"rank 0: {err!r}"
         if self.world > 1:
             import torch.distributed as dist
 
@@ -258,14 +263,14 @@ class ShardedJob:
             todo, message = box[0]
         if error is not None:
             raise error
-        if message:
+        if message is not None:
             raise ValueError(message)
         mine = todo[self.rank :: self.world]
         summary = Summary(shards_skipped=len(self.shards) - len(todo))
         items = [(k, v) for k in mine for v in self.shards[k]]
         if items:
             self._work(items, summary, progress)
-        entries = self._read_all()
+        entries = self._read_all(paths=False)  # rank 0 checked the paths of the shards it kept
         summary.missing = sum(e is None for e in entries)
         if not summary.missing and (mine or self.rank == 0):
             self._write_index([e for shard in entries for e in shard], summary)
