@@ -210,6 +210,11 @@ def _inputs(args, ids: bool = False):
     return entries if ids else [path for path, _, _ in entries]
 
 
+def _naming(path, err) -> str:
+    """``err`` as a line about ``path``: the path once (decoding errors already start with it)."""
+    return str(err) if str(err).startswith(str(path)) else f"{path}: {err}"
+
+
 def _output_format(args, per_file: str) -> str:
     """``--format``, or its default: ``shards`` under torchrun (one process per shard set), else ``per_file``."""
     import os
@@ -294,7 +299,7 @@ def _sharded(args, task: str, model) -> int:
             )
         return 0
     for path, err in summary.bad[:20]:
-        print(f"bad: {err}" if str(path) in err else f"bad: {path}: {err}", file=sys.stderr)
+        print(f"bad: {_naming(path, err)}", file=sys.stderr)
     if len(summary.bad) > 20:
         print(f"... and {len(summary.bad) - 20} more bad files (status bad in the index)", file=sys.stderr)
     print(
@@ -409,7 +414,7 @@ def cmd_predict(args) -> int:
         else:
             print(f"{r['path']}: {r['windows']} windows over {r['duration']:.1f} s -> {r['timeline']}")
     for path, err in failed:
-        print(f"skipped {path}: {err}", file=sys.stderr)
+        print(f"skipped {_naming(path, err)}", file=sys.stderr)
     return 0 if results or not failed else 2
 
 
@@ -439,7 +444,7 @@ def cmd_extract(args) -> int:
         try:
             feats = {kind: predictor.features(path, kind) for kind in ["pooled"] + args.tokens}
         except DecodeError as err:
-            print(f"\nskipped {path}: {err}", file=sys.stderr)
+            print(f"\nskipped {_naming(path, err)}", file=sys.stderr)
             continue
         if fmt == "npy":
             for kind, tensor in feats.items():
