@@ -12,7 +12,6 @@ travel on in ``evaluation.json``.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData, ModelHubMixin
@@ -79,16 +78,16 @@ or from the command line: `timesformer predict video.mp4 --checkpoint {{ repo_id
 ```
 """
 
+CARD_DATA = dict(library_name="timesformer", license="mit", pipeline_tag="video-classification")
+TAGS = ["video-classification", "timesformer", "pytorch"]
 ARCH = ("attention", "dim", "depth", "heads", "dim_head", "patch_size", "image_size", "num_frames", "num_classes")
 
 
 class TimeSformer(
     network.TimeSformer,
     ModelHubMixin,
-    library_name="timesformer",
-    license="mit",
-    pipeline_tag="video-classification",
-    tags=["video-classification", "timesformer", "pytorch"],
+    **CARD_DATA,
+    tags=TAGS,
     paper_url=PAPER,
     repo_url="https://pypi.org/project/timesformer/",
 ):
@@ -154,12 +153,7 @@ class TimeSformer(
         from . import __version__
 
         cfg = self.config
-        data = ModelCardData(
-            library_name="timesformer",
-            license="mit",
-            pipeline_tag="video-classification",
-            tags=sorted({"video-classification", "timesformer", "pytorch", "model_hub_mixin"}),
-        )
+        data = ModelCardData(**CARD_DATA, tags=sorted({*TAGS, "model_hub_mixin"}))  # the mixin adds its tag
         rows = [f"| `{k}` | {getattr(cfg, k)} |" for k in ARCH]
         pre = (
             f"{cfg.num_frames} frames, "
@@ -215,11 +209,12 @@ def recorded_results(folder) -> dict | None:
         return {"source": "timesformer eval", **{k: report[k] for k in keep if k in report}}
     except (OSError, ValueError):
         pass
-    metrics = folder.parent / "metrics.jsonl"
-    if not metrics.is_file() or not os.access(metrics, os.R_OK):
+    try:
+        text = (folder.parent / "metrics.jsonl").read_text()
+    except OSError:
         return None
     lines = []
-    for line in metrics.read_text().splitlines():
+    for line in text.splitlines():
         try:
             lines.append(json.loads(line))
         except ValueError:

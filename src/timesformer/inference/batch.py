@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data import DecodeError
 from ..pretrained import write_atomic
-from .predict import Predictor, ViewDecoder
+from .predict import Predictor, ViewDecoder, token_features
 
 log = logging.getLogger(__name__)
 
@@ -318,39 +318,32 @@ class ShardedJob:
         """Per item (by its ``i``): its tensors. Videos with masked frames run apart from whole ones, so a
         video's result never depends on which others shared its batch (up to float rounding)."""
         out = {}
-        model, device = self.predictor.model, self.predictor.device
+        if self.task == "predict":
+            kind = "logits"
+        else:  # one forward for every kind: the pooled embedding is token 0
+            kind = "pooled" if self.kinds == ("pooled",) else "tokens"
         for group in ([b for b in good if b["masks"].all()], [b for b in good if not b["masks"].all()]):
             if not group:
                 continue
-            video = torch.cat([b["views"] for b in group]).to(device)
-            mask = torch.cat([b["masks"] for b in group]).to(device)
-            mask = None if bool(mask.all()) else mask
-            if self.task == "predict":
-                result = model(video, mask)
-            elif self.kinds == ("pooled",):
-                result = model.forward_features(video, mask)
-            else:
-                result = model.forward_tokens(video, mask)  # one forward for every kind: pooled is token 0
+            views, masks = torch.cat([b["views"] for b in group]), torch.cat([b["masks"] for b in group])
+            result = self.predictor.outputs(views, masks, kind)
             start = 0
             for b in group:
-                r = result[start : start + len(b["views"])].float().cpu().mean(0)
+                r = result[start : start + len(b["views"])].float().mean(0)
                 start += len(b["views"])
                 if self.task == "predict":
                     out[b["i"]] = {"probs": r.softmax(-1)}
-                elif self.kinds == ("pooled",):
+                elif kind == "pooled":
                     out[b["i"]] = {"pooled": r}
                 else:
-                    t = b["views"].shape[1]
-                    kinds = {"pooled": r[0].clone(), "frames": r[1:].reshape(t, -1, r.shape[-1]).mean(1), "patches": r}
-                    out[b["i"]] = {kind: kinds[kind] for kind in self.kinds}
+                    features = token_features(r, b["views"].shape[1])
+                    out[b["i"]] = {k: features[k] for k in self.kinds}
         return out
 
     def _write_shard(self, k: int, results: list):
         from safetensors.torch import save_file
 
-        order = {v.id: n for n, v in enumerate(self.shards[k])}
-        results.sort(key=lambda r: order[r[0]["id"]])
-        tensors = {
+        tensors = {  # results come in list order: the loader keeps the order of the items
             (entry["id"] if kind in ("pooled", "probs") else f"{entry['id']}::{kind}"): t.contiguous()
             for entry, ts in results
             for kind, t in ts.items()

@@ -53,6 +53,17 @@ def parse_views(text: str, option: str = "--views", max_clips: int | None = None
     return clips, crops
 
 
+def token_features(tokens: torch.Tensor, t: int) -> dict[str, torch.Tensor]:
+    """One video's normed tokens ``(1 + t*n) d`` (``forward_tokens``, views averaged) as its features: ``pooled: d``
+    (the pooled cls token, what ``forward_features`` gives), ``frames: t d`` (patch tokens averaged per frame) and
+    ``patches: (1 + t*n) d`` (all of them)."""
+    return {
+        "pooled": tokens[0].clone(),
+        "frames": tokens[1:].reshape(t, -1, tokens.shape[-1]).mean(1),
+        "patches": tokens,
+    }
+
+
 class ViewDecoder:
     """The test views of one video, without a model (so DataLoader workers can decode): ``(path, start, window) ->
     (views v t c S S, masks v t, why decoding stopped early or None)``."""
@@ -161,14 +172,17 @@ class Predictor:
 
     def clip_logits(self, views: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """Logits of clips on the predictor's device: ``views: v t c S S``, ``masks: v t`` -> ``v classes`` (CPU)."""
-        return self._run(views, masks)
+        return self.outputs(views, masks)
 
-    def _run(self, views: torch.Tensor, masks: torch.Tensor, features: bool = False) -> torch.Tensor:
-        """``views: v t c S S -> v classes`` (or ``v d`` features)."""
+    def outputs(self, views: torch.Tensor, masks: torch.Tensor, kind: str = "logits") -> torch.Tensor:
+        """The model on clips, on the predictor's device (padded frames masked; no mask when every frame is real):
+        ``views: v t c S S``, ``masks: v t`` -> ``logits: v classes``, ``pooled: v d`` or ``tokens: v (1 + t*n) d``
+        (CPU)."""
         video, mask = views.to(self.device), masks.to(self.device)
         mask = None if bool(mask.all()) else mask
-        out = self.model.forward_features(video, mask) if features else self.model(video, mask)
-        return out.cpu()
+        if kind == "logits":
+            return self.model(video, mask).cpu()
+        return getattr(self.model, {"pooled": "forward_features", "tokens": "forward_tokens"}[kind])(video, mask).cpu()
 
     def views(self, path: str | os.PathLike, start: float | None = None, window: float | None = None):
         """Normalised views of a video (or of ``[start, start + window)`` of it): ``(v t c S S, v t)``. A file that
@@ -181,7 +195,7 @@ class Predictor:
     def logits(self, path) -> torch.Tensor:
         """Multi-view averaged logits of one video: ``classes``."""
         views, masks = self.views(path)
-        return self._run(views, masks).mean(0)
+        return self.outputs(views, masks).mean(0)
 
     def top(self, probs: torch.Tensor, k: int) -> list[dict]:
         """The ``k`` most probable classes: ``[{"class", "index", "prob"}]``."""
@@ -206,7 +220,7 @@ class Predictor:
         entries = []
         for start in clip_start_times(duration, window=window, stride=stride).tolist():
             views, masks = self.views(path, start=start, window=window)
-            probs = self._run(views, masks).mean(0).softmax(-1)
+            probs = self.outputs(views, masks).mean(0).softmax(-1)
             entries.append(
                 {
                     "start": start,
@@ -230,12 +244,7 @@ class Predictor:
         frame); ``patches: (1 + t*n) d`` (all normed tokens, cls first, then frame by frame)."""
         views, masks = self.views(path)
         if kind == "pooled":
-            return self._run(views, masks, features=True).mean(0)
+            return self.outputs(views, masks, "pooled").mean(0)
         if kind not in ("frames", "patches"):
             raise ValueError(f"features kind must be pooled, frames or patches; got {kind!r}")
-        mask = None if bool(masks.all()) else masks.to(self.device)  # padded frames never reach the tokens
-        tokens = self.model.forward_tokens(views.to(self.device), mask).cpu().mean(0)  # (1 + t n) d
-        if kind == "patches":
-            return tokens
-        t = views.shape[1]
-        return tokens[1:].reshape(t, -1, tokens.shape[-1]).mean(1)
+        return token_features(self.outputs(views, masks, "tokens").mean(0), views.shape[1])[kind]
