@@ -33,7 +33,7 @@ def mode(path):
 
 
 def test_saved_files_get_ordinary_permissions(tmp_path, umask):
-    from timesformer.engine.checkpoint import write_json_atomic
+    from timesformer.files import write_json_atomic
 
     model = tf.create_model("timesformer_tiny", depth=1, dim=32, heads=2, dim_head=16)
     tf.save_pretrained(model, tmp_path / "w")

@@ -108,9 +108,9 @@ def cmd_eval(args) -> int:
     from torch.utils.data import DataLoader
 
     from .data import ClipSpec, VideoFolder, VideoList, bad_files_report, collate
-    from .engine.checkpoint import write_json_atomic
     from .engine.evaluate import predict_views, summarise
     from .fast import optimize
+    from .files import write_json_atomic
     from .inference import parse_views
     from .pretrained import load_pretrained
     from .viz import plot_confusion
@@ -364,7 +364,7 @@ def cmd_predict(args) -> int:
     from pathlib import Path
 
     from .data import DecodeError
-    from .engine.checkpoint import write_json_atomic
+    from .files import write_json_atomic
     from .viz import plot_timeline
 
     fmt = _output_format(args, "json" if args.json else "table")
@@ -422,7 +422,7 @@ def cmd_extract(args) -> int:
     from pathlib import Path
 
     from .data import DecodeError
-    from .pretrained import write_atomic
+    from .files import write_atomic
 
     fmt = _output_format(args, "npy")
     model = _load_for_inference(args)
@@ -479,7 +479,7 @@ def cmd_explain(args) -> int:
     from pathlib import Path
 
     from .data import ClipSpec
-    from .engine.checkpoint import write_json_atomic
+    from .files import write_json_atomic
     from .inference.explain import explain_video
     from .viz import plot_explanation
 

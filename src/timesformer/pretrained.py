@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
@@ -33,6 +32,7 @@ from .convert.mmaction import from_mmaction, is_mmaction
 from .convert.official import from_official
 from .convert.official import infer_config as official_config
 from .convert.vit import from_image_vit
+from .files import save_folder, write_json_atomic
 from .hub import TimeSformer
 from .model import TimeSformerConfig, get_config
 from .model import create_model as registry_create_model
@@ -493,64 +493,6 @@ _LEGACY_NATIVE_SAMPLING = dict(sampling="dense", sampling_rate=8, fps=30.0)
 
 
 # --- writing ----------------------------------------------------------------------------------------------
-def write_atomic(path: Path, write) -> None:
-    """Write ``path`` through ``write(tmp_path)``: a temp file in the same folder, fsynced, given the permissions of
-    an ordinary file (``0666 & ~umask``; the temp file's own are 0600), renamed into place, and the folder fsynced
-    so that the rename survives a power cut. A crash never leaves half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a folder's entries (a rename) durable; a no-op where folders can't be opened (Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    """The process's umask, read without changing it where Linux tells it."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def save_folder(folder, state: dict, config: dict) -> Path:
-    """``model.safetensors`` (``state``) and ``config.json`` (``config``) in ``folder``, each written atomically."""
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    write_atomic(folder / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    write_atomic(folder / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
-    return folder
-
-
 def save_pretrained(model: TimeSformer, folder: str | os.PathLike) -> Path:
     """Write ``model.safetensors`` + ``config.json`` (our format; ``load_pretrained`` reads it back)."""
     config = {"format": "timesformer", "version": 1, "config": dataclasses.asdict(model.config)}
@@ -574,7 +516,7 @@ def export_hf(model: TimeSformer, folder: str | os.PathLike) -> Path:
         "do_rescale": True,
         "rescale_factor": 1 / 255,
     }
-    write_atomic(folder / "preprocessor_config.json", lambda tmp: Path(tmp).write_text(json.dumps(pre, indent=2)))
+    write_json_atomic(folder / "preprocessor_config.json", pre)
     return folder
 
 

@@ -10,14 +10,17 @@ the new checkpoint or the previous good one (``<tag>`` or ``<tag>.old``), which 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 from pathlib import Path
 
 import torch
 
-from ..pretrained import fsync_dir, save_folder, write_atomic
+from ..files import fsync_dir, save_folder
+
+# engine.loop imports these two from here; they live in files, with the other writers
+from ..files import write_json_atomic as write_json_atomic
+from ..files import write_text_atomic as write_text_atomic
 
 
 def _fsync(path: Path):
@@ -52,14 +55,6 @@ def find_checkpoint(run_dir: Path, tag: str = "last") -> Path | None:
 
 def load_state(folder: Path) -> dict:
     return torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    write_atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
-
-
-def write_json_atomic(path: Path, data) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def rng_state(device: torch.device) -> dict:

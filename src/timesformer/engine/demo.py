@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from ..data import collate
 from ..data.synthetic import CLASSES, REVERSED_PAIRS
-from .checkpoint import write_json_atomic, write_text_atomic
+from ..files import write_json_atomic, write_text_atomic
 from .config import DataConfig, OptimConfig, RunConfig
 from .evaluate import predict_views
 from .loop import fit

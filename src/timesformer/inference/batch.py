@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..data import DecodeError
-from ..pretrained import write_atomic
+from ..files import write_atomic
 from .predict import Predictor, ViewDecoder, token_features
 
 log = logging.getLogger(__name__)

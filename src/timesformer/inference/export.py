@@ -61,7 +61,7 @@ def quantize_onnx(src: str | os.PathLike, out: str | os.PathLike) -> Path:
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError:
         raise ImportError("int8 ONNX needs onnxruntime: pip install 'timesformer[export]'") from None
-    from ..pretrained import write_atomic
+    from ..files import write_atomic
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ def write_preview(
         images = [_png_grid(tiles)]
     else:
         images = [_gif_frame(tiles, t, columns) for t in range(tiles[0][1].shape[0])]
-    from ..pretrained import write_atomic
+    from ..files import write_atomic
 
     out.parent.mkdir(parents=True, exist_ok=True)
     if kind == ".png":
