@@ -2,7 +2,8 @@
 
 ``timesformer.TimeSformer`` is the network of ``timesformer.model`` with ``huggingface_hub``'s ``ModelHubMixin``;
 the model package itself stays free of it (it imports only torch and einops). Every model the top-level API builds
-or loads (``create_model``, ``load_pretrained``) is one. The files are the native format's (``model.safetensors``
+or loads (``create_model``, ``load_pretrained`` here: ``pretrained``'s, promoted) is one. This module builds on the
+loader (``pretrained``), which knows nothing of it. The files are the native format's (``model.safetensors``
 and ``config.json``, which carries the labels, preprocessing and sampling protocol) plus a generated model card
 (``README.md``): the config, labels, preprocessing, and the evaluation results recorded beside the checkpoint
 (``report.json`` of ``timesformer eval``, or the best validation line of its run's ``metrics.jsonl``), which
@@ -12,11 +13,13 @@ travel on in ``evaluation.json``.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData, ModelHubMixin
 
 from . import model as network
+from . import pretrained as loader
 
 PAPER = "https://arxiv.org/abs/2102.05095"
 FILES = [
@@ -105,9 +108,7 @@ class TimeSformer(
         return model
 
     def _save_pretrained(self, save_directory: Path) -> None:
-        from .pretrained import save_pretrained
-
-        save_pretrained(self, save_directory)
+        loader.save_pretrained(self, save_directory)
         record = Path(save_directory) / "evaluation.json"  # read back as it is by from_pretrained (recorded_results)
         if self.evaluation:
             record.write_text(json.dumps(self.evaluation, indent=2) + "\n")
@@ -127,8 +128,6 @@ class TimeSformer(
         config=None,  # the mixin reads config.json too; load_pretrained reads it again, with the weights
         **overrides,
     ) -> TimeSformer:
-        from .pretrained import load_pretrained
-
         folder = Path(model_id)
         if not folder.is_dir():
             from huggingface_hub import snapshot_download
@@ -144,7 +143,7 @@ class TimeSformer(
                     allow_patterns=FILES,
                 )
             )
-        model = cls.promote(load_pretrained(folder, **overrides))
+        model = cls.promote(loader.load_pretrained(folder, **overrides))
         model.evaluation = recorded_results(folder)
         return model
 
@@ -190,6 +189,19 @@ class TimeSformer(
         card = dict(kwargs.pop("model_card_kwargs", None) or {})
         card.setdefault("repo_id", repo_id)
         return super().push_to_hub(repo_id, model_card_kwargs=card, **kwargs)
+
+
+def load_pretrained(
+    path: str | os.PathLike, format: str | None = None, entry: str | None = None, **overrides
+) -> TimeSformer:
+    """:func:`timesformer.pretrained.load_pretrained` (a folder, a file or a Hub id, in any format it reads), as a
+    hub model."""
+    return TimeSformer.promote(loader.load_pretrained(path, format, entry, **overrides))
+
+
+def create_model(name: str, pretrained: str | os.PathLike | None = None, **overrides) -> TimeSformer:
+    """:func:`timesformer.pretrained.create_model` (a preset; with ``pretrained``, its weights), as a hub model."""
+    return TimeSformer.promote(loader.create_model(name, pretrained, **overrides))
 
 
 def recorded_results(folder) -> dict | None:

@@ -11,6 +11,10 @@ Formats (``load_pretrained`` detects them):
 * ``lucidrains``: a ``timesformer-pytorch`` state dict.
 
 Nothing is unpickled beyond tensors and plain containers: safetensors, or ``torch.load(weights_only=True)``.
+
+The models built here are the network of ``timesformer.model``; the top-level ``timesformer.load_pretrained`` and
+``timesformer.create_model`` hand them out as ``timesformer.TimeSformer`` (``hub.py``: the Hub's methods added).
+Imports go one way: ``hub`` builds on this module, never the reverse.
 """
 
 from __future__ import annotations
@@ -33,8 +37,7 @@ from .convert.official import from_official
 from .convert.official import infer_config as official_config
 from .convert.vit import from_image_vit
 from .files import save_folder, write_json_atomic
-from .hub import TimeSformer
-from .model import TimeSformerConfig, get_config
+from .model import TimeSformer, TimeSformerConfig, get_config
 from .model import create_model as registry_create_model
 
 FORMATS = ("native", "hf", "official", "mmaction2", "lucidrains")
@@ -558,7 +561,7 @@ def create_model(name: str, pretrained: str | os.PathLike | None = None, **overr
     :func:`load_pretrained`.
     """
     if pretrained is None:
-        return TimeSformer.promote(registry_create_model(name, **overrides))
+        return registry_create_model(name, **overrides)
     preset = get_config(name)
     num_classes = overrides.pop("num_classes", None)
     model = load_pretrained(pretrained, **overrides)
