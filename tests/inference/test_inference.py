@@ -110,6 +110,8 @@ def test_timeline_covers_the_video(ckpt, videos, tmp_path, capsys):
     predictor = Predictor(tf.load_pretrained(ckpt / "named"))
     short = predictor.timeline(videos / "b.webm", window=5, stride=2)
     assert len(short["entries"]) == 1
+    with pytest.raises(ValueError, match="must be positive seconds"):  # the settings, before the file is opened
+        predictor.timeline(videos / "no-such.mp4", window=0, stride=1)
 
 
 def test_extract_feature_shapes(ckpt, videos, tmp_path, capsys):

@@ -64,6 +64,11 @@ def token_features(tokens: torch.Tensor, t: int) -> dict[str, torch.Tensor]:
     }
 
 
+def _check_window(window: float, stride: float):
+    if window <= 0 or stride <= 0:
+        raise ValueError(f"--window and --stride must be positive seconds; got {window}, {stride}")
+
+
 class ViewDecoder:
     """The test views of one video, without a model (so DataLoader workers can decode): ``(path, start, window) ->
     (views v t c S S, masks v t, why decoding stopped early or None)``."""
@@ -212,23 +217,36 @@ class Predictor:
 
     def timeline(self, path, *, window: float, stride: float, topk: int = 5) -> dict:
         """Predictions along the whole video: one per window of ``window`` seconds every ``stride`` seconds
-        (the last window ends at the video's end; a video shorter than one window gets one prediction)."""
-        if window <= 0 or stride <= 0:
-            raise ValueError(f"--window and --stride must be positive seconds; got {window}, {stride}")
+        (the last window ends at the video's end; a video shorter than one window gets one prediction).
+
+        The server runs the same steps with its own model call: :meth:`timeline_windows`, the views of each
+        window through the model, then :meth:`timeline_result`."""
+        _check_window(window, stride)  # before the file is opened: bad settings are not a bad file
         with open_video(path, frames_fps=self.spec.frames_fps) as reader:
             duration = reader.duration
-        entries = []
-        for start in clip_start_times(duration, window=window, stride=stride).tolist():
-            views, masks = self.views(path, start=start, window=window)
-            probs = self.outputs(views, masks).mean(0).softmax(-1)
-            entries.append(
-                {
-                    "start": start,
-                    "end": min(start + window, duration),
-                    "probs": probs.tolist(),
-                    "top": self.top(probs, topk),
-                }
-            )
+        windows = self.timeline_windows(duration, window=window, stride=stride)
+        probs = [
+            self.outputs(*self.views(path, start=start, window=window)).mean(0).softmax(-1) for start, _ in windows
+        ]
+        return self.timeline_result(path, duration, windows, probs, window=window, stride=stride, topk=topk)
+
+    def timeline_windows(self, duration: float, *, window: float, stride: float) -> list[tuple[float, float]]:
+        """``(start, end)`` seconds of a timeline's windows over a video of ``duration`` seconds. Nothing is decoded,
+        so a caller can bound the count before any work; decode window ``k`` with ``views(path, start, window)``."""
+        _check_window(window, stride)
+        starts = clip_start_times(duration, window=window, stride=stride).tolist()
+        return [(start, min(start + window, duration)) for start in starts]
+
+    def timeline_result(
+        self, path, duration: float, windows, probs, *, window: float, stride: float, topk: int = 5
+    ) -> dict:
+        """A timeline from its windows (:meth:`timeline_windows`) and their class probabilities (``classes`` each,
+        views averaged): ``{"path", "duration", "window", "stride", "entries", "classes"}``, each entry
+        ``{"start", "end", "probs", "top"}``, and ``"partial"`` for a file that decoded only partly."""
+        entries = [
+            {"start": start, "end": end, "probs": p.tolist(), "top": self.top(p, topk)}
+            for (start, end), p in zip(windows, probs, strict=True)
+        ]
         out = {
             "path": str(path),
             "duration": duration,
