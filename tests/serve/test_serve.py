@@ -66,16 +66,43 @@ def test_predictions_equal_the_predictors(model, videos, uploads):
         assert body["labels"] == [t["class"] for t in ref]
         assert body["scores"] == pytest.approx([t["prob"] for t in ref], abs=1e-5)
         assert body["duration"] == pytest.approx(3.0, abs=0.05) and body["latency_ms"] > 0
-        # other views, a timeline, and a video shorter than one clip
+        # other views, and a video shorter than one clip
         multi = post(client, videos / "a.mp4", views="2x3").json()
         assert multi["scores"][0] == pytest.approx(
             predictor.with_views(2, 3).predict(videos / "a.mp4")["top"][0]["prob"], abs=1e-5
         )
-        timeline = post(client, videos / "a.mp4", window=1, stride=1, topk=2).json()["timeline"]
-        assert [(e["start"], e["end"]) for e in timeline] == [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0)]
-        ref_tl = predictor.timeline(videos / "a.mp4", window=1, stride=1, topk=2)["entries"]
-        assert [e["top"][0]["prob"] for e in timeline] == pytest.approx([e["top"][0]["prob"] for e in ref_tl], abs=1e-5)
         assert post(client, videos / "short.mp4").status_code == 200
+
+
+def test_the_timeline_is_the_predictors(model, videos, uploads):
+    """A window asked for: Predictor.timeline's windows and probabilities (its model calls through the batcher),
+    here with a last window that ends at the video's end, off the stride; the top-k average the windows'."""
+    ref = Predictor(model).timeline(videos / "a.mp4", window=1, stride=0.75, topk=3)["entries"]
+    with TestClient(create_app(Predictor(model))) as client:
+        body = post(client, videos / "a.mp4", window=1, stride=0.75, topk=3).json()
+    timeline = body["timeline"]
+    assert [sorted(e) for e in timeline] == [["end", "start", "top"]] * len(timeline)  # the documented answer
+    assert [(e["start"], e["end"]) for e in timeline] == [(e["start"], e["end"]) for e in ref]
+    assert [e["start"] for e in timeline] == [0.0, 0.75, 1.5, pytest.approx(ref[-1]["end"] - 1)]
+    by_class = [t["prob"] for e in timeline for t in sorted(e["top"], key=lambda t: t["index"])]  # 3 classes: all
+    assert by_class == pytest.approx([p for e in ref for p in e["probs"]], abs=1e-5)
+    mean = torch.tensor([e["probs"] for e in ref]).mean(0)
+    assert body["scores"] == pytest.approx(sorted(mean.tolist(), reverse=True), abs=1e-5)
+
+
+def test_too_many_windows_is_a_422_before_anything_is_decoded(model, videos, uploads, monkeypatch):
+    from timesformer.serve import predict_routes
+
+    def never(*args, **kwargs):
+        raise AssertionError("a window was decoded before the window count was checked")
+
+    predictor = Predictor(model)
+    monkeypatch.setattr(predictor, "views", never)
+    monkeypatch.setattr(predict_routes, "MAX_WINDOWS", 2)
+    with TestClient(create_app(predictor, warmup=False)) as client:
+        response = post(client, videos / "a.mp4", window=1, stride=1)
+    assert response.status_code == 422
+    assert "makes 3 windows of this 3 s video; at most 2" in response.json()["error"]
 
 
 @pytest.mark.parametrize(

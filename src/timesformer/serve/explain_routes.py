@@ -1,0 +1,85 @@
+"""``POST /v1/explain``: attention rollout of the upload's centre clip, with the PNG grid and the GIF as data URLs.
+
+It runs the fp32 model the app was given (the predictor's copy may be bf16 or int8), one rollout at a time: each is
+a full forward of its own, and pyplot is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+
+from ..data import ClipSpec, DecodeError
+from .errors import BadRequest, hide_path
+from .state import Server, ServerState
+from .uploads import read_form, save_upload, video_duration
+
+router = APIRouter()
+
+
+@router.post("/v1/explain")
+async def explain(request: Request, state: Server):
+    """Attention rollout of the centre clip: per-frame maps and importance, with the PNG grid and the GIF."""
+    if state.model is None:
+        raise BadRequest(404, "this server was started without the fp32 model that explanations need")
+    start = time.perf_counter()
+    max_mb = state.settings.max_upload_mb
+    form, upload = await read_form(request, max_mb)
+    try:
+        if state.explaining >= state.settings.queue_size:  # running or waiting their turn
+            raise BadRequest(503, "the server is busy explaining; retry shortly", {"Retry-After": "5"})
+        state.explaining += 1
+        try:
+            async with state.explain_lock:
+                with tempfile.TemporaryDirectory(prefix="timesformer-upload-") as tmp:
+                    body = await explain_file(state, await save_upload(upload, tmp, max_mb), tmp)
+        finally:
+            state.explaining -= 1
+    finally:
+        await form.close()
+    return {**body, "latency_ms": round((time.perf_counter() - start) * 1000, 1)}
+
+
+async def explain_file(state: ServerState, path: str, tmp: str) -> dict:
+    """The rollout of the video at ``path`` as the response body; its images are written to ``tmp`` first."""
+    from ..inference.explain import explain_video
+    from ..viz import plot_explanation
+
+    await asyncio.to_thread(video_duration, path)  # a 400 naming why, before any work, for a file that is no video
+    model, predictor = state.model, state.predictor
+    spec = ClipSpec(
+        num_frames=model.config.num_frames,
+        sampling=predictor.spec.sampling,
+        sampling_rate=predictor.spec.sampling_rate,
+        fps=predictor.spec.fps,
+    )
+    try:
+        result = await asyncio.to_thread(explain_video, model, path, spec)
+    except DecodeError as err:
+        raise BadRequest(400, f"the upload is not a readable video: {hide_path(err, path)}") from None
+    png, gif = os.path.join(tmp, "explain.png"), os.path.join(tmp, "explain.gif")
+    await asyncio.to_thread(
+        plot_explanation,
+        result["frames"],
+        result["maps"],
+        result["frame_importance"],
+        png,
+        gif,
+        f"predicted {result['predicted']}",
+    )
+    images = {
+        kind: f"data:image/{kind};base64," + base64.b64encode(Path(f).read_bytes()).decode()
+        for kind, f in (("png", png), ("gif", gif))
+    }
+    return {
+        "predicted": result["predicted"],
+        "frame_importance": result["frame_importance"].tolist(),
+        "maps": result["maps"].tolist(),
+        **images,
+    }

@@ -1,0 +1,81 @@
+"""The uploaded video: the multipart form within the size limit, its temporary copy, its duration and its views.
+
+Callers keep the copy in a ``tempfile.TemporaryDirectory`` and close the form, so nothing is left on disk on success
+or on error. Reading the copy (duration, decoding) is blocking: it runs in worker threads, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from fastapi import Request
+
+from ..data import DecodeError, open_video
+from ..inference import Predictor
+from .errors import BadRequest, hide_path
+
+
+async def read_form(request: Request, max_mb: float):
+    """The request's form and its ``file`` upload; 413 when the declared length is over ``max_mb`` MiB already."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > int(max_mb * 2**20) + 2**16:
+        raise BadRequest(413, f"the upload ({int(length) / 2**20:.1f} MiB) is over the {max_mb:g} MiB limit")
+    try:
+        form = await request.form(max_files=1, max_fields=16)
+    except Exception as err:  # not multipart, a broken body
+        raise BadRequest(400, f"expected a multipart/form-data body with a 'file' field ({err})") from None
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        await form.close()
+        raise BadRequest(422, "the 'file' field (a video upload) is missing")
+    return form, upload
+
+
+async def save_upload(upload, folder: str, max_mb: float) -> str:
+    """Copy ``upload`` into ``folder``; the copy's path. 413 past ``max_mb`` MiB, 400 when empty."""
+    suffix = "".join(c for c in Path(upload.filename or "").suffix[:16] if c.isalnum() or c == ".")
+    path = os.path.join(folder, "upload" + suffix)  # the extension helps the demuxer; nothing else of the name
+    size = await asyncio.to_thread(_copy, upload.file, path, int(max_mb * 2**20))
+    if size is None:
+        raise BadRequest(413, f"the upload is over the {max_mb:g} MiB limit")
+    if size == 0:
+        raise BadRequest(400, "the upload is empty")
+    return path
+
+
+def video_duration(path: str) -> float:
+    """The upload's duration in seconds, or a 400 naming why it is not a video (blocking: call it in a thread)."""
+    try:
+        with open_video(path) as reader:
+            return reader.duration
+    except DecodeError as err:
+        raise BadRequest(400, f"the upload is not a readable video: {hide_path(err, path)}") from None
+
+
+async def decode_views(predictor: Predictor, path: str, start: float | None = None, window: float | None = None):
+    """``predictor.views`` of the upload (or of ``[start, start + window)``) in a worker thread: ``(v t c S S, v t)``.
+    A file that is not a video, or decodes only partly, is a 400."""
+    try:
+        views, masks = await asyncio.to_thread(predictor.views, path, start, window)
+    except DecodeError as err:
+        raise BadRequest(400, f"the upload is not a readable video: {hide_path(err, path)}") from None
+    reason = predictor.partial.pop(path, None)
+    if reason is not None:
+        raise BadRequest(400, f"the upload is a truncated or damaged video: {hide_path(reason, path)}")
+    return views, masks
+
+
+def _copy(source, path: str, limit: int) -> int | None:
+    """Copy an upload to ``path``; its size, or None past ``limit`` bytes (the partial copy is left for the
+    temporary folder to remove)."""
+    source.seek(0)
+    size = 0
+    with open(path, "wb") as out:
+        while chunk := source.read(1 << 20):
+            size += len(chunk)
+            if size > limit:
+                return None
+            out.write(chunk)
+    return size
