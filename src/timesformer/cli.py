@@ -121,15 +121,7 @@ def cmd_eval(args) -> int:
     device = _device(args.device, args.precision)
     if args.precision == "int8" and device.type != "cpu":
         raise ValueError(f"--precision int8 runs on the cpu; got --device {args.device} (use bf16 on the GPU)")
-    spec = ClipSpec(
-        num_frames=cfg.num_frames,
-        **_sampling(args, cfg),
-        crop_size=cfg.image_size,
-        num_clips=clips,
-        num_crops=crops,
-        mean=cfg.mean,
-        std=cfg.std,
-    )
+    spec = ClipSpec.from_config(cfg, clips=clips, crops=crops, **_sampling(args))
     data_path = Path(args.data)
     labels = list(cfg.labels) if cfg.labels else None  # the checkpoint's class order: the data is labelled by name
     data = (
@@ -487,7 +479,7 @@ def cmd_explain(args) -> int:
     base = _output_bases([args.video], Path(args.out))[str(args.video)]
     target = _output(base, ".explain.json", args.video, lambda f: json.loads(f.read_text())["source"])
     cfg = model.config
-    spec = ClipSpec(num_frames=cfg.num_frames, **_sampling(args, cfg))
+    spec = ClipSpec.from_config(cfg, **_sampling(args))
     result = explain_video(model, args.video, spec)
     name = result["predicted"]
     plot_explanation(
@@ -788,7 +780,7 @@ def _predictor(args, model, device=None):
         model,
         clips=clips,
         crops=crops,
-        **_sampling(args, model.config),
+        **_sampling(args),
         device=device if device is not None else _device(args.device, args.precision),
         precision=args.precision,
         compile=args.compile,
@@ -838,13 +830,9 @@ def _fast_options(parser):
     )
 
 
-def _sampling(args, cfg) -> dict:
-    """The clip sampling to run a model with: what the command line says, else what the checkpoint records."""
-    return dict(
-        sampling=args.sampling or cfg.sampling,
-        sampling_rate=args.sampling_rate or cfg.sampling_rate,
-        fps=args.fps or cfg.fps,
-    )
+def _sampling(args) -> dict:
+    """The clip sampling the command line sets (None: what the checkpoint records)."""
+    return dict(sampling=args.sampling, sampling_rate=args.sampling_rate, fps=args.fps)
 
 
 def build_parser() -> argparse.ArgumentParser:

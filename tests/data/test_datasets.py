@@ -130,3 +130,18 @@ def test_empty_folder_error(tmp_path):
     (tmp_path / "cls").mkdir()
     with pytest.raises(ValueError, match="no videos found"):
         VideoFolder(tmp_path)
+
+
+def test_clip_spec_from_a_model_config_takes_its_frames_crop_normalisation_and_protocol():
+    """The one place a model's config becomes test views (eval, predict, explain and the server all use it)."""
+    import timesformer as tf
+    from timesformer.inference import Predictor
+
+    cfg = tf.get_config("timesformer_tiny", image_size=48, num_frames=6, sampling="segment", mean=(0.5,) * 3)
+    spec = ClipSpec.from_config(cfg, clips=2, crops=3)
+    assert (spec.num_frames, spec.crop_size, spec.num_clips, spec.num_crops) == (6, 48, 2, 3)
+    assert (spec.sampling, spec.sampling_rate, spec.fps) == ("segment", cfg.sampling_rate, cfg.fps)
+    assert (spec.mean, spec.std) == ((0.5,) * 3, cfg.std)
+    told = ClipSpec.from_config(cfg, sampling="dense", sampling_rate=4, fps=12.5)
+    assert (told.sampling, told.sampling_rate, told.fps, told.num_clips, told.num_crops) == ("dense", 4, 12.5, 1, 1)
+    assert Predictor(tf.model.TimeSformer(cfg), clips=2, crops=3).spec == spec  # predict and the server

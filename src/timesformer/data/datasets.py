@@ -55,6 +55,32 @@ class ClipSpec:
     std: tuple = OFFICIAL_STD
     frames_fps: float = 30.0  # the rate frame folders are shown at
 
+    @classmethod
+    def from_config(
+        cls,
+        cfg,
+        *,
+        clips: int = 1,
+        crops: int = 1,
+        sampling: str | None = None,
+        sampling_rate: int | None = None,
+        fps: float | None = None,
+    ) -> ClipSpec:
+        """The test views a model takes: its config's frames, image size (the crop), mean/std and sampling protocol,
+        with ``clips`` x ``crops`` views; ``sampling``, ``sampling_rate`` and ``fps`` replace the protocol's where
+        given. ``cfg``: a ``TimeSformerConfig``, or anything with its fields (data never imports the model)."""
+        return cls(
+            num_frames=cfg.num_frames,
+            sampling=sampling or cfg.sampling,
+            sampling_rate=sampling_rate or cfg.sampling_rate,
+            fps=fps or cfg.fps,
+            crop_size=cfg.image_size,
+            num_clips=clips,
+            num_crops=crops,
+            mean=tuple(cfg.mean),
+            std=tuple(cfg.std),
+        )
+
     def __post_init__(self):
         if self.sampling not in ("dense", "segment"):
             raise ValueError(f"sampling must be 'dense' or 'segment'; got {self.sampling!r}")

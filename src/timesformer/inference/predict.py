@@ -123,16 +123,8 @@ class Predictor:
         cfg = model.config
         self.model = optimize(model, precision=precision, compile=compile, device=device)
         self.device, self.precision = torch.device(device), precision
-        self.spec = ClipSpec(
-            num_frames=cfg.num_frames,
-            sampling=sampling or cfg.sampling,
-            sampling_rate=sampling_rate or cfg.sampling_rate,
-            fps=fps or cfg.fps,
-            crop_size=cfg.image_size,
-            num_clips=clips,
-            num_crops=crops,
-            mean=cfg.mean,
-            std=cfg.std,
+        self.spec = ClipSpec.from_config(
+            cfg, clips=clips, crops=crops, sampling=sampling, sampling_rate=sampling_rate, fps=fps
         )
         self.decoder = ViewDecoder(self.spec)
         self.labels = list(cfg.labels) if cfg.labels else None
