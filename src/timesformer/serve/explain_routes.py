@@ -52,12 +52,9 @@ async def explain_file(state: ServerState, path: str, tmp: str) -> dict:
     from ..viz import plot_explanation
 
     await asyncio.to_thread(video_duration, path)  # a 400 naming why, before any work, for a file that is no video
-    model, predictor = state.model, state.predictor
-    spec = ClipSpec(
-        num_frames=model.config.num_frames,
-        sampling=predictor.spec.sampling,
-        sampling_rate=predictor.spec.sampling_rate,
-        fps=predictor.spec.fps,
+    model, served = state.model, state.predictor.spec  # the fp32 model's clip, sampled as the predictor's are
+    spec = ClipSpec.from_config(
+        model.config, sampling=served.sampling, sampling_rate=served.sampling_rate, fps=served.fps
     )
     try:
         result = await asyncio.to_thread(explain_video, model, path, spec)
