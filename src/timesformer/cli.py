@@ -301,63 +301,10 @@ def _sharded(args, task: str, model) -> int:
     return 0 if summary.ok + summary.partial else 2
 
 
-def _output_bases(paths, out) -> dict:
-    """Where each input's outputs go (``out / name``, suffixes appended): the file's stem; where two inputs share a
-    stem, its path relative to their common folder (``out/a/x.mp4``, ``out/b/x.mp4``), so no output overwrites
-    another."""
-    import os
-    from pathlib import Path
-
-    stems = [Path(p).stem for p in paths]
-    if len(set(stems)) == len(stems):
-        return {str(p): Path(out) / Path(p).stem for p in paths}
-    resolved = [Path(p).resolve() for p in paths]
-    root = Path(os.path.commonpath([str(r.parent) for r in resolved]))
-    return {str(p): Path(out) / r.relative_to(root) for p, r in zip(paths, resolved)}
-
-
-def _output(base, suffix: str, video=None, recorded_video=None):
-    """``base`` + ``suffix``, its folder created. With ``video`` and ``recorded_video(file)`` (the absolute path an
-    output records of its video): an existing file written for another video (an earlier run on a file of the same
-    name) is an error naming both."""
-    from pathlib import Path
-
-    path = base.with_name(base.name + suffix)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if video is not None and path.exists():
-        try:
-            earlier = recorded_video(path)
-        except (OSError, ValueError, KeyError):
-            earlier = None
-        if earlier is not None and Path(earlier) != Path(video).resolve():
-            raise ValueError(
-                f"{path} holds the output for {earlier}; {video} has the same name and would "
-                f"overwrite it: give another --out"
-            )
-    return path
-
-
-def _save_npy(path, array):
-    import numpy as np
-
-    with open(path, "wb") as f:  # a file object: np.save would add ".npy" to a name
-        np.save(f, array)
-
-
-def _safetensors_video(path):
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        return (f.metadata() or {}).get("video")
-
-
 def cmd_predict(args) -> int:
     import json
-    from pathlib import Path
 
-    from .data import DecodeError
-    from .files import write_json_atomic
-    from .viz import plot_timeline
+    from .inference.outputs import predict_files
 
     fmt = _output_format(args, "json" if args.json else "table")
     model = _load_for_inference(args)
@@ -366,32 +313,16 @@ def cmd_predict(args) -> int:
     predictor = _predictor(args, model)
     paths = _inputs(args)
     _calibrate(predictor, paths, args)
-    bases = _output_bases(paths, Path(args.out or "."))
     bar = progress_bar(len(paths), "predict")
-    failed, results = [], []
-    for k, path in enumerate(paths):
-        try:
-            if args.window:
-                target = _output(
-                    bases[str(path)], ".timeline.json", path, lambda f: json.loads(f.read_text())["source"]
-                )
-                tl = predictor.timeline(path, window=args.window, stride=args.stride or args.window, topk=args.topk)
-                write_json_atomic(target, {**tl, "source": str(Path(path).resolve())})
-                plot_timeline(tl, _output(bases[str(path)], ".timeline.png"), top=args.topk)
-                results.append(
-                    {
-                        "path": str(path),
-                        "windows": len(tl["entries"]),
-                        "duration": tl["duration"],
-                        "timeline": str(target),
-                        **({"partial": tl["partial"]} if "partial" in tl else {}),
-                    }
-                )
-            else:
-                results.append(predictor.predict(path, topk=args.topk))
-        except DecodeError as err:
-            failed.append((str(path), str(err)))
-        bar.advance(k + 1)
+    results, failed = predict_files(
+        predictor,
+        paths,
+        topk=args.topk,
+        window=args.window,
+        stride=args.stride,
+        out=args.out or ".",
+        progress=bar.advance,
+    )
     bar.close()
     for r in results:
         if fmt == "json":
@@ -411,55 +342,24 @@ def cmd_predict(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from pathlib import Path
-
-    from .data import DecodeError
-    from .files import write_atomic
+    from .inference.outputs import extract_files
 
     fmt = _output_format(args, "npy")
     model = _load_for_inference(args)
     if fmt == "shards":
         return _sharded(args, "extract", model)
     predictor = _predictor(args, model)
-    out = Path(args.out)
     paths = _inputs(args)
     _calibrate(predictor, paths, args)
-    bases = _output_bases(paths, out)
     bar = progress_bar(len(paths), "extract")
-    written = 0
-    for k, path in enumerate(paths):
-        if fmt == "npy":  # the pooled file names its video in a sidecar: .npy holds no metadata
-            targets = {kind: _output(bases[str(path)], f".{kind}.npy") for kind in ["pooled"] + args.tokens}
-            _output(bases[str(path)], ".source.txt", path, lambda f: f.read_text().strip())
-        else:
-            target = _output(bases[str(path)], ".safetensors", path, _safetensors_video)
-        try:
-            feats = {kind: predictor.features(path, kind) for kind in ["pooled"] + args.tokens}
-        except DecodeError as err:
-            print(f"\nskipped {_naming(path, err)}", file=sys.stderr)
-            continue
-        if fmt == "npy":
-            for kind, tensor in feats.items():
-                write_atomic(targets[kind], lambda tmp, a=tensor.numpy(): _save_npy(tmp, a))
-            write_atomic(
-                _output(bases[str(path)], ".source.txt"), lambda tmp: Path(tmp).write_text(f"{Path(path).resolve()}\n")
-            )
-        else:
-            from safetensors.torch import save_file
-
-            write_atomic(
-                target,
-                lambda tmp: save_file(
-                    {kind: t.contiguous() for kind, t in feats.items()},
-                    tmp,
-                    metadata={"video": str(Path(path).resolve())},
-                ),
-            )
-        written += 1
-        bar.advance(k + 1)
+    written, failed = extract_files(
+        predictor, paths, args.out, kinds=["pooled", *args.tokens], format=fmt, progress=bar.advance
+    )
     bar.close()
+    for path, err in failed:
+        print(f"skipped {_naming(path, err)}", file=sys.stderr)
     print(
-        f"features of {written} video(s) in {out} (pooled: {model.config.dim} values"
+        f"features of {written} video(s) in {args.out} (pooled: {model.config.dim} values"
         + "".join(f"; {kind}" for kind in args.tokens)
         + ")"
     )
@@ -467,41 +367,11 @@ def cmd_extract(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    import json
-    from pathlib import Path
-
-    from .data import ClipSpec
-    from .files import write_json_atomic
-    from .inference.explain import explain_video
-    from .viz import plot_explanation
+    from .inference.outputs import explain_file
 
     model = _load_for_inference(args)
-    base = _output_bases([args.video], Path(args.out))[str(args.video)]
-    target = _output(base, ".explain.json", args.video, lambda f: json.loads(f.read_text())["source"])
-    cfg = model.config
-    spec = ClipSpec.from_config(cfg, **_sampling(args))
-    result = explain_video(model, args.video, spec)
-    name = result["predicted"]
-    plot_explanation(
-        result["frames"],
-        result["maps"],
-        result["frame_importance"],
-        _output(base, ".explain.png"),
-        _output(base, ".explain.gif"),
-        title=f"{Path(args.video).name}: predicted {name}",
-    )
-    write_json_atomic(
-        target,
-        {
-            "video": str(args.video),
-            "source": str(Path(args.video).resolve()),
-            "sampling": {k: getattr(spec, k) for k in ("sampling", "sampling_rate", "fps")},
-            "predicted": name,
-            "frame_importance": result["frame_importance"].tolist(),
-            "maps": result["maps"].tolist(),
-        },
-    )
-    print(f"predicted {name}; attention rollout -> {_output(base, '.explain.png')}, .gif, .json")
+    written = explain_file(model, args.video, args.out, **_sampling(args))
+    print(f"predicted {written['predicted']}; attention rollout -> {written['png']}, .gif, .json")
     return 0
 
 

@@ -156,6 +156,30 @@ def test_extract_feature_shapes(ckpt, videos, tmp_path, capsys):
     assert load_file(str(tmp_path / "b.safetensors"))["pooled"].shape == (32,)
 
 
+def test_extract_decodes_each_file_and_runs_the_model_once_for_every_token_kind(ckpt, videos, tmp_path, monkeypatch):
+    """``extract --tokens frames patches``: one decode and one model call per video (they were one per kind), and
+    the same features as one ``Predictor.features`` call per kind."""
+    from timesformer.inference import predict
+
+    decoded, calls = [], []
+    decode, outputs = predict.ViewDecoder.__call__, predict.Predictor.outputs
+    monkeypatch.setattr(
+        predict.ViewDecoder, "__call__", lambda self, path, *a: decoded.append(path) or decode(self, path, *a)
+    )
+    monkeypatch.setattr(predict.Predictor, "outputs", lambda self, *a, **k: calls.append(1) or outputs(self, *a, **k))
+    files = [videos / "a.mp4", videos / "b.webm"]
+    args = ["--checkpoint", str(ckpt / "named"), "--out", str(tmp_path), "--tokens", "frames", "patches"]
+    assert main(["extract", *map(str, files), *args]) == 0
+    assert [str(p) for p in decoded] == [str(f) for f in files] and len(calls) == 2
+    import numpy as np
+
+    predictor = Predictor(tf.load_pretrained(ckpt / "named"))
+    for f in files:
+        for kind in ("pooled", "frames", "patches"):
+            expected = predictor.features(f, kind).numpy()
+            np.testing.assert_allclose(np.load(tmp_path / f"{f.stem}.{kind}.npy"), expected, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "overrides",
     [

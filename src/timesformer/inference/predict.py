@@ -53,6 +53,9 @@ def parse_views(text: str, option: str = "--views", max_clips: int | None = None
     return clips, crops
 
 
+FEATURE_KINDS = ("pooled", "frames", "patches")
+
+
 def token_features(tokens: torch.Tensor, t: int) -> dict[str, torch.Tensor]:
     """One video's normed tokens ``(1 + t*n) d`` (``forward_tokens``, views averaged) as its features: ``pooled: d``
     (the pooled cls token, what ``forward_features`` gives), ``frames: t d`` (patch tokens averaged per frame) and
@@ -252,9 +255,17 @@ class Predictor:
     def features(self, path, kind: str = "pooled") -> torch.Tensor:
         """Embeddings of one video (views averaged): ``pooled: d``; ``frames: t d`` (patch tokens averaged per
         frame); ``patches: (1 + t*n) d`` (all normed tokens, cls first, then frame by frame)."""
+        return self.features_all(path, (kind,))[kind]
+
+    def features_all(self, path, kinds=FEATURE_KINDS) -> dict[str, torch.Tensor]:
+        """Several kinds of :meth:`features` of one video from one decode and one model call: ``{kind: tensor}`` in
+        the order of ``kinds``. ``pooled`` alone takes ``forward_features``; any token kind, ``forward_tokens``, whose
+        cls token is the pooled one."""
+        unknown = [kind for kind in kinds if kind not in FEATURE_KINDS]
+        if unknown or not kinds:
+            raise ValueError(f"features kinds must be among {FEATURE_KINDS}; got {tuple(kinds)}")
         views, masks = self.views(path)
-        if kind == "pooled":
-            return self.outputs(views, masks, "pooled").mean(0)
-        if kind not in ("frames", "patches"):
-            raise ValueError(f"features kind must be pooled, frames or patches; got {kind!r}")
-        return token_features(self.outputs(views, masks, "tokens").mean(0), views.shape[1])[kind]
+        if set(kinds) == {"pooled"}:
+            return {"pooled": self.outputs(views, masks, "pooled").mean(0)}
+        found = token_features(self.outputs(views, masks, "tokens").mean(0), views.shape[1])
+        return {kind: found[kind] for kind in kinds}
