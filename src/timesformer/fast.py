@@ -32,6 +32,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from .fused import fold_stage_fc, fuse, unfuse
 from .model import TimeSformer
 
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -186,6 +187,7 @@ class OptimizedTimeSformer(nn.Module):
         self._dynamic = None  # int8-static's fallback: the dynamically quantized copy, made when first needed
         self._entries = {}  # key -> callable (compiled, or eager after a failed compile)
         self._compiled = set()  # keys whose callable is compiled
+        self._ran = set()  # (key, input shapes) that ran compiled once: a later exception there is no compile failure
 
     def calibrate(self, clips: torch.Tensor | Iterable[torch.Tensor]):
         """Clips ``b t c H W`` (a tensor or a list of batches) whose activation ranges set the int8 scales of every
@@ -262,14 +264,19 @@ class OptimizedTimeSformer(nn.Module):
             autocast = (
                 torch.autocast("cpu", torch.bfloat16) if self.method == "int8-static" else contextlib.nullcontext()
             )
+            seen = (key, tuple(video.shape), None if mask is None else tuple(mask.shape))
             try:  # a call with a new shape (re)compiles; freezing: the weights become constants inductor folds and
                 # pre-packs (the global setting: compile's options={"freezing": True} skips the int8 lowering)
                 with autocast, torch._inductor.config.patch(freezing=True), warnings.catch_warnings():
                     warnings.filterwarnings("ignore", "To copy construct from a tensor")  # inside inductor's int8
-                    return fn(*args).float()
+                    out = fn(*args).float()
+                self._ran.add(seen)
+                return out
             except torch.OutOfMemoryError:
                 raise  # not a compiler failure: eager would need the memory too
             except Exception as err:  # inductor fails in many ways; eager always works
+                if seen in self._ran:  # this shape compiled and ran before: a real error, not a failed compile
+                    raise
                 self._warn(name, "torch.compile", err)
                 self._entries[key] = self._eager(name)
                 self._compiled.discard(key)
@@ -346,11 +353,12 @@ def optimize(
                 stacklevel=2,
             )
     fast = copy.deepcopy(model).eval().requires_grad_(False).to(device)
+    unfuse(fast)  # from the reference modules: a model fused for training folds for good here
     if method == "int8-dynamic":  # unfolded: the two maps quantize with less drift than their product (measured)
         fast = _quantize_dynamic(fast)
     else:
-        for block in fast.blocks:
-            block.fold_stage_fc()
+        fold_stage_fc(fast)
+    fuse(fast, mlp=False, fold=False, quiet=True)  # the attention kernel measured fastest for inference
     if precision == "bf16":
         fast = fast.to(torch.bfloat16)
     out = OptimizedTimeSformer(fast, precision, compile, method, _clips(calibration))

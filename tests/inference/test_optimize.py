@@ -9,6 +9,7 @@ import torch
 
 import timesformer as tf
 from timesformer.fast import PRECISIONS
+from timesformer.fused import fold_stage_fc
 
 from ..conftest import small_model
 
@@ -62,9 +63,7 @@ def test_optimize_matches_eager_within_its_tolerance(precision, scheme):
 @pytest.mark.parametrize("scheme", ["divided", "axial", "sparse"])
 def test_folding_each_stage_fc_into_its_projection_is_exact(scheme):
     model = small_model(attention=scheme)
-    folded = copy.deepcopy(model)
-    for block in folded.blocks:
-        block.fold_stage_fc()
+    folded = fold_stage_fc(copy.deepcopy(model))
     assert not any("_fc" in name for name, _ in folded.named_parameters())
     with torch.no_grad():
         torch.testing.assert_close(folded(VIDEO, MASK), model(VIDEO, MASK), atol=1e-5, rtol=1e-5)

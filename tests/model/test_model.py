@@ -142,18 +142,22 @@ def test_api_helpers():
 
 @pytest.mark.parametrize("autocast", [False, True])
 def test_fused_gelu_linear_matches_autograd(autocast):
-    """The memory-saving GELU+fc2 function gives autograd's gradients (fp32 exactly, bf16 autocast closely)."""
+    """The memory-saving GELU+fc2 function (the speed layer's FusedMlp) gives autograd's gradients (fp32 exactly,
+    bf16 autocast closely), on the same parameters."""
+    from timesformer.fused import FusedMlp
     from timesformer.model.layers import Mlp
 
     torch.manual_seed(0)
     mlp = Mlp(dim=16, hidden=64)
+    fused_mlp = FusedMlp.adopt(mlp)
+    assert dict(fused_mlp.named_parameters()) == dict(mlp.named_parameters())
     x = torch.randn(3, 5, 16, requires_grad=True)
     results = []
     for fused in (True, False):
         mlp.zero_grad()
         x.grad = None
         with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
-            out = mlp(x) if fused else mlp.fc2(torch.nn.functional.gelu(mlp.fc1(x)))
+            out = fused_mlp(x) if fused else mlp.fc2(torch.nn.functional.gelu(mlp.fc1(x)))
         out.float().square().sum().backward()
         results.append((out.float(), x.grad.clone(), mlp.fc2.weight.grad.clone(), mlp.fc1.weight.grad.clone()))
     tol = dict(atol=5e-2, rtol=5e-2) if autocast else dict(atol=1e-5, rtol=1e-5)

@@ -55,6 +55,9 @@ class OptimConfig:
     precision: str = "bf16"  # fp32 | bf16 (autocast, CPU and GPU) | fp16 (CUDA, grad scaler)
     grad_checkpointing: bool = False
     compile: bool = False  # torch.compile (inductor) the training forward and backward; eager if it fails
+    # the speed layer (timesformer.fused): fused GELU+fc2 backward, temporal_fc folded into proj, the fastest
+    # attention kernel; exact, and only on plain nn.Linear modules (a hook or wrapper keeps its module reference)
+    fused: bool = True
     ema_decay: float = 0.0  # 0 = no EMA of weights
     seed: int = 0
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda

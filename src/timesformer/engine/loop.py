@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from ..data import ClipSpec, SyntheticMotion, VideoFolder, VideoList, bad_files_report, collate
+from ..fused import fuse
 from ..model import TimeSformer, create_model, get_config
 from . import distributed as distr
 from .checkpoint import (
@@ -92,6 +93,7 @@ class Run:
     started: float = field(default_factory=time.time)
     board: object = None  # a TensorBoard writer, when installed (rank 0)
     eager_model: torch.nn.Module | None = None  # with optim.compile: ``train_model`` before compiling
+    compiled_shapes: set = field(default_factory=set)  # input shapes whose compiled forward has run
 
     @property
     def total_steps(self) -> int:
@@ -192,6 +194,8 @@ def build_run(
 
     model = model.to(device)
     model.set_grad_checkpointing(o.grad_checkpointing)
+    if o.fused:  # the same parameters (state-dict keys, optimizer state): only how the hot spots compute changes
+        fuse(model, quiet=not d.main)
     per_rank = o.batch_size // d.world
     batches = len(train_set) // o.batch_size // o.accum_steps * o.accum_steps  # whole steps only
     if batches == 0:
@@ -481,11 +485,16 @@ def _train_forward(run: Run, video: torch.Tensor, mask: torch.Tensor | None) -> 
     warning says why and training goes on eagerly."""
     if run.eager_model is None or run.train_model is run.eager_model:
         return run.train_model(video, mask)
+    shapes = (tuple(video.shape), None if mask is None else tuple(mask.shape))
     try:
-        return run.train_model(video, mask)
+        logits = run.train_model(video, mask)
+        run.compiled_shapes.add(shapes)
+        return logits
     except torch.OutOfMemoryError:
         raise  # eager would need the memory too
     except Exception as err:  # inductor fails in many ways; nothing ran, so the micro-batch runs again eagerly
+        if shapes in run.compiled_shapes:  # compiled and ran at this shape before: a real error, not the compiler
+            raise
         warnings.warn(
             f"optim.compile: torch.compile failed ({type(err).__name__}: "
             f"{str(err).strip().splitlines()[0][:200]}); training eagerly",

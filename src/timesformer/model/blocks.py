@@ -11,6 +11,11 @@ One block class covers the five schemes of the paper (``partition.stages_for``):
 * the final stage (spatial, joint, global or height) has the official ``norm1`` and ``attn``;
 * ``norm2`` and ``mlp`` follow.
 
+Each stage is the paper's residual step, ``x = x + fc(drop_path(attn(norm(x))))`` (``fc`` only after a pre-stage,
+as the official code applies ``temporal_fc`` after stochastic depth), run as modules: every linear map is called
+as a module, so hooks, adapters (LoRA) and fake quantization wrap what really runs. Faster kernels and the
+``temporal_fc`` fold are a separate layer (``timesformer.fused``), applied on purpose.
+
 How the cls token takes part (``cls_attention``):
 
 * ``"average"`` (official): the cls token skips the pre-stages; in the final stage it is copied into every
@@ -22,30 +27,15 @@ How the cls token takes part (``cls_attention``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import Attention, attention, attention_probs
-from .embeddings import apply_rotary
+from .attention import Attention, TokenContext
 from .layers import DropPath, Mlp
-from .partition import Partition, stages_for
+from .partition import stages_for
 
-
-@dataclass
-class TokenContext:
-    """What every block needs to know about the clip, computed once per forward.
-
-    Attributes:
-        valid: ``b t`` bool frame mask (True = real frame) or None.
-        rope: rotary ``(cos, sin)`` per axes string, each ``t h w 1 (e/2)``; None for learned embeddings.
-    """
-
-    valid: torch.Tensor | None = None
-    rope: dict | None = None
-    record: list | None = None  # when a list, every stage appends its head-averaged attention (explanations)
+__all__ = ["Block", "TokenContext", "shift_tokens"]
 
 
 def shift_tokens(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
@@ -88,23 +78,37 @@ class Block(nn.Module):
         sparse_stride: int = 2,
     ):
         super().__init__()
-        self.cls_attention, self.shift, self.attn_impl = cls_attention, shift, attn_impl
-        pre, (self.final_name, self.final) = stages_for(
+        self.cls_attention, self.shift = cls_attention, shift
+        pre, (self.final_name, final) = stages_for(
             attention, sparse_windows=sparse_windows, sparse_stride=sparse_stride
         )
         self.pre_stages = [name for name, _ in pre]
-        self.partitions = dict(pre)
-        self.partitions[self.final_name] = self.final
-        attn_kw = dict(dim=dim, heads=heads, dim_head=dim_head, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
-        for name in self.pre_stages:
+        attn_kw = dict(
+            dim=dim,
+            heads=heads,
+            dim_head=dim_head,
+            qkv_bias=qkv_bias,
+            cls_mode=cls_attention,
+            attn_drop=attn_drop,
+            proj_drop=drop,
+            impl=attn_impl,
+        )
+        for name, partition in pre:
             setattr(self, f"{name}_norm1", nn.LayerNorm(dim, eps=norm_eps))
-            setattr(self, f"{name}_attn", Attention(**attn_kw))
+            setattr(self, f"{name}_attn", Attention(partition=partition, **attn_kw))
             setattr(self, f"{name}_fc", nn.Linear(dim, dim) if temporal_fc else nn.Identity())
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(**attn_kw)
+        self.attn = Attention(partition=final, **attn_kw)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim=dim, hidden=int(dim * mlp_ratio), kind=mlp, drop=drop)
         self.drop_path = DropPath(drop_path)
+
+    def stages(self) -> list[tuple[str, nn.Module, Attention, nn.Module]]:
+        """``(name, norm, attn, fc)`` of each attention stage in order; the last one (no ``fc``) is the cls token's."""
+        pre = [
+            (name, *(getattr(self, f"{name}_{part}") for part in ("norm1", "attn", "fc"))) for name in self.pre_stages
+        ]
+        return pre + [(self.final_name, self.norm1, self.attn, nn.Identity())]
 
     def forward(self, cls: torch.Tensor, x: torch.Tensor, ctx: TokenContext):
         """Stochastic depth draws as the official code does for the official blocks: an independent mask per branch
@@ -115,157 +119,42 @@ class Block(nn.Module):
         glob = self.cls_attention == "global"
         b, t, h, w, _ = x.shape
         block_keep = self.drop_path.sample(b, x) if glob else None
-        stages = [(name, *(getattr(self, f"{name}_{p}") for p in ("norm1", "attn", "fc"))) for name in self.pre_stages]
-        stages.append((self.final_name, self.norm1, self.attn, nn.Identity()))
-        for name, norm, attn, fc in stages:
-            final = name == self.final_name
-            part = self.partitions[name]
-            cls_in = norm(cls) if (final or glob) else None
-            xo, co = self._attend(attn, part, cls_in, self._pre(norm(x), ctx), ctx)
-            groups = xo.shape[0] // b
-            # per token, on the grouped layout, then one ungroup back into the (dense) residual stream
+        for name, norm, attn, fc in self.stages():
+            joins = glob or name == self.final_name  # does the cls token take part in this stage
+            out, cls_out = attn(self._shifted(norm(x), ctx), norm(cls) if joins else None, ctx)  # b t h w d
             if glob:
-                x = x + part.ungroup(self._project(attn, fc, xo, block_keep, groups), (b, t, h, w))
-                if co is not None:
-                    cls = cls + self._project(attn, fc, co, block_keep, 1)
+                x = x + fc(self.drop_path.scale(out, block_keep))
+                if cls_out is not None:
+                    cls = cls + fc(self.drop_path.scale(cls_out, block_keep))
                 continue
+            ids, groups = attn.partition.token_groups(t, h, w, x.device)
             keep = self.drop_path.sample(b * groups, x)  # a row per group: one patch position, one frame ...
-            x = x + part.ungroup(self._project(attn, fc, xo, keep, 1), (b, t, h, w))
-            if co is not None:  # the copies, each dropped with its group's row, then averaged (or one per frame)
-                copies, weight = co
-                res = self._project(attn, fc, copies.flatten(0, 1)[:, None], keep, 1).view(b, groups, -1)
-                if cls.shape[1] == 1:
-                    res = (
-                        res.mean(1, keepdim=True)
-                        if weight is None
-                        else ((res * weight[..., None]).sum(1, keepdim=True) / weight.sum(1)[:, None, None])
-                    )
-                cls = cls + res
+            group_keep = None if keep is None else keep.view(b, groups)
+            x = x + fc(self.drop_path.scale(out, None if keep is None else group_keep[:, ids]))
+            if cls_out is not None:  # the copies (b G d), each dropped with its group's row, then averaged
+                real = None if ctx.valid is None else attn.partition.real_slots(ctx.valid, (b, t, h, w), x.device)
+                cls = cls + self._pool_copies(self.drop_path.scale(cls_out, group_keep), cls.shape[1], real)
         if glob:
-            keep, rows = block_keep, b
-        else:
-            rows = b * cls.shape[1]  # per clip; per (clip, frame) for space-only with a cls copy per frame
-            keep = self.drop_path.sample(rows, x)
-        scale = None if keep is None else keep.view(b, -1)
-        x = x + self._scale(self.mlp(self._pre(self.norm2(x), ctx)), scale)
-        cls = cls + self._scale(self.mlp(self.norm2(cls)), scale)
+            keep = block_keep
+        else:  # per clip; per (clip, frame) for space-only with a cls copy per frame
+            keep = self.drop_path.sample(b * cls.shape[1], x)
+        keep = None if keep is None else keep.view(b, -1)
+        x = x + self.drop_path.scale(self.mlp(self._shifted(self.norm2(x), ctx)), keep)
+        cls = cls + self.drop_path.scale(self.mlp(self.norm2(cls)), keep)
         return cls, x
 
     @staticmethod
-    def _scale(y: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-        """``y: b t ...`` or ``b c d`` scaled by ``keep: b 1`` (per clip) or ``b t`` (per clip and frame)."""
-        if keep is None:
-            return y
-        return y * keep.view(keep.shape + (1,) * (y.ndim - 2))
+    def _pool_copies(copies: torch.Tensor, c: int, real: torch.Tensor | None) -> torch.Tensor:
+        """``b G d -> b c d``: one cls token (``c == 1``) averages its copies over the groups that hold a real token
+        (``real: (b G) L`` slots, None when all are real); with a copy per group (``c == G``, official space-only)
+        each keeps its own."""
+        if c != 1:
+            return copies
+        if real is None:
+            return copies.mean(1, keepdim=True)
+        b, G, _ = copies.shape
+        weight = real.any(-1).view(b, G).to(copies.dtype)
+        return (copies * weight[..., None]).sum(1, keepdim=True) / weight.sum(1)[:, None, None]
 
-    def _project(self, attn: Attention, fc: nn.Module, out: torch.Tensor, keep, groups: int) -> torch.Tensor:
-        """``fc(drop_path(proj(out)))``, the official order, for ``out: (b G) L (k e)``.
-
-        With a ``temporal_fc`` the two linear maps fold into one: ``W = W_fc W_proj``, ``c = W_fc b_proj``, and
-        ``fc(m * proj(o)) = m * (o W^T + c) + b_fc`` for the per-sample drop-path scale ``m``. Exact algebra that
-        saves one d x d matmul per token (and its stored activation) for a d x d x d one per block. Not when
-        output dropout sits between the two maps in training.
-        """
-        if not isinstance(fc, nn.Linear) or (self.training and attn.proj_drop.p > 0):
-            return fc(self.drop_path.scale(attn.output(out), keep, groups))
-        weight = fc.weight @ attn.proj.weight
-        inner = fc.weight @ attn.proj.bias
-        if keep is None:
-            return F.linear(out, weight, inner + fc.bias)
-        return self.drop_path.scale(F.linear(out, weight, inner), keep, groups) + fc.bias
-
-    @torch.no_grad()
-    def fold_stage_fc(self):
-        """Fold each pre-stage's ``fc`` into its attention's ``proj`` once, for inference copies: ``proj`` becomes
-        ``x -> W_fc (W_proj x + b_proj) + b_fc`` and ``fc`` an identity. Exact, and it leaves every linear map a
-        plain ``nn.Linear`` of constant weights (what quantizers and compilers look for), where :meth:`_project`
-        recomputes ``W_fc W_proj`` on every call. Changes the state dict's keys: not for checkpoints."""
-        for name in self.pre_stages:
-            fc, proj = getattr(self, f"{name}_fc"), getattr(self, f"{name}_attn").proj
-            if isinstance(fc, nn.Linear):
-                proj.bias.copy_(fc.weight @ proj.bias + fc.bias)
-                proj.weight.copy_(fc.weight @ proj.weight)
-                setattr(self, f"{name}_fc", nn.Identity())
-
-    def _pre(self, x, ctx):
+    def _shifted(self, x: torch.Tensor, ctx: TokenContext) -> torch.Tensor:
         return shift_tokens(x, ctx.valid) if self.shift else x
-
-    def _attend(self, attn: Attention, part: Partition, cls: torch.Tensor | None, x: torch.Tensor, ctx: TokenContext):
-        """Attention of one stage. ``cls: b c d`` (normed) or None when the cls token sits this stage out;
-        ``x: b t h w d`` (normed). Returns ``x_out: (b G) L (k e)`` still grouped by ``part``, and for the cls token
-        None, ``b 1 (k e)`` (``global``), or ``(copies: b G (k e), weights: b G or None)`` (``average``: one copy
-        per group, to be averaged over groups with those weights after projection), all before the projection."""
-        b, t, h, w, _ = x.shape
-        qkv = attn.qkv(x)  # b t h w (3 k e)
-        if ctx.rope is not None:  # rotate patch queries and keys by their position (the cls token is not rotated)
-            cos, sin = ctx.rope[part.axes]
-            q, k, v = qkv.unflatten(-1, (3, attn.heads, attn.dim_head)).unbind(-3)
-            qkv = torch.stack([apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v], dim=-3).flatten(-3)
-        groups = part.group(qkv)  # (b G) L (3 k e)
-        G = groups.shape[0] // b
-
-        # which slots hold a real token of a real frame: (b G) L, or None when all do
-        real = None
-        if ctx.valid is not None:
-            real = part.group(ctx.valid[:, :, None, None, None].expand(b, t, h, w, 1)).squeeze(-1)
-        slot = part.slot_valid(t, h, w, x.device)
-        if slot is not None:
-            real = slot.repeat(b, 1) if real is None else real & slot.repeat(b, 1)
-        # keys to hide: padding slots always; padded frames where a group spans several frames
-        key_ok = real if (slot is not None or part.spans_time) else None
-
-        if cls is not None:
-            cls_qkv = attn.qkv(cls)  # b c (3 k e)
-            copies = cls_qkv.expand(b, G, -1) if cls_qkv.shape[1] == 1 else cls_qkv
-            groups = torch.cat([copies.reshape(b * G, 1, -1), groups], dim=1)
-            if key_ok is not None:
-                key_ok = F.pad(key_ok, (1, 0), value=True)
-        q, k, v = attn.split_heads(groups)
-        glob = cls is not None and self.cls_attention == "global"
-        if glob:  # the cls query is answered separately, over the whole clip
-            q = q[:, :, 1:]
-        mask = None
-        if key_ok is not None:
-            # a group with no real key (all its frames padded) attends unmasked; its outputs only reach padded tokens
-            key_ok = key_ok | ~key_ok.any(-1, keepdim=True)
-            mask = key_ok[:, None, None, :]
-        drop = attn.attn_drop if self.training else 0.0
-        out, probs = self._attention(q, k, v, mask, drop, ctx)  # (b G) k Lq e
-        if probs is not None:
-            mode = "none" if cls is None else ("global" if glob else "average")
-            ctx.record.append({"partition": part, "size": (b, t, h, w), "probs": probs, "cls": mode, "real": real})
-        out = out.transpose(1, 2).flatten(2)  # (b G) Lq (k e)
-
-        cls_out = None
-        if cls is not None and not glob:
-            copies, out = out[:, 0].unflatten(0, (b, G)), out[:, 1:]  # b G (k e)
-            # the copies are averaged (after projection) over the groups holding a real token: weights b G
-            weight = None
-            if real is not None and ctx.valid is not None and cls.shape[1] == 1:
-                weight = real.any(-1).unflatten(0, (b, G)).to(copies.dtype)
-            cls_out = (copies, weight)
-        elif glob:
-            cls_out = self._cls_global(attn, qkv, cls_qkv, ctx, drop)
-        return out, cls_out
-
-    def _cls_global(self, attn, qkv, cls_qkv, ctx, drop):
-        """The seed's cls step: its query attends to itself and every patch token of the clip."""
-        b = qkv.shape[0]
-        tokens = torch.cat([cls_qkv, qkv.reshape(b, -1, qkv.shape[-1])], dim=1)  # b (1 + t h w) (3 k e)
-        q, k, v = attn.split_heads(tokens)
-        mask = None
-        if ctx.valid is not None:
-            n = qkv.shape[2] * qkv.shape[3]
-            keys = F.pad(ctx.valid.repeat_interleave(n, dim=1), (1, 0), value=True)
-            mask = keys[:, None, None, :]
-        out, probs = self._attention(q[:, :, :1], k, v, mask, drop, ctx)
-        if probs is not None:
-            ctx.record.append({"global_cls": probs[:, 0]})  # b (1 + t h w)
-        return out.transpose(1, 2).flatten(2)  # b 1 (k e)
-
-    def _attention(self, q, k, v, mask, drop: float, ctx: TokenContext):
-        """``(out: B k L e, head-averaged fp32 probabilities B L S`` when ``ctx`` records, else None)."""
-        if ctx.record is None:
-            return attention(q, k, v, mask=mask, dropout_p=drop, impl=self.attn_impl), None
-        probs = attention_probs(q, k, mask)  # explicit probabilities, kept for attention rollout
-        return probs @ v, probs.mean(1).float()

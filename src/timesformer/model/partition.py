@@ -32,6 +32,25 @@ class Partition:
         """``G L`` bool, False on padding slots of unequal groups; None when all groups are full."""
         return None
 
+    def real_slots(self, valid: torch.Tensor | None, size: tuple[int, int, int, int], device) -> torch.Tensor | None:
+        """``(b G) L`` bool: the slots that hold a token of a real frame (``valid: b t``), or None when all do."""
+        b, t, h, w = size
+        real = None
+        if valid is not None:
+            real = self.group(valid[:, :, None, None, None].expand(b, t, h, w, 1)).squeeze(-1)
+        slot = self.slot_valid(t, h, w, device)
+        if slot is not None:
+            real = slot.repeat(b, 1) if real is None else real & slot.repeat(b, 1)
+        return real
+
+    def token_groups(self, t: int, h: int, w: int, device) -> tuple[torch.Tensor, int]:
+        """``(ids: t h w, G)``: the group (``0..G-1``) each token of one clip belongs to, and the number of groups;
+        what a per-group draw (stochastic depth) needs to reach the tokens in their ``t h w`` places."""
+        slots = self.group(torch.zeros(1, t, h, w, 1, device=device))  # G L 1
+        G, L = slots.shape[:2]
+        ids = torch.arange(G, device=device).view(G, 1, 1).expand(G, L, 1)
+        return self.ungroup(ids, (1, t, h, w)).view(t, h, w), G
+
 
 class EinopsPartition(Partition):
     """Groups that are axes of the token grid, e.g. ``groups="(b h w)", seq="t"`` for temporal attention."""
