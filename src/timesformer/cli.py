@@ -103,73 +103,39 @@ def _first_rank() -> bool:
 
 
 def cmd_eval(args) -> int:
-    from pathlib import Path
-
-    from torch.utils.data import DataLoader
-
-    from .data import ClipSpec, VideoFolder, VideoList, bad_files_report, collate
-    from .engine.evaluate import predict_views, summarise
-    from .fast import optimize
-    from .files import write_json_atomic
+    from .engine.evaluate import evaluate_checkpoint, report_folder
     from .inference import parse_views
-    from .pretrained import load_pretrained
-    from .viz import plot_confusion
 
     clips, crops = parse_views(args.views)
-    model = load_pretrained(args.checkpoint)
-    cfg = model.config
-    device = _device(args.device, args.precision)
-    if args.precision == "int8" and device.type != "cpu":
-        raise ValueError(f"--precision int8 runs on the cpu; got --device {args.device} (use bf16 on the GPU)")
-    spec = ClipSpec.from_config(cfg, clips=clips, crops=crops, **_sampling(args))
-    data_path = Path(args.data)
-    labels = list(cfg.labels) if cfg.labels else None  # the checkpoint's class order: the data is labelled by name
-    data = (
-        VideoFolder(data_path, spec=spec, train=False, classes=labels)
-        if data_path.is_dir()
-        else VideoList(data_path, root=args.root, spec=spec, train=False, classes=labels)
+    report = evaluate_checkpoint(
+        args.checkpoint,
+        args.data,
+        root=args.root,
+        clips=clips,
+        crops=crops,
+        **_sampling(args),
+        batch_size=args.batch_size,
+        workers=args.workers,
+        precision=args.precision,
+        compile=args.compile,
+        device=args.device,
+        calibration_clips=args.calibration_clips,
+        out=args.out,
     )
-    if data.num_classes != cfg.num_classes:
-        raise ValueError(
-            f"{args.data} has {data.num_classes} classes but the checkpoint has {cfg.num_classes} "
-            f"(and names none to match them by)"
-        )
-    loader = DataLoader(data, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate)
-    fast = optimize(model, precision=args.precision, compile=args.compile, device=device)
-    if fast.method == "int8-static":  # its scales come from the data it will see: the first batches' clips
-        fast.calibrate(_first_clips(loader, args.calibration_clips))
-    logits, labels, bad = predict_views(fast, loader, device, "fp32")  # fp32: no autocast around the fast path
-    summary = summarise(logits, labels, cfg.num_classes, data.multi_label, data.classes)
-    out = Path(args.out) if args.out else Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(".")
-    out.mkdir(parents=True, exist_ok=True)
-    report = {
-        "checkpoint": str(args.checkpoint),
-        "data": str(args.data),
-        "views": f"{clips}x{crops}",
-        "sampling": {k: getattr(spec, k) for k in ("sampling", "sampling_rate", "fps")},
-        **summary,
-        **bad_files_report(bad),
-    }
-    write_json_atomic(out / "report.json", report)
-    if "confusion" in summary:
-        plot_confusion(
-            summary["confusion"],
-            data.classes,
-            out / "confusion.png",
-            title=f"top-1 {summary['top1']:.1%} ({clips}x{crops} views)",
-        )
+    if "top1" in report:
         print(
-            f"{summary['videos']} videos, {clips}x{crops} views: top-1 {summary['top1']:.4f}, "
-            f"top-5 {summary['top5']:.4f}"
+            f"{report['videos']} videos, {report['views']} views: top-1 {report['top1']:.4f}, top-5 {report['top5']:.4f}"
         )
+    elif "mAP" in report:
+        print(f"{report['videos']} videos: mAP {report['mAP']:.4f}")
     else:
-        print(f"{summary['videos']} videos: mAP {summary['mAP']:.4f}")
-    if bad:
+        print("no video could be decoded")
+    if report["bad_files"]:
         print(
             f"{len(report['bad_files'])} bad file(s) (unreadable: skipped; partial: frames past the break masked): "
             f"{', '.join(report['bad_files'])}"
         )
-    print(f"report: {out / 'report.json'}")
+    print(f"report: {report_folder(args.checkpoint, args.out) / 'report.json'}")
     return 0
 
 
@@ -507,9 +473,9 @@ def cmd_export(args) -> int:
 
 
 def _device(name: str, precision: str = "fp32"):
-    from .engine.device import pick_device
+    from .engine.device import inference_device
 
-    return pick_device("cpu" if precision == "int8" and name == "auto" else name)  # int8 runs on the cpu
+    return inference_device(name, precision)
 
 
 def cmd_convert(args) -> int:
@@ -626,19 +592,6 @@ def _sampling_options(parser):
     )
     parser.add_argument("--sampling-rate", type=int, help="dense: frames between samples; default: the checkpoint's")
     parser.add_argument("--fps", type=float, help="dense: the frame rate the rate counts at; default: the checkpoint's")
-
-
-def _first_clips(loader, n: int):
-    """The first ``n`` clips ``n t c H W`` a loader yields (batches of bad files only are passed over)."""
-    import torch
-
-    batches = []
-    for batch in loader:
-        if batch["video"] is not None:
-            batches.append(batch["video"])
-        if sum(len(b) for b in batches) >= n:
-            break
-    return torch.cat(batches)[:n] if batches else []
 
 
 def _predictor(args, model, device=None):

@@ -19,6 +19,15 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def inference_device(name: str = "auto", precision: str = "fp32") -> torch.device:
+    """Where a trained model runs: as ``pick_device``, except that ``auto`` is the cpu for int8 (its kernels are CPU
+    ones) and int8 on another device is an error."""
+    device = pick_device("cpu" if precision == "int8" and name == "auto" else name)
+    if precision == "int8" and device.type != "cpu":
+        raise RunError(f"--precision int8 runs on the cpu; got --device {name} (use bf16 on the GPU)")
+    return device
+
+
 def autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
