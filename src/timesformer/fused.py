@@ -258,7 +258,7 @@ class FuseReport:
 
 def _why_not(module: nn.Module) -> str:
     if type(module) is not nn.Linear:
-        return f"{type(module).__name__}, not a plain nn.Linear"
+        return f"{type(module).__module__}.{type(module).__qualname__}, not a plain nn.Linear"
     return "has hooks or parametrizations"
 
 
