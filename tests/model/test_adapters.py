@@ -127,3 +127,23 @@ def test_quantization_aware_training_runs_the_fake_quantized_weights(scheme, cls
         expected = hand(VIDEO, MASK)
         torch.testing.assert_close(out.detach(), expected, atol=1e-5, rtol=1e-5)
         assert (model(VIDEO, MASK) - expected).abs().max() > 1e-3  # 4-bit weights change the output
+
+
+def test_the_model_reads_no_submodule_weights_outside_initialisation():
+    """The reference path calls modules; only weight initialisation touches ``.weight`` / ``.bias`` directly."""
+    import ast
+    from pathlib import Path
+
+    package = Path(tf.model.__file__).parent
+    reads = []
+    for path in sorted(package.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for func in ast.walk(tree):
+            if not isinstance(func, ast.FunctionDef) or func.name.startswith("_init"):
+                continue
+            reads += [
+                f"{path.name}:{node.lineno} in {func.name}"
+                for node in ast.walk(func)
+                if isinstance(node, ast.Attribute) and node.attr in ("weight", "bias")
+            ]
+    assert reads == []
