@@ -123,9 +123,8 @@ def cmd_eval(args) -> int:
         out=args.out,
     )
     if "top1" in report:
-        print(
-            f"{report['videos']} videos, {report['views']} views: top-1 {report['top1']:.4f}, top-5 {report['top5']:.4f}"
-        )
+        shown = f"top-1 {report['top1']:.4f}, top-5 {report['top5']:.4f}"
+        print(f"{report['videos']} videos, {report['views']} views: {shown}")
     elif "mAP" in report:
         print(f"{report['videos']} videos: mAP {report['mAP']:.4f}")
     else:
@@ -201,7 +200,7 @@ def _sharded(args, task: str, model) -> int:
     import torch
 
     from .engine import distributed
-    from .inference.batch import ShardedJob, videos_from, weights_digest
+    from .inference.batch import ShardedJob, job_identity, videos_from
 
     if getattr(args, "window", None):
         raise ValueError("--window timelines are written per file; run them without --format shards")
@@ -216,16 +215,7 @@ def _sharded(args, task: str, model) -> int:
         paths = [path for path, _, _ in entries]
         predictor = _predictor(args, model, device)
         _calibrate(predictor, paths, args)
-        identity = {"weights": weights_digest(model)}
-        if args.precision == "int8":  # static int8 (calibrated) and dynamic int8 give different numbers
-            identity["int8"] = predictor.model.method
-            if predictor.model.method == "int8-static":  # its scales come from the first videos
-                import hashlib
-
-                first = "\n".join(str(path) for path in paths[: args.calibration_clips])
-                identity["calibration"] = (
-                    f"{args.calibration_clips} clips of {hashlib.sha256(first.encode()).hexdigest()}"
-                )
+        identity = job_identity(model, predictor, paths, args.calibration_clips)
         job = ShardedJob(
             predictor,
             videos,
@@ -417,58 +407,29 @@ def cmd_stream(args) -> int:
 
 
 def cmd_export(args) -> int:
-    import os
-    import tempfile
     from pathlib import Path
 
-    import torch
-
-    from .inference.export import check_onnx, export_onnx, export_program, onnx_logits, quantize_onnx
+    from .inference.export import export_checked
     from .pretrained import load_pretrained
 
-    model = load_pretrained(args.checkpoint)
-    cfg = model.config
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise ValueError(f"{out} exists; pass --overwrite to replace it")
-    if args.quantize and args.format != "onnx":
-        raise ValueError(
-            "--quantize int8 applies to --format onnx (for PyTorch, use --precision int8 on predict, extract and eval)"
-        )
-    if args.format == "onnx":
-        video = torch.randn(3, cfg.num_frames, cfg.channels, cfg.image_size, cfg.image_size)
-        if not args.quantize:
-            export_onnx(model, out, opset=args.opset)
-            diff = check_onnx(model, out, video)
-            print(
-                f"wrote {out} (opset {args.opset}, dynamic batch); onnxruntime vs PyTorch on a batch of 3: "
-                f"max abs diff {diff:.2e}"
-            )
-            if diff > 1e-4:
-                raise ValueError(f"ONNX output differs from PyTorch by {diff:.2e} (> 1e-4)")
-            return 0
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:  # beside out: one rename
-            fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", opset=args.opset)
-            int8 = quantize_onnx(fp32, Path(tmp) / "int8.onnx")
-            with torch.no_grad():
-                ref = model.eval()(video)
-            low = onnx_logits(int8, video)
-            drift = float((low - ref).abs().max() / ref.abs().max())
-            if not drift <= 0.1:  # NaN too
-                raise ValueError(
-                    f"int8 ONNX logits differ from PyTorch fp32 by {drift:.1%} of the largest logit "
-                    f"(> 10 %); {out} not written"
-                )
-            os.replace(int8, out)
+    model = load_pretrained(args.checkpoint)
+    found = export_checked(model, out, format=args.format, opset=args.opset, quantize=args.quantize)
+    if args.format == "torch":
+        print(f"wrote {out} (torch.export ExportedProgram, dynamic batch)")
+    elif not args.quantize:
         print(
-            f"wrote {out} (int8 MatMul/Gemm weights, dynamic activations; opset {args.opset}, dynamic batch); "
-            f"onnxruntime int8 vs PyTorch fp32 on a batch of 3 random clips: max |logit diff| {drift:.1%} of the "
-            f"largest logit, same top-1 on {int((low.argmax(1) == ref.argmax(1)).sum())}/3"
+            f"wrote {out} (opset {args.opset}, dynamic batch); onnxruntime vs PyTorch on a batch of 3: "
+            f"max abs diff {found['diff']:.2e}"
         )
     else:
-        export_program(model, out)
-        print(f"wrote {out} (torch.export ExportedProgram, dynamic batch)")
+        print(
+            f"wrote {out} (int8 MatMul/Gemm weights, dynamic activations; opset {args.opset}, dynamic batch); "
+            f"onnxruntime int8 vs PyTorch fp32 on a batch of 3 random clips: max |logit diff| {found['drift']:.1%} "
+            f"of the largest logit, same top-1 on {found['same_top1']}/3"
+        )
     return 0
 
 
@@ -502,18 +463,14 @@ def cmd_convert(args) -> int:
 
 
 def cmd_synth(args) -> int:
-    from .data.synthetic import CLASSES, SyntheticMotion, write_synthetic
+    from .data.synthetic import write_synthetic
 
     if args.preview:
-        from .viz import write_preview
+        from .viz import preview_synthetic
 
         if args.out or args.num is not None:
             raise ValueError("synth writes either a preview (--preview FILE) or clips (--out DIR --num N), not both")
-        data = SyntheticMotion(
-            len(CLASSES), num_frames=args.frames, size=args.size, seed=args.seed, split=args.split
-        )  # sample i has class i
-        clips = [data.clip(i) for i in range(len(data))]
-        path = write_preview([(data.classes[label], video) for video, label in clips], args.preview)
+        path = preview_synthetic(args.preview, num_frames=args.frames, size=args.size, seed=args.seed, split=args.split)
         print(f"wrote {path}: one {args.split} clip per class ({args.frames} frames, {args.size}x{args.size})")
         return 0
     if not args.out or args.num is None:

@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,6 +91,19 @@ def weights_digest(model: torch.nn.Module) -> str:
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def job_identity(model: torch.nn.Module, predictor: Predictor, paths: Sequence, calibration_clips: int = 8) -> dict:
+    """What a job's results depend on beyond its settings (``ShardedJob``'s ``identity``): the ``weights_digest`` of
+    ``model`` (the weights as loaded), and for int8 its method -- static (calibrated) and dynamic int8 give different
+    numbers -- and, for static int8, the videos that set its scales (the first ``calibration_clips`` of ``paths``)."""
+    identity = {"weights": weights_digest(model)}
+    if predictor.precision == "int8":
+        identity["int8"] = predictor.model.method
+        if predictor.model.method == "int8-static":
+            first = "\n".join(str(path) for path in paths[:calibration_clips])
+            identity["calibration"] = f"{calibration_clips} clips of {hashlib.sha256(first.encode()).hexdigest()}"
+    return identity
 
 
 @dataclass

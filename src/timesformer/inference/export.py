@@ -1,4 +1,5 @@
-"""Export: ONNX (dynamic batch, opset >= 17) checked against onnxruntime, and ``torch.export``."""
+"""Export: ONNX (dynamic batch, opset >= 17) checked against onnxruntime, its int8 variant, and ``torch.export``;
+``export_checked`` does any of them and checks the file against PyTorch (what ``timesformer export`` runs)."""
 
 from __future__ import annotations
 
@@ -112,3 +113,54 @@ def export_program(
     torch.export.save(program, str(tmp))
     os.replace(tmp, out)
     return out
+
+
+# how far an export may stray from eager PyTorch fp32 on a batch of random clips
+ONNX_TOLERANCE = 1e-4  # max abs logit difference, fp32 ONNX
+INT8_TOLERANCE = 0.1  # max abs logit difference over the largest logit, int8 ONNX
+
+
+def export_checked(
+    model: TimeSformer, out: str | os.PathLike, *, format: str = "onnx", opset: int = 18, quantize: str | None = None
+) -> dict:
+    """Export ``model`` to ``out`` and check the file where a runtime can: ``onnx`` against onnxruntime on a batch of
+    3 random clips (``quantize="int8"``: the int8 variant, written only when within ``INT8_TOLERANCE``), ``torch``
+    an ``ExportedProgram``. Returns what was measured: ``{"diff"}`` (fp32 ONNX, max abs logit difference),
+    ``{"drift", "same_top1"}`` (int8: the difference over the largest logit, and how many of the 3 clips keep
+    their top class), ``{}`` (torch)."""
+    import tempfile
+
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize must be None or 'int8'; got {quantize!r}")
+    if quantize and format != "onnx":
+        raise ValueError(
+            "--quantize int8 applies to --format onnx (for PyTorch, use --precision int8 on predict, extract and eval)"
+        )
+    if format == "torch":
+        export_program(model, out)
+        return {}
+    if format != "onnx":
+        raise ValueError(f"format must be 'onnx' or 'torch'; got {format!r}")
+    cfg, out = model.config, Path(out)
+    video = torch.randn(3, cfg.num_frames, cfg.channels, cfg.image_size, cfg.image_size)
+    if not quantize:
+        export_onnx(model, out, opset=opset)
+        diff = check_onnx(model, out, video)
+        if diff > ONNX_TOLERANCE:
+            raise RuntimeError(f"ONNX output differs from PyTorch by {diff:.2e} (> {ONNX_TOLERANCE:g})")
+        return {"diff": diff}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:  # beside out: one rename
+        fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", opset=opset)
+        int8 = quantize_onnx(fp32, Path(tmp) / "int8.onnx")
+        with torch.no_grad():
+            ref = model.eval()(video)
+        low = onnx_logits(int8, video)
+        drift = float((low - ref).abs().max() / ref.abs().max())
+        if not drift <= INT8_TOLERANCE:  # NaN too
+            raise ValueError(
+                f"int8 ONNX logits differ from PyTorch fp32 by {drift:.1%} of the largest logit "
+                f"(> {INT8_TOLERANCE:.0%}); {out} not written"
+            )
+        os.replace(int8, out)
+    return {"drift": drift, "same_top1": int((low.argmax(1) == ref.argmax(1)).sum())}

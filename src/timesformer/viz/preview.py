@@ -57,6 +57,17 @@ def write_preview(
     return out
 
 
+def preview_synthetic(
+    out: str | os.PathLike, *, num_frames: int = 8, size: int = 32, seed: int = 0, split: str = "train"
+) -> Path:
+    """One ``SyntheticMotion`` clip of ``split`` per class, written by :func:`write_preview` (``.png`` or ``.gif``)."""
+    from ..data.synthetic import CLASSES, SyntheticMotion
+
+    data = SyntheticMotion(len(CLASSES), num_frames=num_frames, size=size, seed=seed, split=split)  # i has class i
+    clips = [data.clip(i) for i in range(len(data))]
+    return write_preview([(data.classes[label], video) for video, label in clips], out)
+
+
 def _upscale(video: torch.Tensor, scale: int) -> torch.Tensor:
     """``uint8 t 3 H W`` -> ``uint8 t (H*scale) (W*scale) 3``."""
     video = video.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
