@@ -51,4 +51,36 @@ def machine() -> str:
         text=True,
     )
     isa = next((line.split("isa:", 1)[1].strip() for line in probe.stdout.splitlines() if "isa:" in line), "unknown")
-    return f"{name}; oneDNN ISA: {isa}"
+    import torch
+
+    return f"{name}; ATen CPU capability: {torch.backends.cpu.get_cpu_capability()}; oneDNN ISA: {isa}"
+
+
+def interleaved(contestants: dict, pairs: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each of ``contestants`` (name -> callable), run in rounds A B C, A B C, ... in this one
+    process, so that each round's contestants share the machine's state of the moment; ``warmup`` rounds first."""
+    for _ in range(warmup):
+        for fn in contestants.values():
+            fn()
+    times = {name: [] for name in contestants}
+    for _ in range(pairs):
+        for name, fn in contestants.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def ratio_stats(numerator: list[float], denominator: list[float]) -> dict:
+    """The per-round ratios ``numerator[i] / denominator[i]``: min, median, max and spread (max - min)."""
+    ratios = sorted(a / b for a, b in zip(numerator, denominator))
+    return {"min": ratios[0], "median": statistics.median(ratios), "max": ratios[-1], "spread": ratios[-1] - ratios[0]}
+
+
+def cpu_flags() -> str:
+    """The CPU's vector and matrix flags that decide the kernels (AVX-512 variants, AMX, VNNI, BF16)."""
+    if not os.path.exists("/proc/cpuinfo"):
+        return "unknown"
+    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
+    keep = [f for f in flags if f.startswith(("avx512", "amx", "avx_vnni")) or f in ("avx2", "fma")]
+    return " ".join(keep) or "none of avx2/avx512/amx"
