@@ -1,13 +1,16 @@
-"""TimeSformer-B (8x224) against its peers: parameters, inference clips/s, train-step time, peak memory.
+"""TimeSformer-B (8x224) against its peers: inference and training speed, interleaved in one process.
 
-Each (model, task) runs in its own subprocess with the same thread count, so peak RSS is that task's alone.
-Peers: Hugging Face ``transformers`` TimesformerForVideoClassification (default config, random init) and the
-seed's ``timesformer-pytorch`` 0.4.1 (dim 768, depth 12, heads 12). Prints a markdown table with ratios
-against HF (>1 is better for throughput; <1 is better for time and memory).
+Default: ours (with the speed layer, ``timesformer.fused``) and Hugging Face ``transformers``
+TimesformerForVideoClassification (default config, random init) take turns, A B A B ..., on the same inputs and
+threads: inference at batch 1 and 4 and an AdamW train step at batch 2, in fp32 and bf16 autocast. Prints, per
+cell, each model's median seconds and the per-round ratio HF / ours (> 1: ours faster) as min, median, max and
+spread, with the CPU's model and flags. ``--baseline REF`` adds the model package as it was at git ``REF``
+("before") to the same rounds: the before/after table of a change, measured on one machine in one process.
 
-    python benchmarks/bench_model.py [--threads 2] [--quick]
-    python benchmarks/bench_model.py --fast   # the inference fast path (timesformer.optimize) against HF
-    python benchmarks/bench_model.py --train  # train steps at batch 2 and 4, fp32 and bf16, and compiled
+    python benchmarks/bench_model.py [--threads 2] [--pairs 5] [--baseline c03e1e8] [--cells infer_b1_fp32,...]
+    python benchmarks/bench_model.py --memory  # each model alone in a subprocess: peak RSS (and the seed, too)
+    python benchmarks/bench_model.py --fast    # the inference fast path (timesformer.optimize) against HF
+    python benchmarks/bench_model.py --train   # train steps at batch 2 and 4, fp32 and bf16, and compiled
 
 ``--fast`` prints the CPU, oneDNN's ISA and this machine's fp32 / bf16 / int8 matmul peaks, then batch-1
 inference of every path: seconds per clip, the ratio to HF eager bf16 autocast, and achieved GFLOP/s.
@@ -20,7 +23,7 @@ import json
 import resource
 import sys
 
-from timing import machine, median_seconds, run_worker
+from timing import cpu_flags, interleaved, machine, median_seconds, ratio_stats, run_worker
 
 MODELS = ("ours", "hf", "seed")
 
@@ -281,6 +284,128 @@ def fast_table(threads: int, quick: bool):
         )
 
 
+CELLS = ("infer_b1_fp32", "infer_b1_bf16", "infer_b4_fp32", "infer_b4_bf16", "train_b2_fp32", "train_b2_bf16")
+
+
+def baseline_model_package(ref: str):
+    """``src/timesformer/model`` as it was at git ``ref``, imported as its own package (it imports only torch,
+    einops and itself), so the model before a change runs in the same process as the model after it."""
+    import importlib.util
+    import io
+    import subprocess
+    import tarfile
+    import tempfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(
+        ["git", "-C", str(root), "archive", ref, "src/timesformer/model"], capture_output=True, check=True
+    ).stdout
+    folder = Path(tempfile.mkdtemp(prefix="timesformer-baseline-"))
+    tarfile.open(fileobj=io.BytesIO(archive)).extractall(folder, filter="data")
+    package = folder / "src" / "timesformer" / "model"
+    name = "timesformer_baseline_model"
+    spec = importlib.util.spec_from_file_location(
+        name, package / "__init__.py", submodule_search_locations=[str(package)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def contestants(baseline: str | None) -> dict:
+    """name -> (module, call): ours with the speed layer, HF, and the model at ``baseline`` with ours' weights."""
+    import torch
+
+    import timesformer
+    from timesformer.fused import fuse
+
+    torch.manual_seed(0)
+    ours = timesformer.create_model("timesformer_base", num_classes=400)
+    fuse(ours, quiet=True)
+    models = {"ours": (ours, ours)}
+    hf = build("hf")
+    models["hf"] = (hf.hf, hf)
+    if baseline:
+        package = baseline_model_package(baseline)
+        before = package.create_model("timesformer_base", num_classes=400)
+        before.load_state_dict(ours.state_dict())
+        models["before"] = (before, before)
+    return models
+
+
+def interleaved_table(threads: int, pairs: int, cells: list[str], baseline: str | None):
+    import gc
+
+    import torch
+
+    torch.set_num_threads(threads)
+    models = contestants(baseline)
+    results = {}
+    for cell in cells:
+        task, batch, precision = cell.split("_")
+        batch = int(batch[1:])
+        x = torch.randn(batch, 8, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+        y = torch.arange(batch)
+        calls = {}
+        for name, (module, call) in models.items():
+            autocast = torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16")
+            if task == "infer":
+                module.eval()
+
+                def step(call=call, autocast=autocast):
+                    with torch.no_grad(), autocast:
+                        call(x)
+            else:
+                module.train()
+                opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
+
+                def step(call=call, autocast=autocast, opt=opt, module=module):
+                    opt.zero_grad(set_to_none=True)
+                    with autocast:
+                        logits = call(x)
+                    torch.nn.functional.cross_entropy(logits.float(), y).backward()
+                    opt.step()
+
+            calls[name] = step
+        times = interleaved(calls, pairs)
+        results[cell] = times
+        print(
+            f"# {cell}: " + ", ".join(f"{n} {sorted(t)[len(t) // 2]:.3f}s" for n, t in times.items()), file=sys.stderr
+        )
+        del calls
+        for module, _ in models.values():
+            module.zero_grad(set_to_none=True)
+        gc.collect()
+
+    print(f"\ntorch {torch.__version__}, {threads} CPU threads; {machine()}; flags: {cpu_flags()}")
+    print(
+        f"TimeSformer-B 8x224, {pairs} interleaved rounds after one warm-up ("
+        + " ".join(models)
+        + "); train = AdamW step; bf16 = autocast. Ratio = HF s / ours s per round (> 1: ours faster)\n"
+    )
+    head = "| cell | ours s (median) | HF s (median) | HF / ours min | median | max | spread |"
+    sep = "|---|---|---|---|---|---|---|"
+    if baseline:
+        head += f" before ({baseline}) s | before / ours min | median | max |"
+        sep += "---|---|---|---|"
+    print(head)
+    print(sep)
+    med = lambda t: sorted(t)[len(t) // 2]  # noqa: E731
+    for cell, times in results.items():
+        r = ratio_stats(times["hf"], times["ours"])
+        row = (
+            f"| {cell} | {med(times['ours']):.3f} | {med(times['hf']):.3f} | {r['min']:.2f}x | {r['median']:.2f}x | "
+            f"{r['max']:.2f}x | {r['spread']:.2f} |"
+        )
+        if baseline:
+            b = ratio_stats(times["before"], times["ours"])
+            row += f" {med(times['before']):.3f} | {b['min']:.3f}x | {b['median']:.3f}x | {b['max']:.3f}x |"
+        print(row)
+    return results
+
+
 def run(name: str, task: str, threads: int, quick: bool, device: str = "cpu", extra=()) -> dict:
     return run_worker(
         __file__,
@@ -302,6 +427,10 @@ def main():
         action="store_true",
         help="train steps vs HF at batch 2 and 4, fp32 and bf16, and ours compiled (optim.compile)",
     )
+    ap.add_argument("--memory", action="store_true", help="each model alone in a subprocess: peak RSS")
+    ap.add_argument("--pairs", type=int, default=5, help="interleaved rounds per cell (default mode)")
+    ap.add_argument("--cells", default=",".join(CELLS), help="which of " + ",".join(CELLS))
+    ap.add_argument("--baseline", help="a git ref: the model package as it was there joins the rounds as 'before'")
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -322,6 +451,9 @@ def main():
         return
     if args.train:
         train_table(args.threads, args.quick)
+        return
+    if not args.memory:
+        interleaved_table(args.threads, args.pairs, [c for c in args.cells.split(",") if c], args.baseline)
         return
 
     import torch
