@@ -239,3 +239,41 @@ def test_a_failed_training_compile_warns_and_trains_eagerly(tmp_path, monkeypatc
         fit(tiny_run(tmp_path, "fallback", optim=dict(epochs=1, compile=True)))
     a, b = weights(tmp_path / "eager"), weights(tmp_path / "fallback")
     assert all(torch.equal(a[k], b[k]) for k in a)  # the failed first call changed nothing
+
+
+def test_an_error_after_the_first_compiled_step_is_not_a_compile_failure(tmp_path, monkeypatch):
+    """A compiled forward that ran once at a shape and then fails is a real error: training stops with it rather
+    than quietly going on eagerly (which would hide, say, a bad batch or a device fault)."""
+
+    class FailsLater(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module, self.calls = module, 0
+
+        def forward(self, *args):
+            self.calls += 1
+            if self.calls > 1:
+                raise RuntimeError("device fault on step 2")
+            return self.module(*args)
+
+    monkeypatch.setattr(torch, "compile", lambda module: FailsLater(module))
+    with pytest.raises(RuntimeError, match="device fault on step 2"):
+        fit(tiny_run(tmp_path, "later", optim=dict(epochs=1, compile=True)))
+
+
+def test_the_speed_layer_trains_to_the_reference_weights_and_says_so(tmp_path, caplog):
+    """optim.fused (on by default) computes what the reference modules compute: one run each way, the same
+    weights; the fused run logs one line of what it fused."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="timesformer"):
+        fit(tiny_run(tmp_path, "fused", model_args=dict(temporal_fc=True), optim=dict(epochs=1)))
+    lines = [r.getMessage() for r in caplog.records if r.name == "timesformer.fused"]
+    assert lines == ["fused layer: 1 MLPs, 1 temporal_fc folds, 2 attention kernels"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="timesformer"):
+        fit(tiny_run(tmp_path, "reference", model_args=dict(temporal_fc=True), optim=dict(epochs=1, fused=False)))
+    assert not [r for r in caplog.records if r.name == "timesformer.fused"]
+    a, b = weights(tmp_path / "fused"), weights(tmp_path / "reference")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)

@@ -98,6 +98,27 @@ def test_a_failed_compile_warns_and_runs_eagerly(monkeypatch):
             torch.testing.assert_close(fast(VIDEO), tf.optimize(model, precision="bf16")(VIDEO))
 
 
+def test_only_a_first_compiled_call_falls_back(monkeypatch):
+    """A compiled call that ran at a shape before and then fails is a real error, raised, not a failed compile."""
+
+    def fails_later(fn, **kwargs):
+        calls = []
+
+        def run(*args):
+            calls.append(1)
+            if len(calls) > 1:
+                raise RuntimeError("device fault on the second call")
+            return fn(*args)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", fails_later)
+    fast = tf.optimize(small_model(), precision="fp32", compile=True, example=VIDEO)
+    assert fast.compiled
+    with pytest.raises(RuntimeError, match="device fault on the second call"), torch.no_grad():
+        fast(VIDEO)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_compiled_model_matches_eager(precision):
