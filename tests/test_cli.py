@@ -60,6 +60,38 @@ def _one_error_line(capsys):
     return err[0]
 
 
+def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    """Bad options, and a checkpoint that contradicts them (the model's own check, said again as a user error)."""
+    tf.save_pretrained(small_model(labels=tuple("abcde")), tmp_path / "ckpt")
+    assert main(["predict", "x.mp4", "--checkpoint", str(tmp_path / "ckpt"), "--views", "1x2"]) == 2
+    assert "--views needs clips >= 1 and crops 1 or 3; got '1x2'" in _one_error_line(capsys)
+    assert main(["convert", str(tmp_path / "ckpt"), str(tmp_path / "out"), "--heads", "3"]) == 2
+    assert "cannot load strictly" in _one_error_line(capsys)
+    assert main(["synth", "--out", str(tmp_path / "s"), "--num", "1", "--frames", "1"]) == 2
+    assert "need num_frames >= 2" in _one_error_line(capsys)
+
+
+BUG = """
+import sys
+import timesformer.data.synthetic as synthetic
+from timesformer.cli import main
+
+def write_synthetic(*args, **kwargs):
+    raise ValueError("boom")  # a bug in the library, not bad input
+
+synthetic.write_synthetic = write_synthetic
+sys.exit(main(["synth", "--out", sys.argv[1], "--num", "1"]))
+"""
+
+
+def test_a_bug_keeps_its_traceback_and_exits_1(tmp_path):
+    """Only a user error is one line and exit 2: a ValueError from a bug is not one, and shows where it happened."""
+    proc = subprocess.run([sys.executable, "-c", BUG, str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback (most recent call last)" in proc.stderr and "in write_synthetic" in proc.stderr
+    assert "\nValueError: boom\n" in proc.stderr and "error: boom" not in proc.stderr
+
+
 def test_train_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert main(["train", "optim.lrate=1"]) == 2
     assert "unknown config key optim.lrate" in _one_error_line(capsys)

@@ -135,6 +135,11 @@ def test_files_need_neither_the_weight_loader_nor_the_hub():
     assert not {m for m in mods if m.startswith(("timesformer", "huggingface_hub"))}, mods
 
 
+def test_errors_import_nothing_of_the_package():
+    """Every layer but the model raises ``UserError``: its module must sit below them all."""
+    assert not [m for m in imported_modules(PKG / "errors.py", "timesformer") if m.startswith("timesformer")]
+
+
 def test_the_version_is_defined_once_and_the_project_files_agree():
     """pyproject reads the version from the package; CITATION.cff names the same one; LICENSE is the declared one."""
     import re

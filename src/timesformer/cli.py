@@ -7,6 +7,8 @@ import logging
 import sys
 import time
 
+from .errors import UserError, user_input
+
 
 def cmd_demo(args) -> int:
     import torch
@@ -58,24 +60,26 @@ def cmd_train(args) -> int:
     if args.resume:
         # the run continues as it was configured: its own config.yaml, with the overrides on top
         if args.config:
-            raise ValueError(
+            raise UserError(
                 "--resume continues the run with its own config.yaml; give changes as key=value overrides, not --config"
             )
         run = Path(args.resume)
         if not (run / "config.yaml").is_file():
-            raise ValueError(f"{run}: no config.yaml; --resume takes a run folder (runs/<name>)")
-        saved = load_run_config(run / "config.yaml")
-        cfg = load_run_config(run / "config.yaml", overrides)
+            raise UserError(f"{run}: no config.yaml; --resume takes a run folder (runs/<name>)")
+        with user_input():  # load_run_config's ValueErrors name a key or value of the config the user gave
+            saved = load_run_config(run / "config.yaml")
+            cfg = load_run_config(run / "config.yaml", overrides)
         saved.out = cfg.out = str(run.parent)
         saved.name = cfg.name = run.name
         for key, was, now in changes(saved, cfg) if _first_rank() else ():
             print(f"override {key}: {was} -> {now}")
     else:
-        cfg = load_run_config(args.config, overrides)
+        with user_input():
+            cfg = load_run_config(args.config, overrides)
         if getattr(args, "pretrained", None) and not args.freeze_backbone and "drop_path_rate" not in cfg.model_args:
             cfg.model_args["drop_path_rate"] = 0.1  # fine-tuning: the official rate (not for a frozen backbone)
     if args.auto_resume and (args.resume or args.overwrite):
-        raise ValueError(
+        raise UserError(
             "--auto-resume continues the run if it has a checkpoint and starts it otherwise; it goes "
             "with neither --resume nor --overwrite"
         )
@@ -161,9 +165,7 @@ def _inputs(args, ids: bool = False):
         root = args.root or Path(args.list).parent
         entries += [(path, video_id(path, root), label) for path, label in list_videos(args.list, args.root)]
     if not entries:
-        raise ValueError(
-            f"no videos found in {args.videos}" if args.videos else "name videos, folders, globs or --list"
-        )
+        raise UserError(f"no videos found in {args.videos}" if args.videos else "name videos, folders, globs or --list")
     return entries if ids else [path for path, _, _ in entries]
 
 
@@ -179,16 +181,16 @@ def _output_format(args, per_file: str) -> str:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     fmt = args.format or ("shards" if world > 1 else per_file)
     if world > 1 and fmt != "shards":
-        raise ValueError(f"under torchrun the processes share the work as --format shards; got --format {fmt}")
+        raise UserError(f"under torchrun the processes share the work as --format shards; got --format {fmt}")
     if fmt == "shards" and not args.out:
-        raise ValueError("--format shards writes shard files and index.jsonl into a folder: pass --out DIR")
+        raise UserError("--format shards writes shard files and index.jsonl into a folder: pass --out DIR")
     given = [
         f"--{k.replace('_', '-')}" for k in ("shard_size", "batch_size", "workers") if getattr(args, k) is not None
     ]
     if fmt != "shards" and given:
-        raise ValueError(f"{', '.join(given)} set(s) up --format shards jobs; got --format {fmt}")
+        raise UserError(f"{', '.join(given)} set(s) up --format shards jobs; got --format {fmt}")
     if fmt == "shards" and getattr(args, "json", False):
-        raise ValueError("--json prints results; --format shards writes them to --out (index.jsonl is JSON lines)")
+        raise UserError("--json prints results; --format shards writes them to --out (index.jsonl is JSON lines)")
     return fmt
 
 
@@ -203,7 +205,7 @@ def _sharded(args, task: str, model) -> int:
     from .inference.batch import ShardedJob, job_identity, videos_from
 
     if getattr(args, "window", None):
-        raise ValueError("--window timelines are written per file; run them without --format shards")
+        raise UserError("--window timelines are written per file; run them without --format shards")
     device = _device(args.device, args.precision)
     if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -349,7 +351,7 @@ def cmd_serve(args) -> int:
     predictor = _predictor(args, model)
     if predictor.model.method == "int8-static":  # the warm-up's blank clip must not set the int8 scales
         if not args.calibration_videos:
-            raise ValueError(
+            raise UserError(
                 "serve --precision int8 --compile needs --calibration-videos: a few videos like the ones "
                 "it will serve, whose clips set the int8 scales"
             )
@@ -414,7 +416,7 @@ def cmd_export(args) -> int:
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
-        raise ValueError(f"{out} exists; pass --overwrite to replace it")
+        raise UserError(f"{out} exists; pass --overwrite to replace it")
     model = load_pretrained(args.checkpoint)
     found = export_checked(model, out, format=args.format, opset=args.opset, quantize=args.quantize)
     if args.format == "torch":
@@ -446,7 +448,7 @@ def cmd_convert(args) -> int:
 
     dst = Path(args.dst)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not args.overwrite:
-        raise ValueError(f"{dst} exists and is not empty; pass --overwrite to replace its files")
+        raise UserError(f"{dst} exists and is not empty; pass --overwrite to replace its files")
     overrides = {
         k: v
         for k, v in dict(heads=args.heads, num_frames=args.num_frames, image_size=args.image_size).items()
@@ -469,15 +471,15 @@ def cmd_synth(args) -> int:
         from .viz import preview_synthetic
 
         if args.out or args.num is not None:
-            raise ValueError("synth writes either a preview (--preview FILE) or clips (--out DIR --num N), not both")
+            raise UserError("synth writes either a preview (--preview FILE) or clips (--out DIR --num N), not both")
         path = preview_synthetic(args.preview, num_frames=args.frames, size=args.size, seed=args.seed, split=args.split)
         print(f"wrote {path}: one {args.split} clip per class ({args.frames} frames, {args.size}x{args.size})")
         return 0
     if not args.out or args.num is None:
-        raise ValueError("synth writes clips with --out DIR --num N, or a preview with --preview FILE.png|.gif")
+        raise UserError("synth writes clips with --out DIR --num N, or a preview with --preview FILE.png|.gif")
     if args.num < 1:
-        raise ValueError(f"--num must be at least 1; got {args.num}")
-    bar = progress_bar(args.num, f"synth {args.split}")
+        raise UserError(f"--num must be at least 1; got {args.num}")
+    bar = progress_bar(args.num, f"synth {args.split}", delay=0.5)  # set-up errors print on a line of their own
     root = write_synthetic(
         args.out,
         args.num,
@@ -547,8 +549,12 @@ def _sampling_options(parser):
         choices=("dense", "segment"),
         help="dense clips (Kinetics) or one frame per segment (SSv2); default: the checkpoint's",
     )
-    parser.add_argument("--sampling-rate", type=int, help="dense: frames between samples; default: the checkpoint's")
-    parser.add_argument("--fps", type=float, help="dense: the frame rate the rate counts at; default: the checkpoint's")
+    parser.add_argument(
+        "--sampling-rate", type=_positive_int, help="dense: frames between samples; default: the checkpoint's"
+    )
+    parser.add_argument(
+        "--fps", type=_positive_float, help="dense: the frame rate the rate counts at; default: the checkpoint's"
+    )
 
 
 def _predictor(args, model, device=None):
@@ -585,6 +591,20 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1; got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0; got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0; got {text}")
     return value
 
 
@@ -675,8 +695,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--root", help="base folder of the paths in a list file")
     ev.add_argument("--views", default="1x1", help="CLIPSxCROPS test views (the paper: 1x3)")
     _sampling_options(ev)
-    ev.add_argument("--batch-size", type=int, default=8)
-    ev.add_argument("--workers", type=int, default=0)
+    ev.add_argument("--batch-size", type=_positive_int, default=8)
+    ev.add_argument("--workers", type=_count, default=0)
     ev.add_argument("--out", help="folder for report.json and confusion.png (default: beside the checkpoint)")
     _fast_options(ev)
     ev.add_argument("--device", default="auto")
@@ -710,7 +730,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pred.add_argument("videos", nargs="*")
     pred.add_argument("--checkpoint", required=True, help="anything load_pretrained reads")
-    pred.add_argument("--topk", type=int, default=5)
+    pred.add_argument("--topk", type=_positive_int, default=5)
     pred.add_argument("--views", default="1x1", help="CLIPSxCROPS, logits averaged (the paper: 1x3)")
     pred.add_argument("--json", action="store_true", help="JSON lines instead of a table (--format json)")
     pred.add_argument(
@@ -718,8 +738,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("table", "json", "shards"),
         help="shards: probabilities in shard files + index.jsonl under --out, resumable (the default under torchrun)",
     )
-    pred.add_argument("--window", type=float, help="seconds per window: predictions along the whole video")
-    pred.add_argument("--stride", type=float, help="seconds between windows (default: --window)")
+    pred.add_argument("--window", type=_positive_float, help="seconds per window: predictions along the whole video")
+    pred.add_argument("--stride", type=_positive_float, help="seconds between windows (default: --window)")
     pred.add_argument("--out", help="folder for timeline JSON and PNG (default: .), or for --format shards")
     _dataset_options(pred)
     _sampling_options(pred)
@@ -764,14 +784,16 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--views", default="1x1", help="default CLIPSxCROPS per request")
     srv.add_argument("--max-batch", type=_positive_int, default=8, help="most clips per model call (default 8)")
-    srv.add_argument("--max-wait-ms", type=float, default=20.0, help="how long a batch waits to fill (default 20)")
+    srv.add_argument(
+        "--max-wait-ms", type=_non_negative_float, default=20.0, help="how long a batch waits to fill (default 20)"
+    )
     srv.add_argument(
         "--queue-size",
         type=_positive_int,
         default=64,
         help="requests waiting at most; more get 503 with Retry-After (default 64)",
     )
-    srv.add_argument("--max-upload-mb", type=float, default=200.0, help="largest upload (default 200 MiB)")
+    srv.add_argument("--max-upload-mb", type=_positive_float, default=200.0, help="largest upload (default 200 MiB)")
     srv.add_argument("--api-key", help="require this key (X-API-Key or Authorization: Bearer) on all but /healthz")
     srv.add_argument(
         "--calibration-videos",
@@ -848,13 +870,23 @@ def _log_to_stderr():
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command: its exit code. A user error (bad input, a bad option, a file that is not what it should be:
+    ``UserError``) is one line on stderr and exit code 2, as argparse's own; anything else is a bug and propagates
+    with its traceback (exit code 1 from the interpreter)."""
     args = build_parser().parse_args(argv)
     _log_to_stderr()
     try:
         return args.func(args)
-    except ValueError as err:  # bad input: one clear line, exit code 2
+    except _user_errors() as err:
         print(f"timesformer {args.command}: error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """``UserError``, and the run config's ``RunError`` (a ``ValueError`` of its own: a bad run set-up)."""
+    from .engine.config import RunError
+
+    return UserError, RunError
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from .convert.mmaction import from_mmaction, is_mmaction
 from .convert.official import from_official
 from .convert.official import infer_config as official_config
 from .convert.vit import from_image_vit
+from .errors import UserError, user_input
 from .files import save_folder, write_json_atomic
 from .model import TimeSformer, TimeSformerConfig, get_config
 from .model import create_model as registry_create_model
@@ -54,22 +55,22 @@ def read_state(path: str | os.PathLike) -> dict:
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: no such file")
+        raise UserError(f"{path}: no such file")
     if path.stat().st_size == 0:
-        raise ValueError(f"{path}: the file is empty")
+        raise UserError(f"{path}: the file is empty")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path))
         except Exception as err:  # safetensors raises its own error types for truncated/corrupt headers
-            raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+            raise UserError(f"{path}: not a readable safetensors file ({err})") from None
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:
         code = _pickled_globals(path, str(err))
         if code:
-            raise ValueError(
+            raise UserError(
                 f"{path}: refused: the file holds pickled Python objects beyond tensors ({code}), and "
                 f"loading those could run arbitrary code. Re-save just the state dict, e.g. "
                 f"torch.save(ckpt['model_state'], 'weights.pth'), with code you trust"
@@ -78,13 +79,13 @@ def read_state(path: str | os.PathLike) -> dict:
 
         if zipfile.is_zipfile(path):
             first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
-            raise ValueError(f"{path}: not a readable checkpoint (corrupt?): {first[:160]}") from None
-        raise ValueError(
+            raise UserError(f"{path}: not a readable checkpoint (corrupt?): {first[:160]}") from None
+        raise UserError(
             f"{path}: not a readable checkpoint (truncated or corrupt?): neither a complete PyTorch zip "
             f"archive nor a pickle of tensors"
         ) from None
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a dict of tensors (a state dict or checkpoint); got {type(obj).__name__}")
+        raise UserError(f"{path}: expected a dict of tensors (a state dict or checkpoint); got {type(obj).__name__}")
     return obj
 
 
@@ -156,7 +157,7 @@ def select_state(obj: dict, source, entry: str | None = None) -> dict:
     entries = [k for k in PRIMARY_ENTRIES + EMA_ENTRIES if _is_state(obj.get(k))]
     if entry is not None:
         if not _is_state(obj.get(entry)):
-            raise ValueError(f"{source}: no state dict under {entry!r}; it holds {entries or sorted(obj)[:8]}")
+            raise UserError(f"{source}: no state dict under {entry!r}; it holds {entries or sorted(obj)[:8]}")
         chosen = entry
     else:
         chosen = entries[0] if entries else None
@@ -178,7 +179,7 @@ def select_state(obj: dict, source, entry: str | None = None) -> dict:
             break
         state = {k[len(prefix) :]: v for k, v in state.items() if k not in _EMA_COUNTERS}
     if not state:
-        raise ValueError(f"{source}: holds no tensors (keys: {sorted(obj)[:8]})")
+        raise UserError(f"{source}: holds no tensors (keys: {sorted(obj)[:8]})")
     return state
 
 
@@ -192,13 +193,13 @@ def detect_format(path: str | os.PathLike, state: dict | None = None) -> str:
     if path.is_dir():
         cfg_path = path / "config.json"
         if not cfg_path.is_file():
-            raise ValueError(f"{path}: a folder without config.json; expected a save_pretrained or Hugging Face folder")
+            raise UserError(f"{path}: a folder without config.json; expected a save_pretrained or Hugging Face folder")
         cfg = json.loads(cfg_path.read_text())
         if cfg.get("format") == "timesformer":
             return "native"
         if cfg.get("model_type") == "timesformer":
             return "hf"
-        raise ValueError(
+        raise UserError(
             f"{cfg_path}: neither our config (format: timesformer) nor a Hugging Face Timesformer "
             f"config (model_type: timesformer); got model_type={cfg.get('model_type')!r}"
         )
@@ -213,9 +214,7 @@ def detect_format(path: str | os.PathLike, state: dict | None = None) -> str:
         return "official"
     if "patch_embed.proj.weight" in keys and any(k.startswith("blocks.") for k in keys):
         return "official"  # official names without the wrapper prefix (also our bare state dicts)
-    raise ValueError(
-        f"{path}: unrecognised checkpoint format; keys start {sorted(keys)[:6]}. Expected one of {FORMATS}"
-    )
+    raise UserError(f"{path}: unrecognised checkpoint format; keys start {sorted(keys)[:6]}. Expected one of {FORMATS}")
 
 
 # --- configs ----------------------------------------------------------------------------------------------
@@ -223,7 +222,7 @@ def config_from_hf(hf: dict, preprocessor: dict | None = None, **overrides) -> T
     """TimeSformerConfig from a Hugging Face ``config.json`` (and ``preprocessor_config.json``)."""
     attention = hf.get("attention_type", "divided_space_time")
     if attention not in HF_ATTENTION:
-        raise ValueError(f"HF attention_type must be one of {sorted(HF_ATTENTION)}; got {attention!r}")
+        raise UserError(f"HF attention_type must be one of {sorted(HF_ATTENTION)}; got {attention!r}")
     dim, heads = hf.get("hidden_size", 768), hf.get("num_attention_heads", 12)
     id2label = hf.get("id2label") or {}
     labels = tuple(id2label[k] for k in sorted(id2label, key=int)) if id2label else None
@@ -252,7 +251,7 @@ def config_from_hf(hf: dict, preprocessor: dict | None = None, **overrides) -> T
         if "image_std" in preprocessor:
             fields["std"] = tuple(preprocessor["image_std"])
     if hf.get("hidden_act", "gelu") != "gelu":
-        raise ValueError(f"HF hidden_act must be 'gelu'; got {hf.get('hidden_act')!r}")
+        raise UserError(f"HF hidden_act must be 'gelu'; got {hf.get('hidden_act')!r}")
     sampling = hf.get("timesformer_sampling")  # written by our export_hf
     if isinstance(sampling, dict):
         fields.update({k: sampling[k] for k in ("sampling", "sampling_rate", "fps") if k in sampling})
@@ -274,7 +273,7 @@ def config_to_hf(cfg: TimeSformerConfig) -> dict:
     if cfg.dim_head * cfg.heads != cfg.dim:
         problems.append(f"heads x dim_head = {cfg.heads * cfg.dim_head} != dim {cfg.dim}")
     if problems:
-        raise ValueError("this model cannot be written in Hugging Face's Timesformer format: " + ", ".join(problems))
+        raise UserError("this model cannot be written in Hugging Face's Timesformer format: " + ", ".join(problems))
     labels = cfg.labels or tuple(f"LABEL_{i}" for i in range(cfg.num_classes))
     return {
         "architectures": ["TimesformerForVideoClassification"],
@@ -309,13 +308,13 @@ def _hub_download(repo_id: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
-        raise ValueError(
+        raise UserError(
             f"{repo_id!r} is not a local path; loading hub names needs `pip install huggingface_hub`"
         ) from None
     try:
         return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt"]))
     except Exception as err:
-        raise ValueError(f"{repo_id!r}: not a local path, and the hub download failed ({err})") from None
+        raise UserError(f"{repo_id!r}: not a local path, and the hub download failed ({err})") from None
 
 
 def _labels_beside(path: Path) -> tuple | None:
@@ -348,18 +347,30 @@ def load_pretrained(
         file records it or its format implies it.
     """
     if format is not None and format not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}; got {format!r}")
+        raise UserError(f"format must be one of {FORMATS}; got {format!r}")
     path = Path(path)
     if not path.exists() and _HUB_ID.match(str(path)):
         path = _hub_download(str(path))
     if not path.exists():
-        raise ValueError(f"{path}: no such file or folder")
+        raise UserError(f"{path}: no such file or folder")
 
+    with user_input():  # the converters' and the model's checks of what the file and the overrides say
+        cfg, state = _config_and_state(path, format, entry, overrides)
+        model = TimeSformer(cfg)
+        check_state(model, state, str(path))
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def _config_and_state(
+    path: Path, format: str | None, entry: str | None, overrides: dict
+) -> tuple[TimeSformerConfig, dict]:
+    """The config a checkpoint (with ``overrides``) describes and its state dict in our names."""
     if path.is_dir():
         format = format or detect_format(path)
         weights = next((path / f for f in WEIGHT_FILES if (path / f).is_file()), None)
         if weights is None:
-            raise ValueError(f"{path}: no weights file; expected one of {WEIGHT_FILES}")
+            raise UserError(f"{path}: no weights file; expected one of {WEIGHT_FILES}")
         state = select_state(read_state(weights), weights, entry)
         config_json = json.loads((path / "config.json").read_text())
         if format == "native":
@@ -371,7 +382,7 @@ def load_pretrained(
             cfg = _guess_sampling(cfg, {**(recorded if isinstance(recorded, dict) else {}), **overrides}, path)
             state = from_hf(state)
         else:
-            raise ValueError(f"{path}: format {format!r} is a single file, not a folder")
+            raise UserError(f"{path}: format {format!r} is a single file, not a folder")
     else:
         raw = read_state(path)
         state = select_state(raw, path, entry)
@@ -391,10 +402,7 @@ def load_pretrained(
         labels = _labels_beside(path)
         if labels is not None:
             cfg = cfg.replace(labels=labels)
-    model = TimeSformer(cfg)
-    check_state(model, state, str(path))
-    model.load_state_dict(state, strict=True)
-    return model.eval()
+    return cfg, state
 
 
 def _detect_wrapped(path: Path, state: dict) -> tuple[str, dict]:
@@ -402,7 +410,7 @@ def _detect_wrapped(path: Path, state: dict) -> tuple[str, dict]:
     module's attribute, ``net.`` ...), the format of what follows it, that prefix dropped (and logged)."""
     try:
         return detect_format(path, state), state
-    except ValueError as err:
+    except UserError as err:
         heads = {k.split(".", 1)[0] for k in state}
         if len(heads) != 1 or not all("." in k for k in state):
             raise
@@ -410,7 +418,7 @@ def _detect_wrapped(path: Path, state: dict) -> tuple[str, dict]:
         inner = {k[len(prefix) :]: v for k, v in state.items()}
         try:
             format = detect_format(path, inner)
-        except ValueError:
+        except UserError:
             raise err from None  # the error names the keys as the file has them
         log.warning("%s: dropped the key prefix %r every tensor carries (a wrapper's attribute)", path, prefix)
         return format, inner
@@ -476,11 +484,11 @@ def _guess_sampling(cfg: TimeSformerConfig, told: dict, path: Path) -> TimeSform
 def _native_config(data: dict, where: Path, overrides: dict) -> TimeSformerConfig:
     fields = data.get("config")
     if not isinstance(fields, dict):
-        raise ValueError(f"{where}: no 'config' object")
+        raise UserError(f"{where}: no 'config' object")
     known = {f.name for f in dataclasses.fields(TimeSformerConfig)}
     unknown = sorted(set(fields) - known)
     if unknown:
-        raise ValueError(f"{where}: unknown config key(s) {unknown}")
+        raise UserError(f"{where}: unknown config key(s) {unknown}")
     if "sampling" not in fields and not {"sampling", "sampling_rate", "fps"} & set(overrides):
         # saved before configs recorded the protocol: what training and the commands used then
         log.warning(
@@ -527,8 +535,9 @@ def init_from_image_vit(model: TimeSformer, source) -> TimeSformer:
     """Initialise ``model`` from image ViT weights (a path, or a state dict in timm or HF ``ViTModel`` naming):
     the paper's recipe. See ``convert/vit.py``. Returns the model (modified in place)."""
     state = source if isinstance(source, dict) else select_state(read_state(source), source)
-    full = from_image_vit(state, model)
-    check_state(model, full, str(source) if not isinstance(source, dict) else "image ViT state dict")
+    with user_input():
+        full = from_image_vit(state, model)
+        check_state(model, full, str(source) if not isinstance(source, dict) else "image ViT state dict")
     model.load_state_dict(full, strict=True)
     return model
 
@@ -561,8 +570,10 @@ def create_model(name: str, pretrained: str | os.PathLike | None = None, **overr
     :func:`load_pretrained`.
     """
     if pretrained is None:
-        return registry_create_model(name, **overrides)
-    preset = get_config(name)
+        with user_input():  # an unknown name, an override out of range
+            return registry_create_model(name, **overrides)
+    with user_input():
+        preset = get_config(name)
     num_classes = overrides.pop("num_classes", None)
     model = load_pretrained(pretrained, **overrides)
     differ = [
@@ -571,7 +582,7 @@ def create_model(name: str, pretrained: str | os.PathLike | None = None, **overr
         if getattr(preset, k) != getattr(model.config, k)
     ]
     if differ:
-        raise ValueError(f"{pretrained} is not a {name}: " + "; ".join(differ))
+        raise UserError(f"{pretrained} is not a {name}: " + "; ".join(differ))
     if num_classes is not None and num_classes != model.config.num_classes:
         model.reset_classifier(num_classes)
     return model

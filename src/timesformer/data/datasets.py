@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import UserError
 from .decode import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, DecodeError, natural_key, open_video
 from .sampling import dense_clip_times, segment_times
 from .transforms import OFFICIAL_MEAN, OFFICIAL_STD, EvalTransform, TrainTransform
@@ -83,7 +84,7 @@ class ClipSpec:
 
     def __post_init__(self):
         if self.sampling not in ("dense", "segment"):
-            raise ValueError(f"sampling must be 'dense' or 'segment'; got {self.sampling!r}")
+            raise UserError(f"sampling must be 'dense' or 'segment'; got {self.sampling!r}")
 
     def times(self, duration: float, *, train: bool, clip_index: int = 0, generator=None) -> torch.Tensor:
         if self.sampling == "segment":
@@ -234,7 +235,7 @@ class VideoFolder(VideoDataset):
     def __init__(self, root: str | os.PathLike, *, classes: list[str] | None = None, **kwargs):
         root = Path(root)
         if not root.is_dir():
-            raise ValueError(f"{root}: not a folder; expected root/<class>/<video>")
+            raise UserError(f"{root}: not a folder; expected root/<class>/<video>")
         folders = sorted((d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")), key=natural_key)
         videos = {
             name: [p for p in sorted((root / name).iterdir(), key=lambda p: natural_key(p.name)) if _is_video(p)]
@@ -246,13 +247,13 @@ class VideoFolder(VideoDataset):
         index = {name: i for i, name in enumerate(classes)}
         unknown = [name for name in folders if videos[name] and name not in index]
         if unknown:
-            raise ValueError(
+            raise UserError(
                 f"{root}: class folder {unknown[0]!r} ({len(videos[unknown[0]])} videos) is not among "
                 f"the {len(classes)} classes {classes[:12]}{' ...' if len(classes) > 12 else ''}"
             )
         items = [(p, index[name]) for name in folders if name in index for p in videos[name]]
         if not items:
-            raise ValueError(
+            raise UserError(
                 f"{root}: no videos found; expected root/<class>/<video> with one of "
                 f"{', '.join(VIDEO_EXTENSIONS)} or folders of frames"
             )
@@ -271,7 +272,7 @@ def read_list(
     ``path,label`` header (label an index or a class name); the Kinetics CSV (``label,youtube_id,time_start,
     time_end,split``; files ``<youtube_id>_<start:06d>_<end:06d>.mp4`` under ``root/<label>/`` or ``root/``).
     Paths are relative to ``root`` (default: the list's folder). A malformed line or an unknown label raises
-    ``ValueError`` naming the file and line number.
+    ``UserError`` naming the file and line number.
     """
     file = Path(file)
     raw = _list_rows(file, root, labelled=True)
@@ -290,12 +291,12 @@ def read_list(
         for lab in labs:
             if lab.isdigit() and (numeric or lab not in index):
                 if int(lab) >= len(classes):
-                    raise ValueError(f"{file}:{n}: label {lab} is out of range for {len(classes)} classes")
+                    raise UserError(f"{file}:{n}: label {lab} is out of range for {len(classes)} classes")
                 ids.append(int(lab))
             elif lab in index:
                 ids.append(index[lab])
             else:
-                raise ValueError(
+                raise UserError(
                     f"{file}:{n}: unknown label {lab!r}; known: {classes[:10]}" + (" ..." if len(classes) > 10 else "")
                 )
         items.append((path, tuple(ids) if len(labs) > 1 else ids[0]))
@@ -307,7 +308,7 @@ def list_videos(file: str | os.PathLike, root: str | os.PathLike | None = None) 
 
     Reads what ``read_list`` reads, and also plain lists of one path per line (no label). A line is one path when
     it names a file under ``root`` or ends in a video extension; otherwise ``<path> <label>``. Labels are kept as
-    written, not checked. ``ValueError`` names the file and line of a malformed line."""
+    written, not checked. ``UserError`` names the file and line of a malformed line."""
     return [(path, ",".join(labs) if labs else None) for _, path, labs in _list_rows(Path(file), root, labelled=False)]
 
 
@@ -318,7 +319,7 @@ def _list_rows(file: Path, root, *, labelled: bool) -> list[tuple[int, Path, lis
     try:
         lines = file.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"{file}: cannot read the list ({err})") from None
+        raise UserError(f"{file}: cannot read the list ({err})") from None
     header = [h.strip() for h in lines[0].split(",")] if lines else []
     if not labelled and header == ["path"]:
         return [(n, root / line.strip(), []) for n, line in enumerate(lines[1:], start=2) if line.strip()]
@@ -328,12 +329,12 @@ def _list_rows(file: Path, root, *, labelled: bool) -> list[tuple[int, Path, lis
             if not row:
                 continue
             if len(row) != 5:
-                raise ValueError(f"{file}:{n}: expected 5 fields {KINETICS_HEADER}; got {len(row)}: {row}")
+                raise UserError(f"{file}:{n}: expected 5 fields {KINETICS_HEADER}; got {len(row)}: {row}")
             label, yid, start, end = row[0], row[1], row[2], row[3]
             try:
                 name = f"{yid}_{int(float(start)):06d}_{int(float(end)):06d}.mp4"
             except ValueError:
-                raise ValueError(f"{file}:{n}: time_start/time_end must be numbers; got {start!r}, {end!r}") from None
+                raise UserError(f"{file}:{n}: time_start/time_end must be numbers; got {start!r}, {end!r}") from None
             path = root / label / name if (root / label / name).exists() else root / name
             raw.append((n, path, [label]))
     elif header[:2] == ["path", "label"]:
@@ -341,7 +342,7 @@ def _list_rows(file: Path, root, *, labelled: bool) -> list[tuple[int, Path, lis
             if not row:
                 continue
             if len(row) < 2:
-                raise ValueError(f"{file}:{n}: expected path,label; got {row}")
+                raise UserError(f"{file}:{n}: expected path,label; got {row}")
             raw.append((n, root / row[0], [p.strip() for p in row[1].split(";" if ";" in row[1] else "|")]))
     else:
         for n, line in enumerate(lines, start=1):
@@ -356,10 +357,10 @@ def _list_rows(file: Path, root, *, labelled: bool) -> list[tuple[int, Path, lis
                 raw.append((n, root / line.strip(), []))
                 continue
             if len(parts) != 2:
-                raise ValueError(f"{file}:{n}: expected '<path> <label>'; got {line!r}")
+                raise UserError(f"{file}:{n}: expected '<path> <label>'; got {line!r}")
             raw.append((n, root / parts[0], parts[1].split(",")))
     if not raw:
-        raise ValueError(f"{file}: the list holds no videos")
+        raise UserError(f"{file}: the list holds no videos")
     return raw
 
 

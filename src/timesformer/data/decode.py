@@ -16,12 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import UserError
+
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".ogv", ".flv", ".3gp")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _EPS = 1e-4  # seconds: a requested time within this of a frame's timestamp counts as that frame
 
 
-class DecodeError(ValueError):
+class DecodeError(UserError):
     """A file that can't be decoded; the message names the file and the reason."""
 
 

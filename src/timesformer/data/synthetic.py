@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..errors import UserError
 from .transforms import normalize
 
 CLASSES = (
@@ -90,11 +91,11 @@ class SyntheticMotion(Dataset):
     ):
         unknown = [c for c in classes if c not in CLASSES]
         if unknown:
-            raise ValueError(f"unknown SyntheticMotion class(es) {unknown}; known: {CLASSES}")
+            raise UserError(f"unknown SyntheticMotion class(es) {unknown}; known: {CLASSES}")
         if split not in _SPLIT_OFFSET:
-            raise ValueError(f"split must be one of {tuple(_SPLIT_OFFSET)}; got {split!r}")
+            raise UserError(f"split must be one of {tuple(_SPLIT_OFFSET)}; got {split!r}")
         if num_frames < 2 or size < 16:
-            raise ValueError(f"need num_frames >= 2 and size >= 16; got {num_frames}, {size}")
+            raise UserError(f"need num_frames >= 2 and size >= 16; got {num_frames}, {size}")
         self.num_samples, self.num_frames, self.size = num_samples, num_frames, size
         self.seed, self.split, self.classes = seed, split, list(classes)
         self.mean, self.std = mean, std

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserError
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 OFFICIAL_MEAN, OFFICIAL_STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)  # PySlowFast / TimeSformer defaults
 
@@ -69,7 +71,7 @@ class TrainTransform:
         std=OFFICIAL_STD,
     ):
         if scale[0] < crop_size or scale[1] < scale[0]:
-            raise ValueError(f"scale must be (min, max) with crop_size {crop_size} <= min <= max; got {scale}")
+            raise UserError(f"scale must be (min, max) with crop_size {crop_size} <= min <= max; got {scale}")
         self.crop_size, self.scale, self.flip, self.mean, self.std = crop_size, scale, flip, mean, std
 
     def __call__(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -92,7 +94,7 @@ class EvalTransform:
         self, *, crop_size: int, short_side: int | None = None, num_crops: int = 1, mean=OFFICIAL_MEAN, std=OFFICIAL_STD
     ):
         if num_crops not in (1, 3):
-            raise ValueError(f"num_crops must be 1 or 3; got {num_crops}")
+            raise UserError(f"num_crops must be 1 or 3; got {num_crops}")
         self.crop_size, self.short_side, self.num_crops = crop_size, short_side or crop_size, num_crops
         self.mean, self.std = mean, std
 

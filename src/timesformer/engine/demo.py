@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from ..data import collate
 from ..data.synthetic import CLASSES, REVERSED_PAIRS
+from ..errors import UserError
 from ..files import write_json_atomic, write_text_atomic
 from .config import DataConfig, OptimConfig, RunConfig
 from .evaluate import predict_views
@@ -132,11 +133,9 @@ def check_demo(schemes, steps: int, val_clips: int) -> tuple:
     """The schemes as a tuple, or a ``ValueError`` naming what was expected and what came."""
     schemes = tuple(schemes)
     if not schemes or any(s not in SCHEMES for s in schemes) or len(set(schemes)) != len(schemes):
-        raise ValueError(
-            f"schemes: 'all' or distinct names from {','.join(SCHEMES)}; got {','.join(schemes) or 'none'}"
-        )
+        raise UserError(f"schemes: 'all' or distinct names from {','.join(SCHEMES)}; got {','.join(schemes) or 'none'}")
     if steps < 1 or val_clips < len(CLASSES):
-        raise ValueError(
+        raise UserError(
             f"steps must be at least 1 and val clips at least {len(CLASSES)} (one per class); got "
             f"{steps} and {val_clips}"
         )

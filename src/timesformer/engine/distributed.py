@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -149,7 +151,7 @@ class EpochSampler(torch.utils.data.Sampler):
         self, n: int, *, global_batch: int, d: Dist, seed: int, shuffle: bool = True, batches: int | None = None
     ):
         if global_batch % d.world:
-            raise ValueError(f"optim.batch_size {global_batch} must be divisible by the {d.world} processes")
+            raise UserError(f"optim.batch_size {global_batch} must be divisible by the {d.world} processes")
         self.n, self.global_batch, self.d, self.seed, self.shuffle = n, global_batch, d, seed, shuffle
         self.batches = n // global_batch if batches is None else min(batches, n // global_batch)
         self.epoch, self.start = 0, 0

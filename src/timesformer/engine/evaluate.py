@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UserError
 from . import distributed as distr
 from .device import autocast, inference_device
 from .metrics import confusion_matrix, mean_average_precision, per_class_accuracy, topk_accuracy
@@ -114,7 +115,7 @@ def evaluate_checkpoint(
         else VideoList(data, root=root, spec=spec, train=False, classes=labels)
     )
     if dataset.num_classes != cfg.num_classes:
-        raise ValueError(
+        raise UserError(
             f"{data} has {dataset.num_classes} classes but the checkpoint has {cfg.num_classes} "
             f"(and names none to match them by)"
         )

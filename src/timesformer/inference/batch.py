@@ -36,6 +36,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..data import DecodeError
+from ..errors import UserError
 from ..files import write_atomic
 from .predict import Predictor, ViewDecoder, token_features
 
@@ -71,10 +72,10 @@ def videos_from(entries) -> list[Video]:
     out, seen = [], {}
     for path, vid, label in entries:
         if "::" in vid:
-            raise ValueError(f"{path}: '::' separates a video's id from its token kind; rename the file")
+            raise UserError(f"{path}: '::' separates a video's id from its token kind; rename the file")
         if vid in seen:
             if os.path.abspath(seen[vid]) != os.path.abspath(path):
-                raise ValueError(f"two videos would share the id {vid!r}: {seen[vid]} and {path}; name them apart")
+                raise UserError(f"two videos would share the id {vid!r}: {seen[vid]} and {path}; name them apart")
             continue
         seen[vid] = path
         out.append(Video(vid, os.path.abspath(path), label))
@@ -211,10 +212,10 @@ class ShardedJob:
             try:
                 recorded = json.loads(job.read_text())
             except (OSError, ValueError) as err:
-                raise ValueError(f"{job}: can't read the job record ({err})") from None
+                raise UserError(f"{job}: can't read the job record ({err})") from None
             differ = sorted(k for k in {*recorded, *self.identity} if recorded.get(k) != self.identity.get(k))
             if differ:
-                raise ValueError(
+                raise UserError(
                     f"{self.out} holds results of another job ("
                     + "; ".join(f"{k}: {recorded.get(k)!r} there, {self.identity.get(k)!r} now" for k in differ)
                     + "): use another --out folder, or delete this one to start over"
@@ -263,22 +264,23 @@ class ShardedJob:
 
     def run(self, progress=None) -> Summary:
         """Do this rank's share of the shards left; ``progress(done, total)`` counts its videos."""
-        todo, error, message = None, None, None
+        todo, error, message, user = None, None, None, False
         if self.rank == 0:
             try:
                 todo = self._prepare()
             except Exception as err:  # told to every rank, so none waits for shards that never come
-                error, message = err, str(err) if isinstance(err, ValueError) and str(err) else f"rank 0: {err!r}"
+                user = isinstance(err, UserError)
+                error, message = err, str(err) if user and str(err) else f"rank 0: {err!r}"
         if self.world > 1:
             import torch.distributed as dist
 
-            box = [(todo, message)]
+            box = [(todo, message, user)]
             dist.broadcast_object_list(box, src=0)
-            todo, message = box[0]
+            todo, message, user = box[0]
         if error is not None:
             raise error
-        if message is not None:
-            raise ValueError(message)
+        if message is not None:  # the other ranks: rank 0's user error as theirs, a bug there as a failure here
+            raise (UserError if user else RuntimeError)(message)
         mine = todo[self.rank :: self.world]
         summary = Summary(shards_skipped=len(self.shards) - len(todo))
         items = [(k, v) for k in mine for v in self.shards[k]]
@@ -383,7 +385,7 @@ def read_shards(out) -> dict[str, dict]:
     out = Path(out)
     index = out / "index.jsonl"
     if not index.exists():
-        raise ValueError(f"{out}: no index.jsonl; the job has not finished (rerun it to resume)")
+        raise UserError(f"{out}: no index.jsonl; the job has not finished (rerun it to resume)")
     main = "probs" if json.loads((out / "job.json").read_text())["task"] == "predict" else "pooled"
     entries = [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
     results = {e["id"]: {**e, "tensors": {}} for e in entries}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UserError
 from ..model import TimeSformer
 
 
@@ -29,7 +30,7 @@ def export_onnx(
     default the config's). Written to a temporary name, then renamed."""
     cfg = model.config
     if opset < 17:
-        raise ValueError(f"opset must be >= 17; got {opset}")
+        raise UserError(f"opset must be >= 17; got {opset}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     example = torch.randn(2, frames or cfg.num_frames, cfg.channels, size or cfg.image_size, size or cfg.image_size)
@@ -133,7 +134,7 @@ def export_checked(
     if quantize not in (None, "int8"):
         raise ValueError(f"quantize must be None or 'int8'; got {quantize!r}")
     if quantize and format != "onnx":
-        raise ValueError(
+        raise UserError(
             "--quantize int8 applies to --format onnx (for PyTorch, use --precision int8 on predict, extract and eval)"
         )
     if format == "torch":
@@ -158,7 +159,7 @@ def export_checked(
         low = onnx_logits(int8, video)
         drift = float((low - ref).abs().max() / ref.abs().max())
         if not drift <= INT8_TOLERANCE:  # NaN too
-            raise ValueError(
+            raise UserError(
                 f"int8 ONNX logits differ from PyTorch fp32 by {drift:.1%} of the largest logit "
                 f"(> {INT8_TOLERANCE:.0%}); {out} not written"
             )

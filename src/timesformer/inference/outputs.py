@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..data import ClipSpec, DecodeError
+from ..errors import UserError
 from ..files import write_atomic, write_json_atomic
 from .predict import Predictor
 
@@ -36,7 +37,7 @@ def output_bases(paths: Sequence, out: str | os.PathLike) -> dict[str, Path]:
 
 def output_path(base: Path, suffix: str, video=None, recorded_video: Callable | None = None) -> Path:
     """``base`` + ``suffix``, its folder created. With ``video`` and ``recorded_video(file)`` (the absolute path an
-    output records of its video): an existing file written for another video is a ``ValueError`` naming both."""
+    output records of its video): an existing file written for another video is a ``UserError`` naming both."""
     path = base.with_name(base.name + suffix)
     path.parent.mkdir(parents=True, exist_ok=True)
     if video is not None and path.exists():
@@ -45,7 +46,7 @@ def output_path(base: Path, suffix: str, video=None, recorded_video: Callable | 
         except (OSError, ValueError, KeyError):
             earlier = None
         if earlier is not None and Path(earlier) != Path(video).resolve():
-            raise ValueError(
+            raise UserError(
                 f"{path} holds the output for {earlier}; {video} has the same name and would "
                 f"overwrite it: give another --out"
             )

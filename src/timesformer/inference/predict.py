@@ -18,6 +18,7 @@ from ..data import ClipSpec, DecodeError, open_video
 from ..data.decode import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from ..data.sampling import clip_start_times
 from ..data.transforms import EvalTransform
+from ..errors import UserError
 from ..fast import optimize
 from ..model import TimeSformer
 
@@ -46,10 +47,10 @@ def parse_views(text: str, option: str = "--views", max_clips: int | None = None
     try:
         clips, crops = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise ValueError(f"{option} must be CLIPSxCROPS like 1x3; got {text!r}") from None
+        raise UserError(f"{option} must be CLIPSxCROPS like 1x3; got {text!r}") from None
     if clips < 1 or (max_clips is not None and clips > max_clips) or crops not in (1, 3):
         limit = f"1..{max_clips}" if max_clips is not None else ">= 1"
-        raise ValueError(f"{option} needs clips {limit} and crops 1 or 3; got {text!r}")
+        raise UserError(f"{option} needs clips {limit} and crops 1 or 3; got {text!r}")
     return clips, crops
 
 

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from ..data import DecodeError
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def stream_predictions(
     from ..data.transforms import center_crop, resize_short_side
 
     if every < 1 or smooth < 1:
-        raise ValueError(f"every and smooth must be >= 1; got {every}, {smooth}")
+        raise UserError(f"every and smooth must be >= 1; got {every}, {smooth}")
     spec, size = predictor.spec, predictor.spec.crop_size
     span = spec.num_frames * spec.sampling_rate / spec.fps
     offsets = [float(t) for t in spec.times(span, train=False)]

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UserError
+
 _LABEL_WIDTH = 120  # pixels left of each PNG row, or below each GIF tile, for the clip's name
 _LABEL_HEIGHT = 14
 
@@ -27,7 +29,7 @@ def write_preview(
     out = Path(out)
     kind = out.suffix.lower()
     if kind not in (".png", ".gif"):
-        raise ValueError(f"preview file must end in .png or .gif; got {out.name!r}")
+        raise UserError(f"preview file must end in .png or .gif; got {out.name!r}")
     if not clips:
         raise ValueError("preview: no clips to show")
     shapes = {tuple(video.shape) for _, video in clips}
