@@ -106,3 +106,28 @@ def test_demo_runs_on_cuda(tmp_path):
     from timesformer.cli import main
 
     assert main(["demo", "--schemes", "all", "--steps", "3", "--out", str(tmp_path / "demo")]) == 0
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_the_speed_layer_computes_the_reference_on_cuda(autocast):
+    """fused.fuse on CUDA: FusedMlp's autograd function and the temporal_fc fold give the reference's logits and
+    gradients (fp32 closely, bf16 autocast within its rounding)."""
+    import copy
+
+    from timesformer.fused import fuse
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model = small_model(drop_path_rate=0.2).cuda().train()
+    fused = copy.deepcopy(model)
+    fuse(fused, quiet=True)
+    video = torch.randn(2, 4, 3, 32, 32, device="cuda")
+    results = []
+    for m in (model, fused):
+        torch.manual_seed(0)
+        with torch.autocast("cuda", torch.bfloat16, enabled=autocast):
+            out = m(video).float()
+        out.square().sum().backward()
+        results.append((out.detach(), m.blocks[0].mlp.fc2.weight.grad, m.blocks[0].temporal_fc.weight.grad))
+    tol = dict(atol=5e-2, rtol=5e-2) if autocast else dict(atol=1e-4, rtol=1e-4)
+    for ref, got in zip(*results):
+        torch.testing.assert_close(got, ref, **tol)
