@@ -117,3 +117,35 @@ def test_the_cpu_kernel_computes_attention(dtype, keys):
     with torch.no_grad():
         torch.testing.assert_close(cpu_attention(q, k, v, mask=mask), attention(q, k, v, mask=mask), **tol)
         torch.testing.assert_close(cpu_attention(q, k, v, mask=mask, impl="math"), attention(q, k, v, mask=mask), **tol)
+
+
+def test_hooks_keep_their_modules_on_the_reference_path_and_unfuse_keeps_hooks():
+    model = small_model().train()
+    reference = copy.deepcopy(model)
+    fired = []
+    model.blocks[0].mlp.register_forward_hook(lambda m, args, out: fired.append("mlp"))
+    model.blocks[0].temporal_attn.register_forward_hook(lambda m, args, out: fired.append("attn"))
+    report = fuse(model, quiet=True)
+    assert set(report.skipped) == {"blocks.0.mlp", "blocks.0.temporal_attn"}
+    assert type(model.blocks[0].mlp).__name__ == "Mlp" and type(model.blocks[0].temporal_fc) is nn.Linear
+    assert isinstance(model.blocks[1].mlp, FusedMlp)
+    handle = model.blocks[1].mlp.register_forward_hook(lambda m, args, out: fired.append("fused mlp"))
+    unfuse(model)  # the hook moves with the module it was put on
+    torch.testing.assert_close(model(VIDEO, MASK), reference(VIDEO, MASK), atol=1e-5, rtol=1e-5)
+    assert sorted(fired) == ["attn", "fused mlp", "fused mlp", "mlp", "mlp"]  # mlp: patch tokens and cls
+    handle.remove()
+    model(VIDEO, MASK)
+    assert fired.count("fused mlp") == 2
+
+
+def test_the_inference_fold_leaves_hooked_maps_alone():
+    from timesformer.fused import fold_stage_fc
+
+    model = small_model()
+    fired = []
+    model.blocks[0].temporal_fc.register_forward_hook(lambda m, args, out: fired.append(1))
+    fold_stage_fc(model)
+    assert type(model.blocks[0].temporal_fc) is nn.Linear and isinstance(model.blocks[1].temporal_fc, nn.Identity)
+    with torch.no_grad():
+        model(VIDEO, MASK)
+    assert fired == [1]

@@ -187,7 +187,7 @@ class OptimizedTimeSformer(nn.Module):
         self._dynamic = None  # int8-static's fallback: the dynamically quantized copy, made when first needed
         self._entries = {}  # key -> callable (compiled, or eager after a failed compile)
         self._compiled = set()  # keys whose callable is compiled
-        self._ran = set()  # (key, input shapes) that ran compiled once: a later exception there is no compile failure
+        self._ran = set()  # keys whose compiled callable has run: a later exception there is no compile failure
 
     def calibrate(self, clips: torch.Tensor | Iterable[torch.Tensor]):
         """Clips ``b t c H W`` (a tensor or a list of batches) whose activation ranges set the int8 scales of every
@@ -264,18 +264,17 @@ class OptimizedTimeSformer(nn.Module):
             autocast = (
                 torch.autocast("cpu", torch.bfloat16) if self.method == "int8-static" else contextlib.nullcontext()
             )
-            seen = (key, tuple(video.shape), None if mask is None else tuple(mask.shape))
             try:  # a call with a new shape (re)compiles; freezing: the weights become constants inductor folds and
                 # pre-packs (the global setting: compile's options={"freezing": True} skips the int8 lowering)
                 with autocast, torch._inductor.config.patch(freezing=True), warnings.catch_warnings():
                     warnings.filterwarnings("ignore", "To copy construct from a tensor")  # inside inductor's int8
                     out = fn(*args).float()
-                self._ran.add(seen)
+                self._ran.add(key)
                 return out
             except torch.OutOfMemoryError:
                 raise  # not a compiler failure: eager would need the memory too
             except Exception as err:  # inductor fails in many ways; eager always works
-                if seen in self._ran:  # this shape compiled and ran before: a real error, not a failed compile
+                if key in self._ran:  # only the first call's compile may fail over to eager; later: a real error
                     raise
                 self._warn(name, "torch.compile", err)
                 self._entries[key] = self._eager(name)

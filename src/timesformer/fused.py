@@ -15,9 +15,11 @@ parameters (and so the same state-dict keys, optimizer state and checkpoints):
 
 ``fuse(model)`` applies them to the modules where they are exact and safe: plain ``nn.Linear`` modules with no
 hooks or parametrizations (a LoRA or QAT wrapper is not an ``nn.Linear``; ``nn.qat.Linear`` is a subclass, and
-refused too). It logs one line saying what it fused and what it left on the reference path. A hook added
-later, or dropout that sits between the fused maps in training, sends that module back to the reference
-computation at run time (one warning). ``unfuse(model)`` puts the reference modules back.
+refused too), and never to a module that carries hooks itself. It logs one line saying what it fused and what
+it left on the reference path (a warning when it left any). A hook added later sends that module back to the
+reference computation at run time (one warning); so does, silently, dropout that sits between the fused maps
+in training. ``unfuse(model)`` puts the reference modules back, with any hooks the fused ones carried; do that
+before wrapping a model for QAT or LoRA (``fit`` returns its model unfused).
 """
 
 from __future__ import annotations
@@ -58,6 +60,26 @@ def is_plain_linear(module: nn.Module) -> bool:
 
 
 _warned: set[str] = set()
+
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_state_dict_hooks",
+    "_load_state_dict_pre_hooks",
+)
+
+
+def _carry_hooks(source: nn.Module, target: nn.Module) -> nn.Module:
+    """``target`` takes ``source``'s hook dicts themselves (not copies), so existing handles still remove them."""
+    for name in _HOOK_DICTS:
+        if hasattr(source, name):
+            setattr(target, name, getattr(source, name))
+    return target
 
 
 def _fallback(what: str):
@@ -135,7 +157,7 @@ class FusedMlp(Mlp):
         mlp = Mlp.__new__(Mlp)
         nn.Module.__init__(mlp)
         mlp.kind, mlp.fc1, mlp.fc2, mlp.drop = self.kind, self.fc1, self.fc2, self.drop
-        return mlp
+        return _carry_hooks(self, mlp)
 
 
 # --- the temporal_fc fold --------------------------------------------------------------------------------------
@@ -157,7 +179,7 @@ class StageBias(nn.Module):
     def reference(self) -> nn.Linear:
         fc = nn.Linear(self.in_features, self.out_features, device=self.weight.device, dtype=self.weight.dtype)
         fc.weight, fc.bias = self.weight, self.bias
-        return fc
+        return _carry_hooks(self, fc)
 
 
 class FoldedProj(nn.Module):
@@ -192,7 +214,7 @@ class FoldedProj(nn.Module):
     def reference(self) -> nn.Linear:
         proj = nn.Linear(self.in_features, self.out_features, device=self.weight.device, dtype=self.weight.dtype)
         proj.weight, proj.bias = self.weight, self.bias
-        return proj
+        return _carry_hooks(self, proj)
 
 
 @torch.no_grad()
@@ -200,11 +222,11 @@ def fold_stage_fc(model: TimeSformer) -> TimeSformer:
     """For inference copies: fold each pre-stage's ``fc`` into its attention's ``proj`` for good -- ``proj`` becomes
     ``x -> W_fc (W_proj x + b_proj) + b_fc`` and ``fc`` an identity. Exact, and it leaves every linear map a plain
     ``nn.Linear`` of constant weights (what quantizers and compilers look for). Changes the state dict's keys:
-    never for checkpoints."""
+    never for checkpoints. Only where both maps are plain ``nn.Linear`` modules without hooks."""
     for block in model.blocks:
         for name in block.pre_stages:
             fc, proj = getattr(block, f"{name}_fc"), getattr(block, f"{name}_attn").proj
-            if isinstance(fc, nn.Linear):
+            if is_plain_linear(fc) and is_plain_linear(proj):
                 proj.bias.copy_(fc.weight @ proj.bias + fc.bias)
                 proj.weight.copy_(fc.weight @ proj.weight)
                 setattr(block, f"{name}_fc", nn.Identity())
@@ -253,7 +275,7 @@ class FuseReport:
     def line(self) -> str:
         text = (
             f"fused layer: {len(self.mlp)} MLPs, {len(self.fold)} temporal_fc folds, "
-            f"{len(self.kernel)} attention kernels"
+            f"{len(self.kernel)} CPU attention kernels"
         )
         if self.skipped:
             first = next(iter(self.skipped.items()))
@@ -278,7 +300,9 @@ def fuse(model: nn.Module, *, mlp: bool = True, fold: bool = True, kernel: bool 
         if not isinstance(module, Block):
             continue
         if mlp and type(module.mlp) is Mlp and module.mlp.kind == "gelu":
-            if is_plain_linear(module.mlp.fc2):
+            if _has_hooks(module.mlp):
+                report.skipped[f"{name}.mlp"] = "has hooks"
+            elif is_plain_linear(module.mlp.fc2):
                 module.mlp = FusedMlp.adopt(module.mlp)
                 report.mlp.append(f"{name}.mlp")
             else:
@@ -287,21 +311,22 @@ def fuse(model: nn.Module, *, mlp: bool = True, fold: bool = True, kernel: bool 
             fc, attn = getattr(module, f"{stage}_fc"), getattr(module, f"{stage}_attn")
             if isinstance(fc, nn.Identity) or isinstance(attn.proj, FoldedProj):
                 continue
-            if is_plain_linear(fc) and is_plain_linear(attn.proj):
+            if is_plain_linear(fc) and is_plain_linear(attn.proj) and not _has_hooks(attn):
                 bias = StageBias(fc)
                 setattr(module, f"{stage}_fc", bias)
                 attn.proj = FoldedProj(attn.proj, bias, attn.proj_drop)
                 report.fold.append(f"{name}.{stage}_fc")
             else:
-                bad = fc if not is_plain_linear(fc) else attn.proj
-                where = f"{name}.{stage}_fc" if bad is fc else f"{name}.{stage}_attn.proj"
-                report.skipped[where] = _why_not(bad)
+                for where, part in ((f"{stage}_fc", fc), (f"{stage}_attn.proj", attn.proj), (f"{stage}_attn", attn)):
+                    if (part is attn and _has_hooks(attn)) or (part is not attn and not is_plain_linear(part)):
+                        report.skipped[f"{name}.{where}"] = "has hooks" if part is attn else _why_not(part)
+                        break
     for name, module in model.named_modules() if kernel else ():
         if isinstance(module, Attention) and module.kernel is attention:
             module.kernel = cpu_attention
             report.kernel.append(name)
     if not quiet:
-        log.info(report.line())
+        (log.warning if report.skipped else log.info)(report.line())
     return report
 
 

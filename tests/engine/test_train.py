@@ -267,9 +267,12 @@ def test_the_speed_layer_trains_to_the_reference_weights_and_says_so(tmp_path, c
     import logging
 
     with caplog.at_level(logging.INFO, logger="timesformer"):
-        fit(tiny_run(tmp_path, "fused", model_args=dict(temporal_fc=True), optim=dict(epochs=1)))
+        result = fit(tiny_run(tmp_path, "fused", model_args=dict(temporal_fc=True), optim=dict(epochs=1)))
+    # what fit hands back runs its reference modules again, ready to be wrapped (LoRA, QAT) or hooked
+    assert type(result["model"].blocks[0].temporal_fc) is torch.nn.Linear
+    assert type(result["model"].blocks[0].mlp).__name__ == "Mlp"
     lines = [r.getMessage() for r in caplog.records if r.name == "timesformer.fused"]
-    assert lines == ["fused layer: 1 MLPs, 1 temporal_fc folds, 2 attention kernels"]
+    assert lines == ["fused layer: 1 MLPs, 1 temporal_fc folds, 2 CPU attention kernels"]
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="timesformer"):
         fit(tiny_run(tmp_path, "reference", model_args=dict(temporal_fc=True), optim=dict(epochs=1, fused=False)))

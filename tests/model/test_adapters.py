@@ -51,8 +51,10 @@ def test_lora_trains_every_adapter_and_computes_the_merged_model(scheme, cls):
         assert (base(VIDEO, MASK) - logits).abs().max() > 1e-3
 
 
-def test_a_merged_lora_model_saves_as_a_native_checkpoint(tmp_path):
-    model = lora_model("divided", "average")
+@pytest.mark.parametrize("cls", CLS)
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_a_merged_lora_model_saves_as_a_native_checkpoint(tmp_path, scheme, cls):
+    model = lora_model(scheme, cls)
     merged = model.merge_and_unload().eval()
     folder = tf.save_pretrained(merged, tmp_path / "merged")
     loaded = tf.load_pretrained(folder).eval()

@@ -56,7 +56,7 @@ class OptimConfig:
     grad_checkpointing: bool = False
     compile: bool = False  # torch.compile (inductor) the training forward and backward; eager if it fails
     # the speed layer (timesformer.fused): fused GELU+fc2 backward, temporal_fc folded into proj, the fastest
-    # attention kernel; exact, and only on plain nn.Linear modules (a hook or wrapper keeps its module reference)
+    # attention kernel; exact, and only on plain nn.Linear modules (a hooked or wrapped one runs as it is)
     fused: bool = True
     ema_decay: float = 0.0  # 0 = no EMA of weights
     seed: int = 0

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from ..data import ClipSpec, SyntheticMotion, VideoFolder, VideoList, bad_files_report, collate
-from ..fused import fuse
+from ..fused import fuse, unfuse
 from ..model import TimeSformer, create_model, get_config
 from . import distributed as distr
 from .checkpoint import (
@@ -93,7 +93,7 @@ class Run:
     started: float = field(default_factory=time.time)
     board: object = None  # a TensorBoard writer, when installed (rank 0)
     eager_model: torch.nn.Module | None = None  # with optim.compile: ``train_model`` before compiling
-    compiled_shapes: set = field(default_factory=set)  # input shapes whose compiled forward has run
+    compiled_ran: bool = False  # the compiled forward has run once
 
     @property
     def total_steps(self) -> int:
@@ -154,7 +154,7 @@ def fit(
             "epoch": run.pos.epoch,
             "step": run.pos.step,
             "metrics": metrics,
-            "model": run.model,
+            "model": unfuse(run.model),  # the reference modules: ready to wrap (LoRA, QAT) or hook
             "classes": run.classes,
             "stopped": stopped,
         }
@@ -485,15 +485,14 @@ def _train_forward(run: Run, video: torch.Tensor, mask: torch.Tensor | None) -> 
     warning says why and training goes on eagerly."""
     if run.eager_model is None or run.train_model is run.eager_model:
         return run.train_model(video, mask)
-    shapes = (tuple(video.shape), None if mask is None else tuple(mask.shape))
     try:
         logits = run.train_model(video, mask)
-        run.compiled_shapes.add(shapes)
+        run.compiled_ran = True
         return logits
     except torch.OutOfMemoryError:
         raise  # eager would need the memory too
     except Exception as err:  # inductor fails in many ways; nothing ran, so the micro-batch runs again eagerly
-        if shapes in run.compiled_shapes:  # compiled and ran at this shape before: a real error, not the compiler
+        if run.compiled_ran:  # only the first call's compile may fail over to eager; later: a real error
             raise
         warnings.warn(
             f"optim.compile: torch.compile failed ({type(err).__name__}: "
