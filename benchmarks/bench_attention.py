@@ -1,5 +1,5 @@
 """The attention kernel: PyTorch's fused SDPA against two batched matmuls around a softmax, per shape of TimeSformer-B
-(8x224, batch 1) and precision, for inference (no grad) and training (forward + backward), interleaved in one process.
+(8x224, batch 1; temporal also at 16 and 32 frames) and precision, for inference (no grad) and training (forward + backward), interleaved in one process.
 
 The reference model always uses SDPA; the speed layer (``timesformer.fused.cpu_attention``) takes the matmul kernel
 only where this table shows SDPA losing. Prints a markdown table: ratio = SDPA time / matmul time (> 1: matmul
@@ -18,7 +18,11 @@ from timing import cpu_flags, interleaved, machine, ratio_stats
 
 # (name, sequences B, heads k, query length L, key length S) at base 8x224 (d 768, 12 heads of 64), batch 1
 SHAPES = (
-    ("temporal (divided)", 196, 12, 8, 8),
+    ("temporal (divided, axial)", 196, 12, 8, 8),
+    ("temporal, 16 frames", 196, 12, 16, 16),
+    ("temporal, 32 frames", 196, 12, 32, 32),
+    ("width (axial)", 112, 12, 14, 14),
+    ("height (axial, + cls)", 112, 12, 15, 15),
     ("spatial (divided, + cls)", 8, 12, 197, 197),
     ("joint", 1, 12, 1569, 1569),
 )
