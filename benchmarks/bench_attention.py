@@ -1,5 +1,6 @@
 """The attention kernel: PyTorch's fused SDPA against two batched matmuls around a softmax, per shape of TimeSformer-B
-(8x224, batch 1; temporal also at 16 and 32 frames) and precision, for inference (no grad) and training (forward + backward), interleaved in one process.
+(8x224, batch 1; temporal also at 16 and 32 frames) and precision, for inference (no grad) and training (forward +
+backward), interleaved in one process.
 
 The reference model always uses SDPA; the speed layer (``timesformer.fused.cpu_attention``) takes the matmul kernel
 only where this table shows SDPA losing. Prints a markdown table: ratio = SDPA time / matmul time (> 1: matmul

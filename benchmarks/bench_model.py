@@ -335,7 +335,7 @@ def contestants(baseline: str | None) -> dict:
     return models
 
 
-def interleaved_table(threads: int, pairs: int, cells: list[str], baseline: str | None):
+def interleaved_table(threads: int, pairs: int, cells: list[str], baseline: str | None, raw: str | None = None):
     import gc
 
     import torch
@@ -371,9 +371,8 @@ def interleaved_table(threads: int, pairs: int, cells: list[str], baseline: str 
             calls[name] = step
         times = interleaved(calls, pairs)
         results[cell] = times
-        print(
-            f"# {cell}: " + ", ".join(f"{n} {sorted(t)[len(t) // 2]:.3f}s" for n, t in times.items()), file=sys.stderr
-        )
+        medians = ", ".join(f"{n} {sorted(t)[len(t) // 2]:.3f}s" for n, t in times.items())
+        print(f"# {cell}: {medians}; per round: {json.dumps(times)}", file=sys.stderr, flush=True)
         del calls
         for module, _ in models.values():
             module.zero_grad(set_to_none=True)
@@ -403,6 +402,10 @@ def interleaved_table(threads: int, pairs: int, cells: list[str], baseline: str 
             b = ratio_stats(times["before"], times["ours"])
             row += f" {med(times['before']):.3f} | {b['min']:.3f}x | {b['median']:.3f}x | {b['max']:.3f}x |"
         print(row)
+    if raw:  # the per-round seconds a table was made from, with the machine that made them
+        info = {"torch": torch.__version__, "threads": threads, "machine": machine(), "flags": cpu_flags()}
+        with open(raw, "w") as f:
+            json.dump({**info, "baseline": baseline, "pairs": pairs, "seconds": results}, f, indent=1)
     return results
 
 
@@ -431,6 +434,7 @@ def main():
     ap.add_argument("--pairs", type=int, default=5, help="interleaved rounds per cell (default mode)")
     ap.add_argument("--cells", default=",".join(CELLS), help="which of " + ",".join(CELLS))
     ap.add_argument("--baseline", help="a git ref: the model package as it was there joins the rounds as 'before'")
+    ap.add_argument("--raw", help="write the per-round seconds (and the machine) to this JSON file")
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -453,7 +457,7 @@ def main():
         train_table(args.threads, args.quick)
         return
     if not args.memory:
-        interleaved_table(args.threads, args.pairs, [c for c in args.cells.split(",") if c], args.baseline)
+        interleaved_table(args.threads, args.pairs, [c for c in args.cells.split(",") if c], args.baseline, args.raw)
         return
 
     import torch
