@@ -125,6 +125,25 @@ def test_train_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert "model_args.dim: the run has 32, this resume asks for 48" in _one_error_line(capsys)
 
 
+def test_unknown_optimizer_or_schedule_is_a_user_error_before_the_run_starts(tmp_path, capsys):
+    """Checked when the config loads: one line naming the bad value, exit 2, and no run folder made."""
+    assert main(["train", "optim.optimizer=foo", f"out={tmp_path}"]) == 2
+    assert "optim.optimizer" in (line := _one_error_line(capsys)) and "'foo'" in line and "'adamw'" in line
+    assert main(["train", "optim.schedule=linear", f"out={tmp_path}"]) == 2  # not only once warmup is over
+    assert "optim.schedule" in (line := _one_error_line(capsys)) and "'linear'" in line and "'cosine'" in line
+    assert not list(tmp_path.iterdir())
+
+
+def test_serve_without_its_extra_is_a_user_error(monkeypatch, capsys):
+    """A missing dependency of ``timesformer[serve]``: one line saying how to install it, exit 2."""
+    for name in [m for m in sys.modules if m == "timesformer.serve" or m.startswith("timesformer.serve.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn: ModuleNotFoundError
+    assert main(["serve", "--checkpoint", "nowhere"]) == 2
+    line = _one_error_line(capsys)
+    assert "the serve extra is not installed" in line and "pip install 'timesformer[serve]'" in line
+
+
 def test_eval_multi_view_report_and_confusion(tmp_path, capsys):
     from timesformer.data import write_synthetic
 

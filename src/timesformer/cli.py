@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 
-from .errors import UserError, user_input
+from .errors import UserError
 
 
 def cmd_demo(args) -> int:
@@ -47,42 +47,24 @@ def cmd_demo(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from pathlib import Path
-
-    from .engine.config import changes, load_run_config
+    from .engine.config import run_config_for
     from .engine.loop import fit
 
-    overrides = list(args.overrides)
-    if args.device:
-        overrides.append(f"optim.device={args.device}")
-    if getattr(args, "pretrained", None):
-        overrides += [f"pretrained={args.pretrained}"] + (["freeze_backbone=true"] if args.freeze_backbone else [])
-    if args.resume:
-        # the run continues as it was configured: its own config.yaml, with the overrides on top
-        if args.config:
-            raise UserError(
-                "--resume continues the run with its own config.yaml; give changes as key=value overrides, not --config"
-            )
-        run = Path(args.resume)
-        if not (run / "config.yaml").is_file():
-            raise UserError(f"{run}: no config.yaml; --resume takes a run folder (runs/<name>)")
-        with user_input():  # load_run_config's ValueErrors name a key or value of the config the user gave
-            saved = load_run_config(run / "config.yaml")
-            cfg = load_run_config(run / "config.yaml", overrides)
-        saved.out = cfg.out = str(run.parent)
-        saved.name = cfg.name = run.name
-        for key, was, now in changes(saved, cfg) if _first_rank() else ():
-            print(f"override {key}: {was} -> {now}")
-    else:
-        with user_input():
-            cfg = load_run_config(args.config, overrides)
-        if getattr(args, "pretrained", None) and not args.freeze_backbone and "drop_path_rate" not in cfg.model_args:
-            cfg.model_args["drop_path_rate"] = 0.1  # fine-tuning: the official rate (not for a frozen backbone)
     if args.auto_resume and (args.resume or args.overwrite):
         raise UserError(
             "--auto-resume continues the run if it has a checkpoint and starts it otherwise; it goes "
             "with neither --resume nor --overwrite"
         )
+    cfg, changed = run_config_for(
+        args.config,
+        args.overrides,
+        resume=args.resume,
+        pretrained=getattr(args, "pretrained", None),
+        freeze_backbone=getattr(args, "freeze_backbone", False),
+        device=args.device,
+    )
+    for key, was, now in changed if _first_rank() else ():
+        print(f"override {key}: {was} -> {now}")
     bar = progress_bar(1, f"train {cfg.name}", delay=0.5)  # set-up errors print on a line of their own
     result = fit(
         cfg, resume="auto" if args.auto_resume else bool(args.resume), overwrite=args.overwrite, progress=bar.advance
@@ -335,11 +317,11 @@ def cmd_explain(args) -> int:
 
 def cmd_serve(args) -> int:
     try:
-        import uvicorn
-
-        from .serve import create_app
+        from .serve import run_server
     except ImportError as err:
-        raise SystemExit(f"timesformer serve needs the serve extra: pip install 'timesformer[serve]' ({err})") from None
+        if (err.name or "").partition(".")[0] == "timesformer":
+            raise  # our own import failing is a bug, not a missing extra
+        raise UserError(f"the serve extra is not installed ({err}): pip install 'timesformer[serve]'") from None
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(
@@ -358,32 +340,17 @@ def cmd_serve(args) -> int:
         from .inference import expand_inputs
 
         _calibrate(predictor, expand_inputs(args.calibration_videos), args)
-    app = create_app(
+    run_server(
         predictor,
         model=model,
+        host=args.host,
+        port=args.port,
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         queue_size=args.queue_size,
         max_upload_mb=args.max_upload_mb,
         api_key=args.api_key or None,
     )
-
-    class DrainingServer(uvicorn.Server):
-        def handle_exit(self, sig, frame):  # SIGTERM/SIGINT: stop accepting, answer what is in, then exit 0
-            super().handle_exit(sig, frame)
-            getattr(self, "_captured_signals", []).clear()  # uvicorn would re-raise it after the drain
-
-    # connections past what the queue and the decoding threads can hold get 503 before their upload is read
-    DrainingServer(
-        uvicorn.Config(
-            app,
-            host=args.host,
-            port=args.port,
-            log_level="info",
-            timeout_graceful_shutdown=30,
-            limit_concurrency=args.queue_size + 2 * args.max_batch + 8,
-        )
-    ).run()
     return 0
 
 
@@ -877,16 +844,9 @@ def main(argv: list[str] | None = None) -> int:
     _log_to_stderr()
     try:
         return args.func(args)
-    except _user_errors() as err:
+    except UserError as err:  # the run config's RunError and the decoders' DecodeError are ones
         print(f"timesformer {args.command}: error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    """``UserError``, and the run config's ``RunError`` (a ``ValueError`` of its own: a bad run set-up)."""
-    from .engine.config import RunError
-
-    return UserError, RunError
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from .errors import UserError
 from .fused import fold_stage_fc, fuse, unfuse
 from .model import TimeSformer
 
@@ -337,10 +338,10 @@ def optimize(
     The chosen method is ``.method``: "fp32", "bf16", "int8-static" or "int8-dynamic".
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
+        raise UserError(f"precision must be one of {PRECISIONS}; got {precision!r}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if precision == "int8" and device.type != "cpu":  # both int8 methods have CPU kernels only
-        raise ValueError(f"precision='int8' runs on the cpu; got device {device} (use bf16 on the GPU)")
+        raise UserError(f"precision='int8' runs on the cpu; got device {device} (use bf16 on the GPU)")
     method = precision
     if precision == "int8":
         method = "int8-static" if compile and torchao_pt2e() is not None else "int8-dynamic"

@@ -1,6 +1,7 @@
 import pytest
 
-from timesformer.engine.config import load_run_config
+from timesformer.engine.config import RunError, load_run_config, run_config_for
+from timesformer.errors import UserError
 
 
 def test_yaml_and_overrides(tmp_path):
@@ -22,10 +23,12 @@ def test_yaml_and_overrides(tmp_path):
         (["batch=3"], r"unknown config key batch"),
         (["optim"], r"must be key=value"),
         (["data.flip=maybe"], r"config key data.flip: expected bool; got 'maybe'"),
+        (["optim.optimizer=adam"], r"optim.optimizer must be 'adamw' or 'sgd'; got 'adam'"),
+        (["optim.schedule=linear"], r"optim.schedule must be 'cosine' or 'constant'; got 'linear'"),
     ],
 )
 def test_bad_keys_and_types(override, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(RunError, match=match):  # a UserError: the CLI's one line and exit 2
         load_run_config(None, override)
 
 
@@ -35,6 +38,29 @@ def test_missing_or_broken_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("optim: [unclosed\n")
     with pytest.raises(ValueError, match="bad.yaml: not valid YAML"):
         load_run_config(tmp_path / "bad.yaml")
+
+
+def test_run_errors_are_user_errors():
+    assert issubclass(RunError, UserError) and issubclass(RunError, ValueError)
+
+
+def test_run_config_for_a_new_run_a_finetune_and_a_resume(tmp_path):
+    cfg, changed = run_config_for(None, ["optim.lr=3e-4"], device="cpu")
+    assert cfg.optim.lr == 3e-4 and cfg.optim.device == "cpu" and changed == []
+    cfg, _ = run_config_for(None, [], pretrained="base")
+    assert cfg.pretrained == "base" and cfg.model_args["drop_path_rate"] == 0.1  # fine-tuning's stochastic depth
+    cfg, _ = run_config_for(None, [], pretrained="base", freeze_backbone=True)
+    assert cfg.freeze_backbone and "drop_path_rate" not in cfg.model_args  # not for a frozen backbone
+    run = tmp_path / "somewhere" / "r"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("name: other\nout: elsewhere\noptim:\n  lr: 0.003\n  epochs: 1\n")
+    cfg, changed = run_config_for(None, ["optim.epochs=2"], resume=run)
+    assert (cfg.out, cfg.name, cfg.optim.lr, cfg.optim.epochs) == (str(run.parent), "r", 3e-3, 2)
+    assert changed == [("optim.epochs", 1, 2)]  # the run's own config, the override on top
+    with pytest.raises(RunError, match="not --config"):
+        run_config_for("x.yaml", [], resume=run)
+    with pytest.raises(RunError, match="no config.yaml; --resume takes a run folder"):
+        run_config_for(None, [], resume=tmp_path)
 
 
 def test_shipped_configs_load():

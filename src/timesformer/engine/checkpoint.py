@@ -18,10 +18,6 @@ import torch
 
 from ..files import fsync_dir, save_folder
 
-# engine.loop imports these two from here; they live in files, with the other writers
-from ..files import write_json_atomic as write_json_atomic
-from ..files import write_text_atomic as write_text_atomic
-
 
 def _fsync(path: Path):
     with open(path, "rb") as f:

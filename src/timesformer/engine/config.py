@@ -1,7 +1,9 @@
 """Run configuration: a YAML file plus ``key=value`` overrides, checked field by field.
 
-Unknown keys and wrong types are a ``ValueError`` naming the key (the CLI prints it as one line, exit 2).
-A resumed run keeps its model, classes and data: ``check_resume`` names the field a resume may not change.
+Unknown keys, wrong types and names outside a setting's choices are a ``RunError`` (a ``UserError``) naming the key
+and the value (the CLI prints it as one line, exit 2). A resumed run keeps its model, classes and data:
+``check_resume`` names the field a resume may not change. ``run_config_for`` is what ``train`` and ``finetune`` run:
+a new run's config, or a resumed one's own with the overrides on top.
 """
 
 from __future__ import annotations
@@ -12,9 +14,17 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import UserError
 
-class RunError(ValueError):
-    """Bad run set-up (existing folder, data/model mismatch ...): the CLI prints it and exits 2."""
+
+class RunError(UserError):
+    """Bad run set-up (a config key or value, an existing folder, data/model mismatch ...): the CLI prints it and
+    exits 2."""
+
+
+# settings with a fixed set of names, checked when the config loads (before a run folder or a model is made)
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "constant")
 
 
 @dataclass
@@ -90,7 +100,7 @@ def _check(value, annotation, key: str):
                 return _check(value, option, key)
             except ValueError:
                 pass
-        raise ValueError(f"config key {key}: expected {annotation}; got {value!r} ({type(value).__name__})")
+        raise RunError(f"config key {key}: expected {annotation}; got {value!r} ({type(value).__name__})")
     if annotation is type(None):
         if value is None:
             return None
@@ -106,7 +116,7 @@ def _check(value, annotation, key: str):
         return value
     elif annotation is list and isinstance(value, tuple):
         return list(value)
-    raise ValueError(
+    raise RunError(
         f"config key {key}: expected {getattr(annotation, '__name__', annotation)}; got {value!r} "
         f"({type(value).__name__})"
     )
@@ -122,11 +132,11 @@ def _is_float(text: str) -> bool:
 
 def _build(cls, data: dict, prefix: str = ""):
     if not isinstance(data, dict):
-        raise ValueError(f"config key {prefix.rstrip('.') or '<root>'}: expected a mapping; got {data!r}")
+        raise RunError(f"config key {prefix.rstrip('.') or '<root>'}: expected a mapping; got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(
+        raise RunError(
             f"unknown config key {prefix}{unknown[0]}; known in {prefix.rstrip('.') or 'the top level'}: "
             f"{sorted(fields)}"
         )
@@ -157,23 +167,73 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ValueError(f"{path}: no such config file")
+            raise RunError(f"{path}: no such config file")
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
-            raise ValueError(f"{path}: not valid YAML ({err})") from None
+            raise RunError(f"{path}: not valid YAML ({err})") from None
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} must be key=value (e.g. optim.lr=3e-4)")
+            raise RunError(f"override {item!r} must be key=value (e.g. optim.lr=3e-4)")
         key, _, text = item.partition("=")
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ValueError(f"override {key}: {part} is not a section")
+                raise RunError(f"override {key}: {part} is not a section")
         node[parts[-1]] = _parse_value(text)
-    return _build(RunConfig, data)
+    cfg = _build(RunConfig, data)
+    check_choice("optim.optimizer", cfg.optim.optimizer, OPTIMIZERS)
+    check_choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
+    return cfg
+
+
+def check_choice(key: str, value, names: tuple[str, ...]) -> None:
+    """``RunError`` unless ``value`` is one of ``names``, naming both."""
+    if value not in names:
+        raise RunError(f"{key} must be {' or '.join(map(repr, names))}; got {value!r}")
+
+
+def run_config_for(
+    config: str | Path | None = None,
+    overrides: list[str] = (),
+    *,
+    resume: str | Path | None = None,
+    pretrained: str | None = None,
+    freeze_backbone: bool = False,
+    device: str | None = None,
+) -> tuple[RunConfig, list[tuple[str, object, object]]]:
+    """The config ``train`` and ``finetune`` run, and what the overrides change in a resumed run's own.
+
+    A new run: ``config`` (a YAML file, optional) with the overrides on top; fine-tuning (``pretrained`` without
+    ``freeze_backbone``) adds the official stochastic depth, 0.1, unless ``model_args.drop_path_rate`` is set.
+    ``resume``: a run folder (``runs/<name>``), continued as it was configured -- its own ``config.yaml``, where it
+    is -- with the overrides on top; the changes list says what they change (``changes``; empty for a new run).
+    ``device`` and ``pretrained`` / ``freeze_backbone`` are overrides of ``optim.device`` and of the top-level
+    keys."""
+    overrides = list(overrides)
+    if device:
+        overrides.append(f"optim.device={device}")
+    if pretrained:
+        overrides += [f"pretrained={pretrained}"] + (["freeze_backbone=true"] if freeze_backbone else [])
+    if not resume:
+        cfg = load_run_config(config, overrides)
+        if pretrained and not freeze_backbone and "drop_path_rate" not in cfg.model_args:
+            cfg.model_args["drop_path_rate"] = 0.1  # fine-tuning: the official rate (not for a frozen backbone)
+        return cfg, []
+    if config:
+        raise RunError(
+            "--resume continues the run with its own config.yaml; give changes as key=value overrides, not --config"
+        )
+    run = Path(resume)
+    if not (run / "config.yaml").is_file():
+        raise RunError(f"{run}: no config.yaml; --resume takes a run folder (runs/<name>)")
+    saved = load_run_config(run / "config.yaml")
+    cfg = load_run_config(run / "config.yaml", overrides)
+    saved.out = cfg.out = str(run.parent)
+    saved.name = cfg.name = run.name
+    return cfg, changes(saved, cfg)
 
 
 def to_dict(cfg: RunConfig) -> dict:

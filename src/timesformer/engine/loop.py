@@ -30,18 +30,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from ..data import ClipSpec, SyntheticMotion, VideoFolder, VideoList, bad_files_report, collate
+from ..files import write_json_atomic, write_text_atomic
 from ..fused import fuse, unfuse
 from ..model import TimeSformer, create_model, get_config
 from . import distributed as distr
-from .checkpoint import (
-    find_checkpoint,
-    load_state,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-    write_json_atomic,
-    write_text_atomic,
-)
+from .checkpoint import find_checkpoint, load_state, rng_state, save_checkpoint, set_rng_state
 from .config import RunConfig, RunError, check_resume, load_run_config, to_dict
 from .device import autocast, pick_device
 from .evaluate import predict_views, summarise

@@ -8,6 +8,8 @@ import math
 import torch
 from torch import nn
 
+from .config import OPTIMIZERS, SCHEDULES, check_choice
+
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on weight matrices only: not on norms, biases, or the model's ``no_weight_decay()``
@@ -22,22 +24,21 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, *, name: str, lr: float, weight_decay: float, momentum: float = 0.9):
+    check_choice("optim.optimizer", name, OPTIMIZERS)
     groups = param_groups(model, weight_decay)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
-    raise ValueError(f"optim.optimizer must be 'adamw' or 'sgd'; got {name!r}")
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
 
 
 def lr_at(step: int, *, base: float, total: int, warmup: int, min_lr: float = 0.0, schedule: str = "cosine") -> float:
-    """Linear warmup over ``warmup`` steps, then cosine decay to ``min_lr`` at ``total`` (or constant)."""
+    """Linear warmup over ``warmup`` steps, then cosine decay to ``min_lr`` at ``total`` (or constant). An unknown
+    ``schedule`` is a ``RunError`` at any step, the warmup's too."""
+    check_choice("optim.schedule", schedule, SCHEDULES)
     if step < warmup:
         return base * (step + 1) / warmup
     if schedule == "constant":
         return base
-    if schedule != "cosine":
-        raise ValueError(f"optim.schedule must be 'cosine' or 'constant'; got {schedule!r}")
     progress = min((step - warmup) / max(total - warmup, 1), 1.0)
     return min_lr + 0.5 * (base - min_lr) * (1 + math.cos(math.pi * progress))
 
