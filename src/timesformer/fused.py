@@ -50,6 +50,8 @@ def _has_hooks(module: nn.Module) -> bool:
         or getattr(module, "_backward_pre_hooks", None)
         or nn.modules.module._global_forward_hooks
         or nn.modules.module._global_forward_pre_hooks
+        or nn.modules.module._global_backward_hooks
+        or getattr(nn.modules.module, "_global_backward_pre_hooks", None)
     )
 
 

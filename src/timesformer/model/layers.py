@@ -41,12 +41,8 @@ class DropPath(nn.Module):
         super().__init__()
         self.p = p
 
-    @property
-    def active(self) -> bool:
-        return self.p > 0.0 and self.training
-
     def sample(self, rows: int, like: torch.Tensor) -> torch.Tensor | None:
-        if not self.active:
+        if self.p == 0.0 or not self.training:
             return None
         keep = 1.0 - self.p
         return torch.floor(torch.rand(rows, dtype=like.dtype, device=like.device) + keep).div_(keep)
