@@ -252,11 +252,11 @@ def cpu_attention(q, k, v, *, mask=None, dropout_p: float = 0.0, impl: str = "sd
 
 
 def _matmul_is_faster(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """Measured (bench_attention.py, 2-core AMD EPYC, AVX2, torch 2.13), SDPA / matmul time: temporal attention
-    (196 x 12 heads, 8 keys) fp32 inference 2.76x; everywhere else SDPA wins -- fp32 training 0.77x, spatial fp32
-    inference 0.41x, and every bf16 case 0.03-0.34x on this CPU without native bf16. (An earlier, unrecorded run on
-    an AVX-512-BF16 CPU had bf16 matmul ahead up to 512 keys, e.g. spatial 8.4 vs 4.8 ms: bf16 stays on SDPA until
-    the benchmark's own table shows that.)"""
+    """Measured (bench_attention.py, 2-core AMD EPYC, AVX2, torch 2.13; benchmarks/results/attention-2026-12-04-*),
+    SDPA / matmul time in fp32 inference: 8 keys 3.88x, 14-16 keys 2.1-2.4x, 32 keys 1.38x, 197 keys 0.87x. In
+    training SDPA keeps no attention matrix (matmul 0.82-1.09x there), and in bf16 matmul lost everywhere on this
+    CPU without native bf16 (0.02-0.40x). (An earlier, unrecorded run on an AVX-512-BF16 CPU had bf16 matmul ahead
+    up to 512 keys: bf16 stays on SDPA until the benchmark's own table shows that.)"""
     if q.device.type != "cpu" or q.dtype != torch.float32:
         return False
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
