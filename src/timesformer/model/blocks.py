@@ -127,10 +127,13 @@ class Block(nn.Module):
                 if cls_out is not None:
                     cls = cls + fc(self.drop_path.scale(cls_out, block_keep))
                 continue
-            ids, groups = attn.partition.token_groups(t, h, w, x.device)
+            groups = attn.partition.num_groups(t, h, w)
             keep = self.drop_path.sample(b * groups, x)  # a row per group: one patch position, one frame ...
-            group_keep = None if keep is None else keep.view(b, groups)
-            x = x + fc(self.drop_path.scale(out, None if keep is None else group_keep[:, ids]))  # token: its group's
+            group_keep = token_keep = None
+            if keep is not None:
+                group_keep = keep.view(b, groups)
+                token_keep = group_keep[:, attn.partition.token_groups(t, h, w, x.device)]  # b t h w: its group's
+            x = x + fc(self.drop_path.scale(out, token_keep))
             if cls_out is not None:  # the copies (b G d), each dropped with its group's row, then averaged
                 real = None if ctx.valid is None else attn.partition.real_slots(ctx.valid, (b, t, h, w), x.device)
                 cls = cls + self._pool_copies(self.drop_path.scale(cls_out, group_keep), cls.shape[1], real)

@@ -43,13 +43,17 @@ class Partition:
             real = slot.repeat(b, 1) if real is None else real & slot.repeat(b, 1)
         return real
 
-    def token_groups(self, t: int, h: int, w: int, device) -> tuple[torch.Tensor, int]:
-        """``(ids: t h w, G)``: the group (``0..G-1``) each token of one clip belongs to, and the number of groups;
-        what a per-group draw (stochastic depth) needs to reach the tokens in their ``t h w`` places."""
+    def num_groups(self, t: int, h: int, w: int) -> int:
+        """``G``, the groups of one clip."""
+        raise NotImplementedError
+
+    def token_groups(self, t: int, h: int, w: int, device) -> torch.Tensor:
+        """``t h w``: the group (``0..G-1``) each token of one clip belongs to; what a per-group draw (stochastic
+        depth) needs to reach the tokens in their ``t h w`` places."""
         slots = self.group(torch.zeros(1, t, h, w, 1, device=device))  # G L 1
         G, L = slots.shape[:2]
         ids = torch.arange(G, device=device).view(G, 1, 1).expand(G, L, 1)
-        return self.ungroup(ids, (1, t, h, w)).view(t, h, w), G
+        return self.ungroup(ids, (1, t, h, w)).view(t, h, w)
 
 
 class EinopsPartition(Partition):
@@ -59,6 +63,10 @@ class EinopsPartition(Partition):
         self.to_groups = f"b t h w c -> {groups} {seq} c"
         self.from_groups = f"{groups} {seq} c -> b t h w c"
         self.spans_time, self.axes = spans_time, axes
+        self.group_axes = [axis for axis in "thw" if axis in groups]
+
+    def num_groups(self, t, h, w):
+        return math.prod(dict(t=t, h=h, w=w)[axis] for axis in self.group_axes)
 
     def group(self, x):
         return rearrange(x, self.to_groups)
@@ -119,6 +127,9 @@ class IndexPartition(Partition):
 
     def slot_valid(self, t, h, w, device):
         return self._index(t, h, w, device)[2]
+
+    def num_groups(self, t, h, w):
+        return self._cpu_index(t, h, w)[0].shape[0]
 
 
 def local_windows(windows: int) -> IndexPartition:
