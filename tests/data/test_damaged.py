@@ -111,8 +111,8 @@ def test_a_bug_in_a_transform_surfaces_instead_of_becoming_a_bad_file(corpus, tm
 def test_each_returned_frame_is_converted_once(tmp_path, monkeypatch):
     write_video(tmp_path / "v.mp4", 30, fps=30)
     calls = []
-    real = decode_module._rgb
-    monkeypatch.setattr(decode_module, "_rgb", lambda frame: (calls.append(frame.pts), real(frame))[1])
+    real = decode_module.frame_rgb
+    monkeypatch.setattr(decode_module, "frame_rgb", lambda frame, side: (calls.append(frame.pts), real(frame, side))[1])
     with open_video(tmp_path / "v.mp4") as reader:  # 8 times, 3 distinct frames (two repeated, four past the end)
         frames, valid = reader.frames_at([0.0, 0.0, 0.5, 0.5, 2.0, 3.0, 4.0, 5.0])
     assert len(calls) == 3 and frames.shape[0] == 8 and valid.tolist() == [True] * 4 + [False] * 4

@@ -10,7 +10,6 @@ import torch
 
 import timesformer as tf
 from timesformer.inference import Predictor
-from timesformer.inference.stream import frames_from
 
 from ..conftest import labelled_tiny_model
 from ..data.videos import write_video
@@ -35,14 +34,14 @@ def test_a_file_streams_predictions_whose_times_follow_the_video_with_predicts_l
     """Each prediction is ``predict``'s on the window ending now: ``Predictor.views(path, start, window=span)``
     decodes the same frames, so the logits are equal."""
     predictor = Predictor(model, sampling_rate=3)  # 4 frames in 12 at 30 fps: a 0.4 s window
-    out = list(predictor.stream(frames_from(str(clip / "a.mp4")), every=8, topk=2))
+    out = list(predictor.stream(clip / "a.mp4", every=8, topk=2))  # frames scaled in the decoder, as views scales
     # the first window is complete at frame 11 (0.367 s); a prediction every 8th frame from then on
     assert [o["time"] for o in out] == pytest.approx([k / 30 for k in (15, 23, 31, 39, 47, 55)], abs=1e-3)
     for o in out:  # the official placement within the clip: frames 0, 3, 7, 11 of 12, the last one now
         assert o["frames"] == pytest.approx([o["time"] - (11 - k) / 30 for k in (0, 3, 7, 11)], abs=1e-3)
         views, masks = predictor.views(clip / "a.mp4", start=o["window"][0], window=0.4)
         torch.testing.assert_close(o["logits"], predictor.clip_logits(views, masks)[0], atol=1e-5, rtol=1e-5)
-    smoothed = list(predictor.stream(frames_from(str(clip / "a.mp4")), every=8, smooth=3, topk=3))
+    smoothed = list(predictor.stream(clip / "a.mp4", every=8, smooth=3, topk=3))
     probs = [torch.tensor([t["prob"] for t in sorted(o["top"], key=lambda t: t["index"])]) for o in smoothed]
     raw = [o["logits"].softmax(-1) for o in out]
     torch.testing.assert_close(probs[2], torch.stack(raw[:3]).mean(0), atol=1e-6, rtol=0)
@@ -50,7 +49,7 @@ def test_a_file_streams_predictions_whose_times_follow_the_video_with_predicts_l
 
 def test_a_stream_shorter_than_one_clip_gets_one_prediction_as_predict_gives(model, clip):
     predictor = Predictor(model)  # 4 frames in 128 at 30 fps: a 4.3 s window, longer than the 2 s video
-    out = list(predictor.stream(frames_from(str(clip / "a.mp4"))))
+    out = list(predictor.stream(clip / "a.mp4"))
     assert len(out) == 1 and out[0]["time"] == pytest.approx(59 / 30, abs=1e-3)  # made when the stream ended
     assert out[0]["frames"] == pytest.approx([0.0, 42 / 30, 84 / 30, 127 / 30], abs=1e-3)
     torch.testing.assert_close(out[0]["logits"], predictor.logits(clip / "a.mp4"), atol=1e-5, rtol=1e-5)
@@ -99,7 +98,7 @@ def test_realtime_paces_the_file_and_counts_the_windows_it_drops(model, clip):
 
     predictor.model = model_taking_100ms
     start = time.monotonic()
-    out = list(predictor.stream(frames_from(str(clip / "a.mp4")), every=1, realtime=True))
+    out = list(predictor.stream(clip / "a.mp4", every=1, realtime=True))
     assert time.monotonic() - start >= 1.9  # 60 frames at 30 fps, played as if live
     assert 2 <= len(out) < 40 and out[-1]["dropped"] > 0  # 51 windows due, >= 0.1 s each: most dropped
     assert 45 <= len(out) + out[-1]["dropped"] <= 51  # (drops after the last prediction are not in it)

@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import UserError
-from .decode import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, DecodeError, natural_key, open_video
+from .decode import IMAGE_EXTENSIONS, MAX_PIXELS, VIDEO_EXTENSIONS, DecodeError, natural_key, open_video
 from .sampling import dense_clip_times, segment_times
 from .transforms import OFFICIAL_MEAN, OFFICIAL_STD, EvalTransform, TrainTransform
 
@@ -55,6 +55,7 @@ class ClipSpec:
     mean: tuple = OFFICIAL_MEAN
     std: tuple = OFFICIAL_STD
     frames_fps: float = 30.0  # the rate frame folders are shown at
+    max_pixels: int = MAX_PIXELS  # a frame larger than this (width x height) is a DecodeError, before it is decoded
 
     @classmethod
     def from_config(
@@ -85,6 +86,15 @@ class ClipSpec:
     def __post_init__(self):
         if self.sampling not in ("dense", "segment"):
             raise UserError(f"sampling must be 'dense' or 'segment'; got {self.sampling!r}")
+        if self.max_pixels < 1:
+            raise UserError(f"max_pixels must be a positive pixel count; got {self.max_pixels}")
+
+    def open(self, path, *, train: bool):
+        """A reader for ``path`` (``open_video``) that decodes frames no larger than this spec's clips need: short
+        side scaled down to the largest training jitter, or to the test short side; frames over ``max_pixels``
+        refused."""
+        short_side = self.scale[1] if train else (self.short_side or self.crop_size)
+        return open_video(path, frames_fps=self.frames_fps, short_side=short_side, max_pixels=self.max_pixels)
 
     def times(self, duration: float, *, train: bool, clip_index: int = 0, generator=None) -> torch.Tensor:
         if self.sampling == "segment":
@@ -157,7 +167,7 @@ class VideoDataset(Dataset):
         try:
             generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, i)) & 0x7FFF_FFFF_FFFF)
             clip_index, crop_index = divmod(view, self.spec.num_crops)
-            with open_video(path, frames_fps=self.spec.frames_fps) as reader:
+            with self.spec.open(path, train=self.train) as reader:
                 times = self.spec.times(reader.duration, train=self.train, clip_index=clip_index, generator=generator)
                 frames, valid = reader.frames_at(times)
                 partial = reader.partial
@@ -188,9 +198,13 @@ _PARTIAL = "partial: "  # how a partly decoded file's reason starts in a batch's
 
 
 def bad_files_report(bad: list) -> dict:
-    """What reports say of a run's ``bad`` ``(path, error)`` pairs: ``bad_files`` (each path once), and
-    ``partial_files`` -- those decoded only partly, used with the frames past the break masked -- when any."""
-    report = {"bad_files": sorted({path for path, _ in bad})}
+    """What reports say of a run's ``bad`` ``(path, error)`` pairs: ``bad_files`` (each path once), ``bad_reasons``
+    (path -> its first error: why it was skipped or cut), and ``partial_files`` -- those decoded only partly, used with
+    the frames past the break masked -- when any."""
+    reasons = {}
+    for path, error in bad:
+        reasons.setdefault(path, error)
+    report = {"bad_files": sorted(reasons), "bad_reasons": dict(sorted(reasons.items()))}
     partial = sorted({path for path, error in bad if error.startswith(_PARTIAL)})
     return {**report, "partial_files": partial} if partial else report
 

@@ -3,11 +3,17 @@
 Legend: ``t c H W`` frames x channels x pixels. Everything is addressed by time (seconds from the first
 frame), so variable-frame-rate videos sample correctly: the frame returned for time ``s`` is the one on screen
 then, i.e. the last frame whose timestamp is <= ``s``.
+
+A file costs what its clip needs, not what it claims. Frames larger than ``max_pixels`` (width x height) are
+refused before the decoder allocates them (FFmpeg's own ``max_pixels`` check, in the probe and in decoding); frames
+are scaled to ``short_side`` in the decoder's format (libswscale, from YUV) before they become RGB arrays, and only
+the frames a clip returns are kept; a header's duration is a claim, and a negative or non-finite one is refused.
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 import os
 import re
 from fractions import Fraction
@@ -20,6 +26,7 @@ from ..errors import UserError
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".ogv", ".flv", ".3gp")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+MAX_PIXELS = 8192 * 8192  # default largest frame (width x height) a reader decodes
 _EPS = 1e-4  # seconds: a requested time within this of a frame's timestamp counts as that frame
 
 
@@ -40,14 +47,48 @@ def natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def open_video(path: str | os.PathLike, *, frames_fps: float = 30.0) -> VideoReader | FrameFolderReader:
-    """A reader for a video file, or for a folder of extracted frames (shown at ``frames_fps``)."""
+def open_video(
+    path: str | os.PathLike, *, frames_fps: float = 30.0, short_side: int | None = None, max_pixels: int = MAX_PIXELS
+) -> VideoReader | FrameFolderReader:
+    """A reader for a video file, or for a folder of extracted frames (shown at ``frames_fps``); see the readers for
+    ``short_side`` and ``max_pixels``."""
     path = Path(path)
     try:
         folder = path.is_dir()
     except OSError as err:
         raise DecodeError(f"{path}: can't read it ({err})") from None
-    return FrameFolderReader(path, fps=frames_fps) if folder else VideoReader(path)
+    if folder:
+        return FrameFolderReader(path, fps=frames_fps, short_side=short_side, max_pixels=max_pixels)
+    return VideoReader(path, short_side=short_side, max_pixels=max_pixels)
+
+
+def scaled_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
+    """``(width, height)`` with the shorter side brought down to ``short_side`` (never up; None: unchanged), rounded
+    as ``transforms.resize_short_side`` rounds, so a clip's resize to that side has nothing left to do."""
+    short = min(width, height)
+    if short_side is None or short <= short_side:
+        return width, height
+    scale = short_side / short
+    if height <= width:
+        return max(round(width * scale), 1), short_side
+    return short_side, max(round(height * scale), 1)
+
+
+def check_pixels(path, width: int, height: int, max_pixels: int):
+    if width * height > max_pixels:
+        raise DecodeError(
+            f"{path}: frames of {width}x{height} ({width * height:,} pixels) are over the limit of {max_pixels:,} "
+            "pixels (max_pixels)"
+        )
+
+
+def frame_rgb(frame, short_side: int | None) -> np.ndarray:
+    """A decoded frame as ``H W 3`` uint8 RGB, its short side scaled down to ``short_side`` first, in the decoder's
+    own format (libswscale: area-weighted bilinear from YUV, one pass, no full-size RGB copy)."""
+    width, height = scaled_size(frame.width, frame.height, short_side)
+    if (width, height) == (frame.width, frame.height):
+        return frame.to_ndarray(format="rgb24")
+    return frame.reformat(width=width, height=height, format="rgb24", interpolation="BILINEAR").to_ndarray()
 
 
 # what PyAV and FFmpeg raise on damaged input (InvalidDataError is an FFmpegError and a ValueError ...); anything
@@ -61,13 +102,18 @@ class VideoReader:
     ``frames_at(times)`` seeks to the keyframe before the first time, decodes forward, converts to RGB only the
     frames it returns, skips decoding non-reference frames while the next requested time is far ahead, seeks
     again across long gaps, and stops after the last requested time.
+
+    Args:
+        short_side: frames come out with their shorter side scaled down to this (never up); None: full size.
+        max_pixels: frames larger than this (width x height) are a ``DecodeError``, raised before decoding them.
     """
 
     SEEK_GAP = 2.0  # seconds: a longer gap to the next requested time is crossed by seeking
+    THREAD_BYTES = 256 * 2**20  # frame threads hold a frame each: past this many bytes in flight, slice threads
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, short_side: int | None = None, max_pixels: int = MAX_PIXELS):
         av = _av()
-        self.path = Path(path)
+        self.path, self.short_side, self.max_pixels = Path(path), short_side, max_pixels
         try:
             if not self.path.is_file():
                 raise DecodeError(f"{self.path}: no such file")
@@ -76,7 +122,8 @@ class VideoReader:
         except OSError as err:
             raise DecodeError(f"{self.path}: can't read it ({err})") from None
         try:
-            self.container = av.open(str(self.path))
+            # the decoder's own limit, for the probe that runs inside open(): a bigger frame is never allocated
+            self.container = av.open(str(self.path), options={"max_pixels": str(max_pixels)})
         except (av.error.FFmpegError, *_DECODE_ERRORS) as err:
             raise DecodeError(f"{self.path}: not a readable video ({err})") from None
         try:
@@ -96,7 +143,11 @@ class VideoReader:
         self.stream = self.container.streams.video[0]
         if self.stream.codec_context is None:  # a codec tag FFmpeg has no decoder for
             raise DecodeError(f"{self.path}: no decoder for its video codec")
-        self.stream.thread_type = "AUTO"
+        ctx = self.stream.codec_context
+        check_pixels(self.path, ctx.width, ctx.height, self.max_pixels)
+        ctx.options = {"max_pixels": str(self.max_pixels)}  # frames that grow mid-stream stop decoding there
+        in_flight = ctx.width * ctx.height * 3 // 2 * ((os.cpu_count() or 1) + 1)
+        self.stream.thread_type = "AUTO" if in_flight <= self.THREAD_BYTES else "SLICE"
         self.time_base = self.stream.time_base or Fraction(1, 1_000_000)
         self.start_pts = self.stream.start_time or 0
         rate = self.stream.average_rate or self.stream.guessed_rate
@@ -110,6 +161,8 @@ class VideoReader:
             self.duration = self.container.duration / 1_000_000
         else:
             self.duration = (self.stream.frames or 0) / self.fps
+        if not 0 <= self.duration < math.inf:  # a claim only: what decodes caps it (``partial``), but never this
+            raise DecodeError(f"{self.path}: its header claims a duration of {self.duration} s")
         self.num_frames = self.stream.frames or round(self.duration * self.fps)
 
     def close(self):
@@ -147,7 +200,15 @@ class VideoReader:
 
     def _frames_at(self, times: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
         order = sorted(range(len(times)), key=times.__getitem__)
-        picked: list = [None] * len(times)
+        picked: list = [None] * len(times)  # RGB arrays, made as frames are picked: no decoded frame is kept
+        converted = [None, None]  # the last frame converted and its array: a frame picked twice converts once
+
+        def rgb(frame) -> np.ndarray:
+            if converted[0] is not frame:
+                check_pixels(self.path, frame.width, frame.height, self.max_pixels)
+                converted[:] = frame, frame_rgb(frame, self.short_side)
+            return converted[1]
+
         ctx = self.stream.codec_context
         reorder = 16 / self.fps  # decoding runs ahead of display by the B-frame reorder depth: stay clear of it
         j, prev, last, seeked = 0, None, None, 0
@@ -160,7 +221,7 @@ class VideoReader:
                         self.frames_decoded += 1
                         now = self._time(frame)
                         while j < len(order) and times[order[j]] + _EPS < now:
-                            picked[order[j]] = prev if prev is not None else frame  # before the first frame: first
+                            picked[order[j]] = rgb(prev if prev is not None else frame)  # before the first: first
                             j += 1
                         prev = last = frame
                         if j == len(order):
@@ -197,27 +258,20 @@ class VideoReader:
                 f" ({type(error).__name__}: {error})" if error is not None else ""
             )
         for k in order[j:]:  # past the end of the stream (or of its readable part): repeat the last frame
-            picked[k] = last
-        arrays = {}  # each distinct frame converted once
-        for f in picked:
-            if id(f) not in arrays:
-                arrays[id(f)] = _rgb(f)
-        video = torch.from_numpy(np.stack([arrays[id(f)] for f in picked])).permute(0, 3, 1, 2)
+            picked[k] = rgb(last)
+        video = torch.from_numpy(np.stack(picked)).permute(0, 3, 1, 2)
         valid = torch.tensor([s < end + _EPS for s in times])
         return video, valid
 
 
-def _rgb(frame) -> np.ndarray:
-    """A decoded frame as ``H W 3`` uint8 RGB."""
-    return frame.to_ndarray(format="rgb24")
-
-
 class FrameFolderReader:
     """A folder of extracted frames (JPEG/PNG), in natural name order, shown at ``fps``: frame ``i`` is on
-    screen during ``[i / fps, (i + 1) / fps)``."""
+    screen during ``[i / fps, (i + 1) / fps)``. ``short_side`` and ``max_pixels``: as ``VideoReader``'s."""
 
-    def __init__(self, path: str | os.PathLike, *, fps: float = 30.0):
-        self.path = Path(path)
+    def __init__(
+        self, path: str | os.PathLike, *, fps: float = 30.0, short_side: int | None = None, max_pixels: int = MAX_PIXELS
+    ):
+        self.path, self.short_side, self.max_pixels = Path(path), short_side, max_pixels
         try:
             self.files = sorted(
                 (p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS),
@@ -250,15 +304,47 @@ class FrameFolderReader:
         for s in times:
             i = self.index_at(float(s))
             if i not in cache:
-                try:
-                    with av.open(str(self.files[i])) as img:
-                        cache[i] = next(img.decode(video=0)).to_ndarray(format="rgb24")
-                except Exception as err:
-                    raise DecodeError(f"{self.files[i]}: not a readable image ({err})") from None
+                cache[i] = self._image(av, self.files[i])
             frames.append(cache[i])
         video = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
         valid = torch.tensor([float(s) < self.duration + _EPS for s in times])
         return video, valid
+
+    def _image(self, av, file: Path) -> np.ndarray:
+        try:
+            return self._decode_image(av, file)
+        except DecodeError:
+            raise
+        except Exception as err:
+            size = self._refused_size(av, file)  # an image's size is known only to its decoder, which refused it
+            if size is not None:
+                check_pixels(file, *size, self.max_pixels)
+            raise DecodeError(f"{file}: not a readable image ({err})") from None
+
+    def _decode_image(self, av, file: Path) -> np.ndarray:
+        with av.open(str(file), options={"max_pixels": str(self.max_pixels)}) as img:
+            ctx = img.streams.video[0].codec_context
+            check_pixels(file, ctx.width, ctx.height, self.max_pixels)
+            ctx.options = {"max_pixels": str(self.max_pixels)}
+            return frame_rgb(next(img.decode(video=0)), self.short_side)
+
+    def _refused_size(self, av, file: Path) -> tuple[int, int] | None:
+        """``(width, height)`` when FFmpeg refused ``file`` for ``max_pixels``: its log names the size (one more try,
+        which stops at the same check, with FFmpeg's error log captured)."""
+        import av.logging
+
+        level = av.logging.get_level()
+        av.logging.set_level(av.logging.ERROR)
+        try:
+            with av.logging.Capture() as logs:
+                try:
+                    self._decode_image(av, file)
+                except Exception:
+                    pass
+        finally:
+            av.logging.set_level(level)
+        found = [re.search(r"Picture size (\d+)x(\d+) exceeds", text) for _, _, text in logs]
+        return next(((int(m[1]), int(m[2])) for m in found if m), None)
 
 
 def decode_all(path: str | os.PathLike) -> tuple[torch.Tensor, list[float]]:

@@ -6,6 +6,8 @@ from its seed in any DataLoader worker.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -50,6 +52,16 @@ def segment_times(
     protocol): uniformly random within its segment in training, its middle in testing."""
     offsets = _uniform(generator, num_segments) if train else torch.full((num_segments,), 0.5, dtype=torch.float64)
     return (torch.arange(num_segments, dtype=torch.float64) + offsets) * (duration / num_segments)
+
+
+def window_count(duration: float, *, window: float, stride: float) -> int:
+    """How many windows :func:`clip_start_times` gives, computed without making them (a header's duration is a
+    claim: a caller bounds the count before anything is allocated)."""
+    if not duration > window:  # also NaN
+        return 1
+    room = duration - window
+    full = math.floor((room + 1e-9) / stride) + 1  # starts 0, stride, ... up to the room
+    return full + (1 if (full - 1) * stride + window < duration - 1e-6 else 0)  # and one ending at the end
 
 
 def clip_start_times(duration: float, *, window: float, stride: float) -> torch.Tensor:

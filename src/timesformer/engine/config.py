@@ -43,6 +43,7 @@ class DataConfig:
     num_clips: int = 1  # test views
     num_crops: int = 1
     workers: int = 0  # DataLoader processes decoding in parallel
+    max_pixels: int = 8192 * 8192  # a video whose frames are larger (width x height) is a bad file, never decoded
     synthetic_train: int = 4800  # SyntheticMotion clips per epoch (kind=synthetic)
     synthetic_val: int = 600
     synthetic_size: int = 32
@@ -186,6 +187,8 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -
     cfg = _build(RunConfig, data)
     check_choice("optim.optimizer", cfg.optim.optimizer, OPTIMIZERS)
     check_choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
+    if not isinstance(cfg.data.max_pixels, int) or cfg.data.max_pixels < 1:
+        raise RunError(f"data.max_pixels must be a positive pixel count (width x height); got {cfg.data.max_pixels!r}")
     return cfg
 
 

@@ -308,6 +308,7 @@ def clip_spec(cfg: RunConfig, model_cfg) -> ClipSpec:
         num_crops=d.num_crops,
         mean=tuple(model_cfg.mean),
         std=tuple(model_cfg.std),
+        max_pixels=d.max_pixels,
     )
 
 
@@ -597,7 +598,7 @@ def end_epoch(run: Run, metrics: dict) -> None:
                 "epoch %d: %d bad file(s) (unreadable: skipped; partial: frames past the break masked): %s",
                 pos.epoch + 1,
                 len(record["bad_files"]),
-                ", ".join(record["bad_files"]),
+                "; ".join(f"{path} ({why.removeprefix(f'{path}: ')})" for path, why in record["bad_reasons"].items()),
             )
     record.update({k: v for k, v in metrics.items() if k in ("top1", "top5", "mAP", "videos")})
     if "bad_files" in metrics:

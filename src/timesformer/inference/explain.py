@@ -108,11 +108,10 @@ def explain_video(model: TimeSformer, path, spec) -> dict:
     Returns ``attention_rollout``'s ``maps``, ``frame_importance`` and ``logits``, plus ``frames`` (the clip as shown:
     ``t c S S`` uint8, resized and centre-cropped like the model's input) and ``predicted`` (the top class's name).
     """
-    from ..data import open_video
     from ..data.transforms import EvalTransform, center_crop, resize_short_side
 
     cfg = model.config
-    with open_video(path) as reader:
+    with spec.open(path, train=False) as reader:
         frames, valid = reader.frames_at(spec.times(reader.duration, train=False))
     view = EvalTransform(crop_size=cfg.image_size, mean=cfg.mean, std=cfg.std).view(frames, 0)
     shown = center_crop(resize_short_side(frames, cfg.image_size), cfg.image_size).round().clamp(0, 255)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from ..data import ClipSpec, DecodeError, open_video
-from ..data.decode import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
-from ..data.sampling import clip_start_times
+from ..data import ClipSpec, DecodeError
+from ..data.decode import IMAGE_EXTENSIONS, MAX_PIXELS, VIDEO_EXTENSIONS
+from ..data.sampling import clip_start_times, window_count
 from ..data.transforms import EvalTransform
 from ..errors import UserError
 from ..fast import optimize
@@ -79,10 +79,12 @@ class ViewDecoder:
 
     def __init__(self, spec: ClipSpec):
         self.spec = spec
-        self.transform = EvalTransform(crop_size=spec.crop_size, num_crops=spec.num_crops, mean=spec.mean, std=spec.std)
+        self.transform = EvalTransform(
+            crop_size=spec.crop_size, short_side=spec.short_side, num_crops=spec.num_crops, mean=spec.mean, std=spec.std
+        )
 
     def __call__(self, path, start: float | None = None, window: float | None = None):
-        with open_video(path, frames_fps=self.spec.frames_fps) as reader:
+        with self.spec.open(path, train=False) as reader:
             duration = reader.duration if window is None else min(window, reader.duration)
             clips, masks = [], []
             for k in range(self.spec.num_clips):
@@ -106,6 +108,7 @@ class Predictor:
         sampling_rate, fps: dense sampling: ``num_frames`` frames every ``sampling_rate`` frames at ``fps``.
         sampling: ``"dense"`` or ``"segment"`` (one frame per segment of the whole video).
         The three default to the protocol the checkpoint records (``model.config``).
+        max_pixels: the largest frame (width x height) decoded; a larger one is a ``DecodeError`` that costs nothing.
         precision, compile: the fast path (``timesformer.optimize``): fp32, bf16 (weights cast once, not
             autocast) or int8 (CPU only), compiled with inductor when ``compile``. The predictor holds that
             copy of the model: later changes to ``model``'s weights don't reach it.
@@ -123,13 +126,15 @@ class Predictor:
         device: str | torch.device = "cpu",
         precision: str = "fp32",
         compile: bool = False,
+        max_pixels: int = MAX_PIXELS,
     ):
         cfg = model.config
         self.model = optimize(model, precision=precision, compile=compile, device=device)
         self.device, self.precision = torch.device(device), precision
-        self.spec = ClipSpec.from_config(
+        spec = ClipSpec.from_config(
             cfg, clips=clips, crops=crops, sampling=sampling, sampling_rate=sampling_rate, fps=fps
         )
+        self.spec = dataclasses.replace(spec, max_pixels=max_pixels)
         self.decoder = ViewDecoder(self.spec)
         self.labels = list(cfg.labels) if cfg.labels else None
         self.partial = {}  # path -> why decoding stopped early, for files that decoded only partly
@@ -162,9 +167,14 @@ class Predictor:
         return other
 
     def stream(self, frames, *, every: int = 8, smooth: int = 1, topk: int = 5, realtime: bool = False):
-        """Predictions on frames as they arrive: ``frames`` yields ``(seconds, uint8 c H W)`` (e.g.
-        ``inference.stream.frames_from(source)``); see ``inference.stream.stream_predictions``."""
-        from .stream import stream_predictions
+        """Predictions on frames as they arrive: ``frames`` is a source (a file, a URL, ``-``, ``/dev/videoN``: its
+        frames scaled as ``views`` scales them) or yields ``(seconds, uint8 c H W)``; see
+        ``inference.stream.stream_predictions``."""
+        from .stream import frames_from, stream_predictions
+
+        if isinstance(frames, str | os.PathLike):
+            short_side = self.spec.short_side or self.spec.crop_size
+            frames = frames_from(str(frames), short_side=short_side, max_pixels=self.spec.max_pixels)
 
         return stream_predictions(self, frames, every=every, smooth=smooth, topk=topk, realtime=realtime)
 
@@ -218,7 +228,7 @@ class Predictor:
         The server runs the same steps with its own model call: :meth:`timeline_windows`, the views of each
         window through the model, then :meth:`timeline_result`."""
         _check_window(window, stride)  # before the file is opened: bad settings are not a bad file
-        with open_video(path, frames_fps=self.spec.frames_fps) as reader:
+        with self.spec.open(path, train=False) as reader:
             duration = reader.duration
         windows = self.timeline_windows(duration, window=window, stride=stride)
         probs = [
@@ -226,10 +236,19 @@ class Predictor:
         ]
         return self.timeline_result(path, duration, windows, probs, window=window, stride=stride, topk=topk)
 
-    def timeline_windows(self, duration: float, *, window: float, stride: float) -> list[tuple[float, float]]:
-        """``(start, end)`` seconds of a timeline's windows over a video of ``duration`` seconds. Nothing is decoded,
-        so a caller can bound the count before any work; decode window ``k`` with ``views(path, start, window)``."""
+    def timeline_windows(
+        self, duration: float, *, window: float, stride: float, max_windows: int | None = None
+    ) -> list[tuple[float, float]]:
+        """``(start, end)`` seconds of a timeline's windows over a video of ``duration`` seconds; decode window ``k``
+        with ``views(path, start, window)``. Nothing is decoded, and more than ``max_windows`` is a ``UserError``
+        raised before any window is made (a header's duration is only a claim)."""
         _check_window(window, stride)
+        count = window_count(duration, window=window, stride=stride)
+        if max_windows is not None and count > max_windows:
+            raise UserError(
+                f"window {window:g} s every {stride:g} s makes {count} windows of this {duration:.0f} s video; "
+                f"at most {max_windows}"
+            )
         starts = clip_start_times(duration, window=window, stride=stride).tolist()
         return [(start, min(start + window, duration)) for start in starts]
 

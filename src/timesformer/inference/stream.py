@@ -1,9 +1,10 @@
 """Predictions on live video: frames as they arrive, a ring buffer at the model's sampling stride.
 
 ``frames_from(source)`` yields ``(seconds, frame: uint8 c H W)`` from a file, a URL, ``-`` (a stream on stdin, e.g.
-MPEG-TS from ffmpeg) or a capture device (``/dev/videoN``). ``stream_predictions(predictor, frames)`` keeps the last
-clip's worth of frames (``num_frames * sampling_rate / fps`` seconds, each resized and cropped as the model sees it)
-in a ring buffer and predicts every ``every`` input frames on the clip ending now, sampled as ``predict`` samples.
+MPEG-TS from ffmpeg) or a capture device (``/dev/videoN``), scaled in the decoder as ``predict``'s frames are.
+``stream_predictions(predictor, frames)`` keeps the last clip's worth of frames (``num_frames * sampling_rate / fps``
+seconds, each resized and cropped as the model sees it) in a ring buffer and predicts every ``every`` input frames on
+the clip ending now, sampled as ``predict`` samples.
 """
 
 from __future__ import annotations
@@ -17,26 +18,38 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from ..data import DecodeError
+from ..data.decode import MAX_PIXELS, check_pixels, frame_rgb
 from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-def frames_from(source: str) -> Iterator[tuple[float, torch.Tensor]]:
-    """``(seconds since the first frame, uint8 c H W)`` for every frame of ``source``, as it is decoded."""
+def frames_from(
+    source: str, *, short_side: int | None = None, max_pixels: int = MAX_PIXELS
+) -> Iterator[tuple[float, torch.Tensor]]:
+    """``(seconds since the first frame, uint8 c H W)`` for every frame of ``source``, as it is decoded: its short
+    side scaled down to ``short_side`` in the decoder's format (None: full size); frames over ``max_pixels`` (width x
+    height) are a ``DecodeError`` before they are decoded."""
     try:
         import av
     except ImportError:
         raise ImportError("reading video needs PyAV: pip install 'timesformer[video]'") from None
     target = sys.stdin.buffer if source == "-" else source  # stdin: FFmpeg probes the container it carries
     try:
-        container = av.open(target, mode="r", format="v4l2" if source.startswith("/dev/video") else None)
+        container = av.open(
+            target,
+            mode="r",
+            format="v4l2" if source.startswith("/dev/video") else None,
+            options={"max_pixels": str(max_pixels)},
+        )
     except (av.error.FFmpegError, OSError) as err:
         raise DecodeError(f"{source}: cannot open a video ({type(err).__name__}: {err})") from None
     with container:
         if not container.streams.video:
             raise DecodeError(f"{source}: no video stream")
         stream = container.streams.video[0]
+        check_pixels(source, stream.codec_context.width, stream.codec_context.height, max_pixels)
+        stream.codec_context.options = {"max_pixels": str(max_pixels)}
         stream.thread_type = "AUTO"
         base, first = stream.time_base, None
         try:
@@ -44,7 +57,7 @@ def frames_from(source: str) -> Iterator[tuple[float, torch.Tensor]]:
                 if frame.pts is None:
                     continue
                 first = frame.pts if first is None else first
-                image = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
+                image = torch.from_numpy(frame_rgb(frame, short_side)).permute(2, 0, 1)
                 yield float((frame.pts - first) * base), image
         except av.error.FFmpegError as err:  # a stream that breaks: what came before was predicted
             log.warning("%s: decoding stopped (%s); the frames before it were predicted", source, err)
