@@ -4,7 +4,9 @@ A request submits its clips ``v t c S S`` (and their frame masks ``v t``) and ge
 of their logits ``v classes``. The worker thread takes the oldest request, then keeps adding requests until the
 batch holds ``max_batch`` clips or ``max_wait_ms`` have passed since it began waiting, runs the model once, and
 splits the logits back. The queue is bounded: a full queue refuses the request at once (``QueueFull``), so the
-server can answer 503 instead of growing without limit. Decoding happens in the callers, never in this thread.
+server can answer 503 instead of growing without limit. A request may carry a deadline: one still queued when it
+passes is skipped (``DeadlineExceeded``), as is one whose future was cancelled, so the model never runs for a caller
+that has given up. Decoding happens in the callers, never in this thread.
 """
 
 from __future__ import annotations
@@ -26,10 +28,15 @@ class Stopped(Exception):
     """The batcher is shutting down and takes no new requests."""
 
 
+class DeadlineExceeded(Exception):
+    """The request's deadline passed while it waited: the model did not run for it."""
+
+
 @dataclass
 class _Request:
     clips: torch.Tensor  # v t c S S
     masks: torch.Tensor  # v t bool
+    deadline: float | None = None  # time.monotonic() seconds
     future: Future = field(default_factory=Future)
 
 
@@ -63,9 +70,11 @@ class Batcher:
         """Requests waiting (not counting the batch being run)."""
         return self._waiting
 
-    def submit(self, clips: torch.Tensor, masks: torch.Tensor) -> Future:
-        """Queue ``clips: v t c S S`` with ``masks: v t``; the future resolves to logits ``v classes`` (CPU, fp32)."""
-        request = _Request(clips, masks)
+    def submit(self, clips: torch.Tensor, masks: torch.Tensor, deadline: float | None = None) -> Future:
+        """Queue ``clips: v t c S S`` with ``masks: v t``; the future resolves to logits ``v classes`` (CPU, fp32), or
+        fails with ``DeadlineExceeded`` when ``deadline`` (``time.monotonic()`` seconds) passes before its batch runs.
+        """
+        request = _Request(clips, masks, deadline)
         with self._lock:  # the check and the put together: nothing slips in after close()
             if not self._accepting:
                 raise Stopped("the server is shutting down")
@@ -114,7 +123,14 @@ class Batcher:
             self._run_batch(batch)
 
     def _run_batch(self, batch: list[_Request]):
-        live = [r for r in batch if r.future.set_running_or_notify_cancel()]
+        now, live = time.monotonic(), []
+        for r in batch:
+            if not r.future.set_running_or_notify_cancel():  # cancelled: its caller gave up
+                continue
+            if r.deadline is not None and now > r.deadline:
+                r.future.set_exception(DeadlineExceeded(f"its deadline passed {now - r.deadline:.3f} s ago"))
+                continue
+            live.append(r)
         if not live:
             return
         try:
