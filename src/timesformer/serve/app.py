@@ -13,31 +13,32 @@ Endpoints, one module of routes each:
   503; Prometheus metrics.
 
 Bad input is a 4xx JSON ``{"error": ...}`` naming the problem; a full queue is 503 with ``Retry-After``
-(``errors``). Uploads go to a temporary file that is deleted on success and on error (``uploads``). Decoding runs in
-worker threads; the model runs on one batching thread (:class:`~timesformer.serve.batching.Batcher`). The routes
-share one :class:`~timesformer.serve.state.ServerState` on ``app.state.server``.
+(``errors``). Every request passes the ``guard`` first: the API key, its deadline (``request_timeout``), the upload
+slots, the body's size and rate as it arrives. Uploads go to a temporary file that is deleted on success and on
+error (``uploads``). The event loop only parses and waits: saving, probing and decoding run on ``max_batch``
+decoding threads, explanations on one thread of their own, the model on one batching thread
+(:class:`~timesformer.serve.batching.Batcher`). The routes share one
+:class:`~timesformer.serve.state.ServerState` on ``app.state.server``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import time
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
 from ..inference import Predictor
 from . import explain_routes, predict_routes, status_routes
 from .batching import Batcher
 from .errors import BadRequest, bad_request_response
+from .guard import Guard
 from .metrics import Metrics
 from .state import ServerState, Settings
 
 ROUTERS = (status_routes.router, predict_routes.router, explain_routes.router)
-OPEN_PATHS = {"/healthz", "/"}  # the page holds no data; it sends the key it is given with each call
 KNOWN_PATHS = {route.path for router in ROUTERS for route in router.routes}  # metrics labels; the rest are "other"
 
 
@@ -51,11 +52,17 @@ def create_app(
     max_upload_mb: float = 200.0,
     api_key: str | None = None,
     warmup: bool = True,
+    request_timeout: float = 60.0,
+    min_upload_rate: float = 16 * 1024,
+    upload_grace: float = 10.0,
+    docs: bool = False,
 ) -> FastAPI:
-    """The service around ``predictor`` (its model, views and preprocessing). See the module docstring.
+    """The service around ``predictor`` (its model, views, preprocessing and ``max_pixels``). See the module
+    docstring; every option is a :class:`~timesformer.serve.state.Settings` field.
 
     ``model``: the fp32 ``TimeSformer`` that ``/v1/explain`` runs attention rollout on (the predictor's copy may be
-    bf16 or int8); without it ``/v1/explain`` answers 404."""
+    bf16 or int8); without it ``/v1/explain`` answers 404. ``docs``: serve ``/docs``, ``/redoc`` and
+    ``/openapi.json`` (off by default: they describe the API to anyone who asks)."""
     settings = Settings(
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,
@@ -63,36 +70,20 @@ def create_app(
         max_upload_mb=max_upload_mb,
         api_key=api_key,
         warmup=warmup,
+        request_timeout=request_timeout,
+        min_upload_rate=min_upload_rate,
+        upload_grace=upload_grace,
+        docs=docs,
     )
     state = ServerState(predictor=predictor, model=model, settings=settings, metrics=Metrics(max_batch))
-    app = FastAPI(title="timesformer", lifespan=_lifespan)
+    pages = {} if docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="timesformer", lifespan=_lifespan, **pages)
     app.state.server = state
     for router in ROUTERS:
         app.include_router(router)
     app.add_exception_handler(BadRequest, bad_request_response)
-    app.middleware("http")(_guard)
+    app.add_middleware(Guard, state=state, known_paths=KNOWN_PATHS)
     return app
-
-
-async def _guard(request: Request, call_next):
-    """The API key (every path but ``OPEN_PATHS``), and each request counted in the metrics."""
-    state: ServerState = request.app.state.server
-    api_key = state.settings.api_key
-    start = time.perf_counter()
-    path = request.url.path if request.url.path in KNOWN_PATHS else "other"  # metrics labels stay few and safe
-    if api_key is not None and request.url.path not in OPEN_PATHS:
-        given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
-        if not hmac.compare_digest(given.encode(), api_key.encode()):
-            response = JSONResponse({"error": "a valid API key is required (X-API-Key header)"}, status_code=401)
-            state.metrics.request(path, 401, time.perf_counter() - start)
-            return response
-    try:
-        response = await call_next(request)
-    except Exception:
-        state.metrics.request(path, 500, time.perf_counter() - start)
-        raise
-    state.metrics.request(path, response.status_code, time.perf_counter() - start)
-    return response
 
 
 @contextlib.asynccontextmanager
@@ -110,6 +101,8 @@ async def _lifespan(app: FastAPI):
     )
     state.metrics.queue_depth = lambda: batcher.depth
     state.batcher = batcher
+    state.decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="timesformer-decode")
+    state.explainer = ThreadPoolExecutor(1, thread_name_prefix="timesformer-explain")
     if settings.warmup:  # a full batch before /healthz says ready: no request pays for the first one's allocations
         spec = predictor.spec
         clips = torch.zeros(settings.max_batch, spec.num_frames, 3, spec.crop_size, spec.crop_size)
@@ -121,3 +114,5 @@ async def _lifespan(app: FastAPI):
     finally:
         state.ready = False
         await asyncio.to_thread(batcher.close)
+        for pool in (state.decoders, state.explainer):  # what is left of requests given up on: nothing waits for it
+            pool.shutdown(wait=False, cancel_futures=True)

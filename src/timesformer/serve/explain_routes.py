@@ -1,13 +1,14 @@
 """``POST /v1/explain``: attention rollout of the upload's centre clip, with the PNG grid and the GIF as data URLs.
 
-It runs the fp32 model the app was given (the predictor's copy may be bf16 or int8), one rollout at a time: each is
-a full forward of its own, and pyplot is not thread-safe.
+It runs the fp32 model the app was given (the predictor's copy may be bf16 or int8), one rollout at a time on the
+server's one explaining thread: each is a full forward of its own, and pyplot is not thread-safe. A request whose
+deadline passes while it waits its turn is skipped.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import dataclasses
 import os
 import tempfile
 import time
@@ -30,15 +31,15 @@ async def explain(request: Request, state: Server):
         raise BadRequest(404, "this server was started without the fp32 model that explanations need")
     start = time.perf_counter()
     max_mb = state.settings.max_upload_mb
-    form, upload = await read_form(request, max_mb)
+    form, upload = await read_form(request)
     try:
         if state.explaining >= state.settings.queue_size:  # running or waiting their turn
             raise BadRequest(503, "the server is busy explaining; retry shortly", {"Retry-After": "5"})
         state.explaining += 1
         try:
-            async with state.explain_lock:
-                with tempfile.TemporaryDirectory(prefix="timesformer-upload-") as tmp:
-                    body = await explain_file(state, await save_upload(upload, tmp, max_mb), tmp)
+            with tempfile.TemporaryDirectory(prefix="timesformer-upload-") as tmp:
+                path = await state.run(save_upload, upload, tmp, max_mb)
+                body = await state.explain(explain_file, state, path, tmp)
         finally:
             state.explaining -= 1
     finally:
@@ -46,23 +47,24 @@ async def explain(request: Request, state: Server):
     return {**body, "latency_ms": round((time.perf_counter() - start) * 1000, 1)}
 
 
-async def explain_file(state: ServerState, path: str, tmp: str) -> dict:
-    """The rollout of the video at ``path`` as the response body; its images are written to ``tmp`` first."""
+def explain_file(state: ServerState, path: str, tmp: str) -> dict:
+    """The rollout of the video at ``path`` as the response body; its images are written to ``tmp`` first
+    (blocking: the explaining thread runs it)."""
     from ..inference.explain import explain_video
     from ..viz import plot_explanation
 
-    await asyncio.to_thread(video_duration, path)  # a 400 naming why, before any work, for a file that is no video
     model, served = state.model, state.predictor.spec  # the fp32 model's clip, sampled as the predictor's are
     spec = ClipSpec.from_config(
         model.config, sampling=served.sampling, sampling_rate=served.sampling_rate, fps=served.fps
     )
+    spec = dataclasses.replace(spec, max_pixels=served.max_pixels)
+    video_duration(path, spec)  # a 400 naming why, before any work, for a file that is no video
     try:
-        result = await asyncio.to_thread(explain_video, model, path, spec)
+        result = explain_video(model, path, spec)
     except DecodeError as err:
         raise BadRequest(400, f"the upload is not a readable video: {hide_path(err, path)}") from None
     png, gif = os.path.join(tmp, "explain.png"), os.path.join(tmp, "explain.gif")
-    await asyncio.to_thread(
-        plot_explanation,
+    plot_explanation(
         result["frames"],
         result["maps"],
         result["frame_importance"],

@@ -3,18 +3,20 @@
 Form fields: ``file`` (the video), ``topk`` (1..100), ``views`` (``CLIPSxCROPS``; default the server's), ``window``
 and ``stride`` (seconds). The answer is ``{"labels", "scores", "top", "duration", "latency_ms"}``, and
 ``"timeline"`` (``[{"start", "end", "top"}]``) when a window was asked for; then the top-k average the windows'.
-The timeline is :meth:`Predictor.timeline`'s, with the model calls going through the server's batcher.
+The timeline is :meth:`Predictor.timeline`'s, with the model calls going through the server's batcher: one window at
+a time, each a request of its own in the batcher's queue, so a long timeline shares the model with the others and
+ends at the request's deadline (``guard``). Every step but the batcher's runs on the decoding threads.
 """
 
 from __future__ import annotations
 
-import asyncio
 import tempfile
 import time
 
 import torch
 from fastapi import APIRouter, Request
 
+from ..errors import UserError
 from ..inference import Predictor, parse_views
 from .errors import BadRequest
 from .state import Server, ServerState
@@ -30,7 +32,8 @@ router = APIRouter()
 async def predict(request: Request, state: Server):
     start = time.perf_counter()
     max_mb = state.settings.max_upload_mb
-    form, upload = await read_form(request, max_mb)
+    deadline = request.state.deadline  # time.monotonic() s, set by the guard
+    form, upload = await read_form(request)
     try:  # the upload's spooled copy goes with the form
         topk = _number(form, "topk", int, 1, MAX_TOPK, 5)
         views = _views_option(form.get("views"), state.default_views)
@@ -39,14 +42,15 @@ async def predict(request: Request, state: Server):
         if stride is not None and window is None:
             raise BadRequest(422, "stride needs a window (seconds)")
         with tempfile.TemporaryDirectory(prefix="timesformer-upload-") as tmp:
-            path = await save_upload(upload, tmp, max_mb)
+            path = await state.run(save_upload, upload, tmp, max_mb)
             pred = state.predictor_for(views)
-            duration = await asyncio.to_thread(video_duration, path)
+            duration = await state.run(video_duration, path, pred.spec)
             body = {"duration": duration}
             if window is None:
-                probs = (await state.logits(*(await decode_views(pred, path)))).softmax(-1)
+                probs = (await state.logits(*(await state.run(decode_views, pred, path)), deadline)).softmax(-1)
             else:
-                body["timeline"], probs = await _timeline(state, pred, path, duration, window, stride, topk)
+                timeline = _timeline(state, pred, path, duration, window, stride, topk, deadline)
+                body["timeline"], probs = await timeline
     finally:
         await form.close()
     top = pred.top(probs, topk)
@@ -60,20 +64,30 @@ async def predict(request: Request, state: Server):
 
 
 async def _timeline(
-    state: ServerState, pred: Predictor, path: str, duration: float, window: float, stride: float, topk: int
+    state: ServerState,
+    pred: Predictor,
+    path: str,
+    duration: float,
+    window: float,
+    stride: float,
+    topk: int,
+    deadline: float,
 ):
-    """``Predictor.timeline`` with the model calls through the batcher and each window decoded in a worker thread:
+    """``Predictor.timeline`` with the model calls through the batcher and each window decoded on a decoding thread:
     the entries ``[{"start", "end", "top"}]`` and the windows' probabilities averaged (``classes``). Too many windows
-    is a 422 before anything is decoded."""
-    windows = pred.timeline_windows(duration, window=window, stride=stride)
-    if len(windows) > MAX_WINDOWS:
-        raise BadRequest(
-            422,
-            f"window {window:g} s every {stride:g} s makes {len(windows)} windows of "
-            f"this {duration:.0f} s video; at most {MAX_WINDOWS}",
-        )
-    probs = [(await state.logits(*(await decode_views(pred, path, start, window)))).softmax(-1) for start, _ in windows]
-    timeline = pred.timeline_result(path, duration, windows, probs, window=window, stride=stride, topk=topk)
+    is a 422, counted before any window is made (the duration is the header's claim)."""
+    try:
+        plan = pred.timeline_windows
+        windows = await state.run(plan, duration, window=window, stride=stride, max_windows=MAX_WINDOWS)
+    except UserError as err:
+        raise BadRequest(422, str(err)) from None
+    probs = []
+    for start, _ in windows:
+        views, masks = await state.run(decode_views, pred, path, start, window)
+        probs.append((await state.logits(views, masks, deadline)).softmax(-1))
+    timeline = await state.run(
+        pred.timeline_result, path, duration, windows, probs, window=window, stride=stride, topk=topk
+    )
     entries = [{"start": e["start"], "end": e["end"], "top": e["top"]} for e in timeline["entries"]]
     return entries, torch.stack(probs).mean(0)
 

@@ -1,27 +1,24 @@
 """The uploaded video: the multipart form within the size limit, its temporary copy, its duration and its views.
 
 Callers keep the copy in a ``tempfile.TemporaryDirectory`` and close the form, so nothing is left on disk on success
-or on error. Reading the copy (duration, decoding) is blocking: it runs in worker threads, off the event loop.
+or on error. Everything here but ``read_form`` blocks: the routes run it on the server's decoding threads
+(``ServerState.run``), off the event loop. The body's size is bounded as it arrives, by the ``guard``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 
 from fastapi import Request
 
-from ..data import DecodeError, open_video
+from ..data import ClipSpec, DecodeError
 from ..inference import Predictor
 from .errors import BadRequest, hide_path
 
 
-async def read_form(request: Request, max_mb: float):
-    """The request's form and its ``file`` upload; 413 when the declared length is over ``max_mb`` MiB already."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > int(max_mb * 2**20) + 2**16:
-        raise BadRequest(413, f"the upload ({int(length) / 2**20:.1f} MiB) is over the {max_mb:g} MiB limit")
+async def read_form(request: Request):
+    """The request's form and its ``file`` upload (a 400 for a body that is no multipart form)."""
     try:
         form = await request.form(max_files=1, max_fields=16)
     except Exception as err:  # not multipart, a broken body
@@ -33,11 +30,11 @@ async def read_form(request: Request, max_mb: float):
     return form, upload
 
 
-async def save_upload(upload, folder: str, max_mb: float) -> str:
+def save_upload(upload, folder: str, max_mb: float) -> str:
     """Copy ``upload`` into ``folder``; the copy's path. 413 past ``max_mb`` MiB, 400 when empty."""
     suffix = "".join(c for c in Path(upload.filename or "").suffix[:16] if c.isalnum() or c == ".")
     path = os.path.join(folder, "upload" + suffix)  # the extension helps the demuxer; nothing else of the name
-    size = await asyncio.to_thread(_copy, upload.file, path, int(max_mb * 2**20))
+    size = _copy(upload.file, path, int(max_mb * 2**20))
     if size is None:
         raise BadRequest(413, f"the upload is over the {max_mb:g} MiB limit")
     if size == 0:
@@ -45,20 +42,21 @@ async def save_upload(upload, folder: str, max_mb: float) -> str:
     return path
 
 
-def video_duration(path: str) -> float:
-    """The upload's duration in seconds, or a 400 naming why it is not a video (blocking: call it in a thread)."""
+def video_duration(path: str, spec: ClipSpec) -> float:
+    """The upload's duration in seconds as its header claims it, or a 400 naming why it is not a video (frames over
+    ``spec.max_pixels`` included)."""
     try:
-        with open_video(path) as reader:
+        with spec.open(path, train=False) as reader:
             return reader.duration
     except DecodeError as err:
         raise BadRequest(400, f"the upload is not a readable video: {hide_path(err, path)}") from None
 
 
-async def decode_views(predictor: Predictor, path: str, start: float | None = None, window: float | None = None):
-    """``predictor.views`` of the upload (or of ``[start, start + window)``) in a worker thread: ``(v t c S S, v t)``.
-    A file that is not a video, or decodes only partly, is a 400."""
+def decode_views(predictor: Predictor, path: str, start: float | None = None, window: float | None = None):
+    """``predictor.views`` of the upload (or of ``[start, start + window)``): ``(v t c S S, v t)``. A file that is not
+    a video, or decodes only partly, is a 400."""
     try:
-        views, masks = await asyncio.to_thread(predictor.views, path, start, window)
+        views, masks = predictor.views(path, start, window)
     except DecodeError as err:
         raise BadRequest(400, f"the upload is not a readable video: {hide_path(err, path)}") from None
     reason = predictor.partial.pop(path, None)

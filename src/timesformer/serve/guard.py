@@ -1,0 +1,143 @@
+"""What every HTTP request passes before the routes (an ASGI middleware): the API key, the metrics, and the bounds on
+what one request may cost in seconds, bytes and upload slots.
+
+- *The key.* Every path but ``OPEN_PATHS`` needs ``X-API-Key: KEY`` or ``Authorization: Bearer KEY`` (the scheme in
+  any case, as RFC 7235 says), compared in constant time; anything else is 401.
+- *A deadline.* Each request has ``request_timeout`` seconds from its head's arrival (``request.state.deadline``,
+  ``time.monotonic()`` s). Past it the request is cancelled where it waits (a decode not yet started, the
+  batcher's queue, its body) and answered 503 with ``Retry-After``.
+- *Upload slots.* At most ``upload_slots`` requests to ``UPLOAD_PATHS`` at once; past it 503 before the body is
+  read. The other paths never wait for them: ``/healthz`` answers while every slot is taken.
+- *The body as it arrives.* Its bytes are counted: past ``max_upload_bytes`` it is a 413 at once, with or without a
+  ``Content-Length``. It must keep up ``min_upload_rate`` bytes/s once ``upload_grace`` seconds of waiting are
+  spent (each byte buys ``1 / min_upload_rate`` s more, as Apache's mod_reqtimeout ``body=...,MinRate=...``),
+  else 408.
+
+A refusal the guard answers itself closes the connection (``Connection: close``): the rest of the body is never
+read. The app is told the client left, and whatever it answers after that goes nowhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+
+from .state import ServerState, Settings, timed_out
+
+OPEN_PATHS = {"/healthz", "/"}  # the page holds no data; it sends the key it is given with each call
+UPLOAD_PATHS = {"/v1/predict", "/v1/explain"}
+DISCONNECT = {"type": "http.disconnect"}
+
+
+def authorized(headers: Headers, key: str) -> bool:
+    """``X-API-Key: key`` or ``Authorization: Bearer key`` (any case of ``Bearer``); a bare key is not a scheme."""
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    given = [headers.get("x-api-key"), token.strip() if scheme.lower() == "bearer" else None]
+    return any(g and hmac.compare_digest(g.encode(), key.encode()) for g in given)
+
+
+class Guard:
+    """The ASGI middleware the module docstring describes, around the app's routes."""
+
+    def __init__(self, app, *, state: ServerState, known_paths: set[str]):
+        self.app, self.state, self.known_paths = app, state, known_paths
+        self.uploads = 0  # requests to UPLOAD_PATHS in flight (all on the event loop: no lock)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        settings, start = self.state.settings, time.perf_counter()
+        path = scope["path"] if scope["path"] in self.known_paths else "other"  # metrics labels stay few and safe
+        call = _Call(scope, receive, send, settings)
+        try:
+            await self._serve(call, settings)
+        finally:
+            self.state.metrics.request(path, call.status or 500, time.perf_counter() - start)
+
+    async def _serve(self, call: _Call, settings: Settings):
+        path = call.scope["path"]
+        if settings.api_key is not None and path not in OPEN_PATHS and not authorized(call.headers, settings.api_key):
+            return await call.refuse(401, "a valid API key is required (X-API-Key or Authorization: Bearer)")
+        if path not in UPLOAD_PATHS:
+            return await self._run(call, settings)
+        if self.uploads >= settings.upload_slots:
+            busy = f"the server is busy: all {settings.upload_slots} upload slots are taken; retry shortly"
+            return await call.refuse(503, busy, {"Retry-After": "1"})
+        length = call.headers.get("content-length", "")
+        if length.isdigit() and int(length) > settings.max_upload_bytes:
+            return await call.refuse(413, call.too_large(f"{int(length) / 2**20:.1f} MiB"))
+        self.uploads += 1
+        try:
+            call.metered = True
+            await self._run(call, settings)
+        finally:
+            self.uploads -= 1
+
+    async def _run(self, call: _Call, settings: Settings):
+        call.scope.setdefault("state", {})["deadline"] = time.monotonic() + settings.request_timeout
+        deadline = asyncio.timeout(settings.request_timeout)
+        try:
+            async with deadline:
+                await self.app(call.scope, call.receive, call.send)
+        except TimeoutError:
+            if not deadline.expired() or call.started:  # not ours, or too late to answer: uvicorn closes
+                raise
+            await call.refuse(503, timed_out(settings.request_timeout), {"Retry-After": "5"})
+
+
+class _Call:
+    """One request through the guard: the app's receive and send, wrapped, and the refusal the guard may answer."""
+
+    def __init__(self, scope, receive, send, settings: Settings):
+        self.scope, self._receive, self._send, self.settings = scope, receive, send, settings
+        self.headers = Headers(scope=scope)
+        self.metered = False  # an upload: its body counted and timed
+        self.status, self.started, self.refused = None, False, False
+        self.received, self.waited = 0, 0.0  # body bytes, and seconds spent waiting for them
+
+    def too_large(self, size: str) -> str:
+        return f"the upload ({size}) is over the {self.settings.max_upload_mb:g} MiB limit"
+
+    async def send(self, message):
+        if self.refused:  # the guard has answered: the app's late answer goes nowhere
+            return
+        if message["type"] == "http.response.start":
+            self.status, self.started = message["status"], True
+        await self._send(message)
+
+    async def receive(self):
+        if self.refused:
+            return DISCONNECT
+        if not self.metered or self.started:
+            return await self._receive()
+        settings = self.settings
+        allowed = settings.upload_grace + self.received / settings.min_upload_rate - self.waited
+        begun = time.monotonic()
+        try:
+            async with asyncio.timeout(max(allowed, 0.0)):
+                message = await self._receive()
+        except TimeoutError:
+            waited = self.waited + time.monotonic() - begun
+            await self.refuse(
+                408,
+                f"the upload came too slowly: {self.received / 1024:.1f} KiB in {waited:.1f} s; after the first "
+                f"{settings.upload_grace:g} s it needs {settings.min_upload_rate / 1024:g} KiB/s",
+            )
+            return DISCONNECT
+        self.waited += time.monotonic() - begun
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > settings.max_upload_bytes:
+                await self.refuse(413, self.too_large(f"{self.received / 2**20:.1f} MiB and more"))
+                return DISCONNECT
+        return message
+
+    async def refuse(self, status: int, message: str, headers: dict | None = None):
+        """Answer ``status`` with ``{"error": message}`` and close the connection (its body is left unread)."""
+        response = JSONResponse({"error": message}, status, headers={**(headers or {}), "Connection": "close"})
+        await response(self.scope, self._receive, self.send)
+        self.refused = True
