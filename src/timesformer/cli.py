@@ -350,6 +350,8 @@ def cmd_serve(args) -> int:
         queue_size=args.queue_size,
         max_upload_mb=args.max_upload_mb,
         api_key=args.api_key or None,
+        request_timeout=args.request_timeout,
+        docs=args.docs,
     )
     return 0
 
@@ -529,6 +531,7 @@ def _predictor(args, model, device=None):
     from .inference import Predictor, parse_views
 
     clips, crops = parse_views(args.views) if hasattr(args, "views") else (1, 1)
+    limits = {"max_pixels": args.max_pixels} if getattr(args, "max_pixels", None) else {}  # where the command has it
     return Predictor(
         model,
         clips=clips,
@@ -537,6 +540,7 @@ def _predictor(args, model, device=None):
         device=device if device is not None else _device(args.device, args.precision),
         precision=args.precision,
         compile=args.compile,
+        **limits,
     )
 
 
@@ -762,6 +766,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     srv.add_argument("--max-upload-mb", type=_positive_float, default=200.0, help="largest upload (default 200 MiB)")
     srv.add_argument("--api-key", help="require this key (X-API-Key or Authorization: Bearer) on all but /healthz")
+    srv.add_argument(
+        "--request-timeout",
+        type=_positive_float,
+        default=60.0,
+        help="seconds a request may take, its upload included; past it 503 with Retry-After (default 60)",
+    )
+    srv.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        help="largest frame decoded (width x height); a larger one is a 400 (default 8192x8192)",
+    )
+    srv.add_argument("--docs", action="store_true", help="serve /docs, /redoc and /openapi.json (default off)")
     srv.add_argument(
         "--calibration-videos",
         nargs="+",
