@@ -1,7 +1,6 @@
 """timesformer serve: the HTTP API on videos the tests encode -- predictions equal to Predictor's, bad input as
 4xx JSON with the server still serving, no upload left on disk, batching, backpressure, the API key, draining."""
 
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,42 +12,11 @@ import torch
 import timesformer as tf
 from timesformer.inference import Predictor
 
-from ..conftest import labelled_tiny_model
-from ..data.videos import write_video
-
 pytest.importorskip("av")
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
 from timesformer.serve import Batcher, QueueFull, create_app
-
-
-@pytest.fixture(scope="module")
-def model():
-    return labelled_tiny_model()
-
-
-@pytest.fixture(scope="module")
-def videos(tmp_path_factory):
-    root = tmp_path_factory.mktemp("videos")
-    write_video(root / "a.mp4", 90, fps=30, size=64)  # 3 s
-    write_video(root / "short.mp4", 2, fps=30, size=64)  # fewer frames than one clip
-    (root / "notes.mp4").write_text("this is not a video")
-    (root / "empty.mp4").write_bytes(b"")
-    write_video(root / "f.mp4", 90, fps=30, size=64, gop=10, container_options={"movflags": "faststart"})
-    data = (root / "f.mp4").read_bytes()
-    (root / "truncated.mp4").write_bytes(data[: int(len(data) * 0.6)])  # its index first: it opens, then breaks
-    return root
-
-
-@pytest.fixture
-def uploads(tmp_path, monkeypatch):
-    """Where the server's temporary upload folders go (checked empty after each test)."""
-    folder = tmp_path / "tmp"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    yield folder
-    assert list(folder.iterdir()) == []  # every upload deleted, on success and on error
 
 
 def post(client, path, **fields):
@@ -138,7 +106,7 @@ def test_explain_returns_the_rollout_with_png_and_gif(model, videos, uploads):
     with TestClient(create_app(Predictor(model), model=model)) as client:
         body = client.post("/v1/explain", files={"file": ("a.mp4", (videos / "a.mp4").read_bytes())}).json()
         assert client.post("/v1/explain", files={"file": ("n.mp4", b"not a video")}).status_code == 400
-    ref = explain_video(model, videos / "a.mp4", ClipSpec(num_frames=4))
+    ref = explain_video(model, videos / "a.mp4", ClipSpec.from_config(model.config))  # the served clip
     assert body["predicted"] == ref["predicted"]
     torch.testing.assert_close(torch.tensor(body["maps"]), ref["maps"], atol=1e-6, rtol=0)
     assert base64.b64decode(body["png"].split(",", 1)[1])[:4] == b"\x89PNG"

@@ -1,0 +1,342 @@
+"""timesformer serve against an attacker (issue 21): valid requests built to cost as much as possible -- headers that
+claim what the file doesn't hold, stalled and trickling connections, a chunked body past the limit, a timeline that
+would hold the model for a minute, loose credentials. Each must cost the server a bounded time, memory and slot,
+and ``/healthz`` keeps answering meanwhile.
+
+Most run against a real uvicorn server in a thread of this process (``serving``: the config ``timesformer serve``
+uses), on a free loopback port, with raw sockets where a client library would be too polite."""
+
+import contextlib
+import select
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import timesformer as tf
+from timesformer.inference import Predictor
+
+from ..data.hostile import write_claimed_duration, write_huge_frames, write_long_video
+from .test_serve import Gate, free_port, post
+
+pytest.importorskip("av")
+pytest.importorskip("fastapi")
+import httpx
+from fastapi.testclient import TestClient
+
+from timesformer.serve import Batcher, create_app
+from timesformer.serve.batching import DeadlineExceeded
+from timesformer.serve.server import server_config
+
+MULTIPART = b"Content-Type: multipart/form-data; boundary=b\r\n"
+PART = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.mp4"\r\n\r\n'
+
+
+@contextlib.contextmanager
+def serving(app, **options):
+    """``app`` under uvicorn as ``timesformer serve`` runs it (``server_config``, ``options`` passed on), in a thread
+    on a free loopback port; yields its URL, and stops it after."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(server_config(app, port=port, log_level="warning", **options))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not come up"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(60)
+
+
+@contextlib.contextmanager
+def polling_healthz(url: str):
+    """``/healthz`` asked every 20 ms on a thread while the block runs; yields the list of its answers' latencies
+    (seconds), filled as they come. Any answer but 200 fails the test."""
+    latencies, stop = [], threading.Event()
+
+    def poll():
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                begun = time.perf_counter()
+                assert client.get(f"{url}/healthz").status_code == 200
+                latencies.append(time.perf_counter() - begun)
+                time.sleep(0.02)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield latencies
+    finally:
+        stop.set()
+        thread.join(60)
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def read_response(sock: socket.socket, timeout: float = 10.0) -> tuple[int, bytes]:
+    """The status code and the rest of one HTTP response on a raw socket, read until the server closes."""
+    sock.settimeout(timeout)
+    data = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            data += chunk
+    return int(data.split(b" ", 2)[1]) if data else 0, data
+
+
+def upload(url: str, path: Path, **fields):
+    return httpx.post(
+        f"{url}/v1/predict",
+        files={"file": (path.name, path.read_bytes())},
+        data={k: str(v) for k, v in fields.items()},
+        timeout=60,
+    )
+
+
+# The event loop never computes.
+
+
+def test_healthz_answers_while_a_slow_sampling_plan_runs(model, videos, uploads):
+    """A timeline's plan that takes a second (a claimed duration, a costly sampler) runs on a decoding thread: the
+    event loop answers /healthz in < 100 ms meanwhile."""
+    predictor = Predictor(model)
+    plan = predictor.timeline_windows
+
+    def slow_plan(*args, **kwargs):
+        time.sleep(1.0)
+        return plan(*args, **kwargs)
+
+    predictor.timeline_windows = slow_plan
+    with serving(create_app(predictor, warmup=False)) as url, polling_healthz(url) as latencies:
+        time.sleep(0.1)
+        response = upload(url, videos / "a.mp4", window=1, stride=1)
+    assert response.status_code == 200 and len(response.json()["timeline"]) == 3
+    assert len(latencies) > 10 and max(latencies) < 0.1, sorted(latencies)[-3:]
+
+
+@pytest.mark.parametrize("seconds", [1e6, 1e12])
+def test_a_claimed_duration_is_a_quick_422_and_healthz_is_unaffected(model, tmp_path, uploads, seconds):
+    """2 frames whose header claims 1e6 s (1e8 windows of 0.01 s) or 1e12 s: the windows are counted, never made."""
+    video = write_claimed_duration(tmp_path / "claims.mkv", seconds)
+    with serving(create_app(Predictor(model), warmup=False)) as url, polling_healthz(url) as latencies:
+        time.sleep(0.1)
+        begun = time.monotonic()
+        response = upload(url, video, window=0.01, stride=0.01)
+        took = time.monotonic() - begun
+        time.sleep(0.1)
+    assert response.status_code == 422, response.text
+    assert f"windows of this {seconds:.0f} s video; at most 1000" in response.json()["error"]
+    assert took < 1.0 and max(latencies) < 0.1, (took, sorted(latencies)[-3:])
+
+
+def test_a_negative_claimed_duration_is_a_400_not_a_fact(model, tmp_path, uploads):
+    video = write_claimed_duration(tmp_path / "claims.mkv", -1e7)
+    with TestClient(create_app(Predictor(model), warmup=False)) as client:
+        response = post(client, video)
+        assert response.status_code == 400, response.text
+        assert "claims a duration of -10000000.0 s" in response.json()["error"]
+
+
+def test_frames_over_max_pixels_are_a_400_naming_size_and_limit(model, tmp_path, uploads):
+    """The server's ``max_pixels`` reaches every decode: the duration probe, the predictions, the explanation."""
+    video = write_huge_frames(tmp_path / "big.mp4", 1200)
+    with TestClient(create_app(Predictor(model, max_pixels=1000 * 1000), model=model, warmup=False)) as client:
+        for endpoint in ("/v1/predict", "/v1/explain"):
+            response = client.post(endpoint, files={"file": ("big.mp4", video.read_bytes())})
+            assert response.status_code == 400, response.text
+            assert "1200x1200 (1,440,000 pixels) are over the limit of 1,000,000" in response.json()["error"]
+
+
+# Connections are bounded in time, not only in count.
+
+
+def test_100_stalled_heads_neither_block_the_server_nor_stay(model, videos, uploads):
+    """100 connections send half a head and stall: /healthz and a predict are answered meanwhile (uvicorn's
+    limit_concurrency made them 503), and each stalled connection is closed once its head is late."""
+    with serving(create_app(Predictor(model)), head_timeout=2.0) as url:
+        stalled = [socket.create_connection(("127.0.0.1", port_of(url))) for _ in range(100)]
+        opened = time.monotonic()
+        for sock in stalled:
+            sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Ty")
+        try:
+            assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+            assert upload(url, videos / "a.mp4").status_code == 200
+            assert [read_response(sock, timeout=10)[1] for sock in stalled] == [b""] * 100  # closed, unanswered
+            assert 2.0 <= time.monotonic() - opened < 8.0
+        finally:
+            for sock in stalled:
+                sock.close()
+
+
+def test_idle_and_half_sent_keep_alive_connections_close(model, uploads):
+    """After a response, an idle connection closes after keep_alive (uvicorn's own timeout), and one that starts
+    its next head and stalls after head_timeout (uvicorn alone keeps it open for ever)."""
+    with serving(create_app(Predictor(model), warmup=False), head_timeout=1.0, keep_alive=0.3) as url:
+        for rest, bound in ((b"", (0.3, 0.9)), (b"GET /hea", (1.0, 3.0))):
+            with socket.create_connection(("127.0.0.1", port_of(url))) as sock:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                sock.settimeout(5)
+                answer = b""
+                while not answer.endswith(b'{"status":"ok"}'):  # the answer; the connection stays open
+                    answer += sock.recv(65536)
+                answered = time.monotonic()
+                sock.sendall(rest)
+                assert read_response(sock)[1] == b""
+                assert bound[0] - 0.05 <= time.monotonic() - answered < bound[1]
+
+
+def test_a_body_that_trickles_is_408_and_closed(model, uploads):
+    """An upload promises 1 MB, sends 1 KB and stalls: past its grace it is refused, and the connection closed."""
+    app = create_app(Predictor(model), warmup=False, upload_grace=0.5, min_upload_rate=16 * 1024)
+    with serving(app) as url, socket.create_connection(("127.0.0.1", port_of(url))) as sock:
+        sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n" + MULTIPART + b"Content-Length: 1000000\r\n\r\n")
+        sock.sendall(PART + b"\0" * 1000)
+        begun = time.monotonic()
+        status, data = read_response(sock)
+        assert status == 408 and b"the upload came too slowly" in data and b"connection: close" in data.lower()
+        assert 0.5 <= time.monotonic() - begun < 3.0
+
+
+def test_healthz_answers_while_every_upload_slot_is_taken(model, videos, uploads):
+    """Three uploads in flight (max_batch 1, queue 1: 3 slots): the fourth is a 503 before its body is read, and
+    /healthz answers; once they end, uploads are served again."""
+    app = create_app(Predictor(model), max_batch=1, queue_size=1, warmup=False)
+    with serving(app) as url:
+        holders = [socket.create_connection(("127.0.0.1", port_of(url))) for _ in range(3)]
+        for sock in holders:
+            sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n" + MULTIPART + b"Content-Length: 1000000\r\n\r\n")
+            sock.sendall(PART + b"\0" * 1000)
+        time.sleep(0.3)
+        response = upload(url, videos / "a.mp4")
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert "all 3 upload slots are taken" in response.json()["error"]
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+        for sock in holders:
+            sock.close()
+        deadline = time.monotonic() + 10
+        while (code := upload(url, videos / "a.mp4").status_code) == 503 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert code == 200
+
+
+# Upload limits hold while the body arrives.
+
+
+def test_a_chunked_upload_is_cut_off_at_the_limit(model, uploads):
+    """300 MiB sent chunked (no Content-Length) against a 5 MiB limit: a 413 once it passes the limit, and the
+    server took little more than 5 MiB of it (what the sockets' buffers hold aside)."""
+    total, chunk = 300 * 2**20, b"\0" * 2**16
+    frame = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+    with serving(create_app(Predictor(model), max_upload_mb=5, warmup=False)) as url:
+        with socket.create_connection(("127.0.0.1", port_of(url))) as sock:
+            head = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n" + MULTIPART + b"Transfer-Encoding: chunked\r\n\r\n"
+            sock.sendall(head + b"%x\r\n%s\r\n" % (len(PART), PART))
+            sent, answered = 0, False
+            while sent < total and not answered:
+                readable, writable, _ = select.select([sock], [sock], [], 10)
+                answered = bool(readable)
+                if writable and not answered:
+                    try:
+                        sock.sendall(frame)
+                    except (BrokenPipeError, ConnectionResetError):
+                        break
+                    sent += len(chunk)
+            status, data = read_response(sock)
+    assert status == 413 and b"over the 5 MiB limit" in data, data[:300]
+    assert sent < 32 * 2**20, f"{sent / 2**20:.0f} MiB sent before the refusal"
+
+
+def test_a_declared_length_over_the_limit_is_413_before_the_body(model, uploads):
+    with serving(create_app(Predictor(model), max_upload_mb=5, warmup=False)) as url:
+        with socket.create_connection(("127.0.0.1", port_of(url))) as sock:
+            sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n" + MULTIPART + b"Content-Length: 314572800\r\n\r\n")
+            status, data = read_response(sock)
+    assert status == 413 and b"the upload (300.0 MiB) is over the 5 MiB limit" in data
+
+
+# Every request has a deadline.
+
+
+def test_a_1000_window_timeline_ends_at_the_deadline(model, tmp_path, uploads):
+    """A 2-hour video in 1.4 KB, window = stride = 7.2 s: 1000 windows, each through the batcher. With a 1 s
+    deadline it is a 503 with Retry-After at about 1 s, and the model stops running for it."""
+    video = write_long_video(tmp_path / "long.mkv", 7200)
+    predictor = Predictor(model)
+    real, calls = predictor.clip_logits, []
+
+    def counted(clips, masks):
+        calls.append(len(clips))
+        return real(clips, masks)
+
+    predictor.clip_logits = counted
+    with serving(create_app(predictor, request_timeout=1.0, warmup=False)) as url:
+        begun = time.monotonic()
+        response = upload(url, video, window=7.2, stride=7.2)
+        took = time.monotonic() - begun
+        ran = len(calls)
+        time.sleep(0.3)
+        assert len(calls) == ran  # nothing more of it reaches the model
+    assert response.status_code == 503 and response.headers["retry-after"] == "5", response.text
+    assert "longer than the server's 1 s limit" in response.json()["error"]
+    assert 1.0 <= took < 2.5 and 0 < ran < 1000
+
+
+def test_the_batcher_skips_a_request_whose_deadline_passed_in_the_queue():
+    gate = Gate()
+    batcher = Batcher(gate, max_batch=1, max_wait_ms=0, queue_size=2)
+    clip, mask = torch.randn(1, 4, 3, 8, 8), torch.ones(1, 4, dtype=torch.bool)
+    first = batcher.submit(clip, mask)
+    assert gate.entered.wait(120)  # the worker holds the first request at the gate
+    late = batcher.submit(clip, mask, deadline=time.monotonic() + 0.05)
+    on_time = batcher.submit(clip, mask, deadline=time.monotonic() + 60)
+    time.sleep(0.1)
+    gate.open.set()
+    with pytest.raises(DeadlineExceeded):
+        late.result(10)
+    assert torch.equal(first.result(10), on_time.result(10))
+    batcher.close(timeout=10)
+    assert gate.batches == [1, 1]  # the late request never reached the model
+
+
+# Auth exactness.
+
+
+def test_only_bearer_or_x_api_key_carries_the_key(model, uploads):
+    with TestClient(create_app(Predictor(model), api_key="s3cret", warmup=False)) as client:
+        for value in ("s3cret", "Basic s3cret", "Bearer", "Bearers3cret", "Bearer wrong", "Token s3cret", ""):
+            assert client.get("/v1/labels", headers={"Authorization": value}).status_code == 401, value
+        for value in ("Bearer s3cret", "bearer s3cret", "BEARER  s3cret"):
+            assert client.get("/v1/labels", headers={"Authorization": value}).status_code == 200, value
+        assert client.get("/v1/labels", headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert client.get("/v1/labels", headers={"X-API-Key": "Bearer s3cret"}).status_code == 401
+
+
+def test_the_api_docs_are_off_unless_asked_for(model):
+    paths = ("/docs", "/redoc", "/openapi.json")
+    with TestClient(create_app(Predictor(model), warmup=False)) as client:
+        assert [client.get(p).status_code for p in paths] == [404] * 3
+    with TestClient(create_app(Predictor(model), warmup=False, docs=True)) as client:
+        assert [client.get(p).status_code for p in paths] == [200] * 3
+
+
+def test_serve_passes_its_limits_on(model, tmp_path, monkeypatch):
+    """``timesformer serve --max-pixels --request-timeout --docs`` reach the predictor and the server."""
+    import timesformer.serve
+    from timesformer.cli import main
+
+    tf.save_pretrained(model, tmp_path / "ckpt")
+    seen = {}
+    monkeypatch.setattr(timesformer.serve, "run_server", lambda predictor, **kw: seen.update(kw, predictor=predictor))
+    args = ["--max-pixels", "1000000", "--request-timeout", "5", "--docs"]
+    assert main(["serve", "--checkpoint", str(tmp_path / "ckpt"), *args]) == 0
+    assert seen["predictor"].spec.max_pixels == 1000000
+    assert seen["request_timeout"] == 5.0 and seen["docs"] is True
