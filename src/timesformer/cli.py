@@ -359,12 +359,10 @@ def cmd_serve(args) -> int:
 def cmd_stream(args) -> int:
     import json
 
-    from .inference.stream import frames_from
-
     model = _load_for_inference(args)
     predictor = _predictor(args, model)
     for out in predictor.stream(
-        frames_from(args.source), every=args.every, smooth=args.smooth, topk=args.topk, realtime=args.realtime
+        args.source, every=args.every, smooth=args.smooth, topk=args.topk, realtime=args.realtime
     ):
         out.pop("logits")
         if args.json:
