@@ -50,3 +50,63 @@ def write_long_video(path: Path, seconds: float) -> Path:
     in a few KiB."""
     write_video(path, 2, size=64, durations_ms=[int((seconds - 1) * 1000), 1000])
     return path
+
+
+def write_thin_frames(path: Path, width: int, height: int, num_frames: int = 2) -> Path:
+    """H.264 frames of ``width x height`` (16 x 2000: 1.6 KiB; resized to a 224 short side, 28000 pixels long)."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"preset": "ultrafast", "crf": "40"}
+        for i in range(num_frames):
+            rgb = np.zeros((height, width, 3), np.uint8)
+            rgb[: height // 4] = 255 * (i % 2)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def write_growing_frames(path: Path, small: int, large: int, num_large: int = 2) -> Path:
+    """An MPEG-TS whose header (its first frames) says ``small x small`` and whose later frames are ``large x large``:
+    two TS segments back to back, as a stream that switches resolution is."""
+    import av
+
+    def segment(size: int, count: int, start: int) -> bytes:
+        part = path.with_suffix(f".{size}.ts")
+        with av.open(str(part), "w", format="mpegts") as container:
+            stream = container.add_stream("libx264", rate=30)
+            stream.width = stream.height = size
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"preset": "ultrafast", "crf": "40"}
+            for i in range(count):
+                rgb = np.zeros((size, size, 3), np.uint8)
+                rgb[: size // 4, : size // (i + 2)] = 255
+                frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+                frame.pts = start + i
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
+        data = part.read_bytes()
+        part.unlink()
+        return data
+
+    path.write_bytes(segment(small, 30, 0) + segment(large, num_large, 30))
+    return path
+
+
+def write_overflowing_duration(path: Path, seconds: float) -> Path:
+    """An MKV of two 64x64 frames with a 1 ns timecode scale and a header claiming ``seconds`` (9e12: its timestamps
+    in stream units overflow int64)."""
+    write_video(path.with_suffix(".tmp.mkv"), 2, size=64)
+    data = bytearray(path.with_suffix(".tmp.mkv").read_bytes())
+    path.with_suffix(".tmp.mkv").unlink()
+    at = data.find(b"\x2a\xd7\xb1")  # TimecodeScale: a 3-byte uint, 1,000,000 ns by default
+    if at < 0 or data[at + 3 : at + 7] != b"\x83\x0f\x42\x40":
+        raise RuntimeError(f"no 3-byte TimecodeScale of 1 ms in {path}: the muxer changed its layout")
+    data[at + 4 : at + 7] = b"\x00\x00\x01"
+    at = data.find(b"\x44\x89")
+    data[at + 3 : at + 11] = struct.pack(">d", seconds * 1e9)
+    path.write_bytes(bytes(data))
+    return path

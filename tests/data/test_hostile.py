@@ -16,12 +16,26 @@ import warnings
 import pytest
 import torch
 
-from timesformer.data import ClipSpec, DecodeError, VideoDataset, bad_files_report, collate, open_video
+from timesformer.data import (
+    ClipSpec,
+    DecodeError,
+    DecodeTimeout,
+    VideoDataset,
+    bad_files_report,
+    collate,
+    open_video,
+)
 from timesformer.data.sampling import clip_start_times, window_count
 from timesformer.errors import UserError
 
 from ..engine.helpers import ROOT, metrics, tiny_run
-from .hostile import write_claimed_duration, write_huge_frames
+from .hostile import (
+    write_claimed_duration,
+    write_growing_frames,
+    write_huge_frames,
+    write_overflowing_duration,
+    write_thin_frames,
+)
 from .videos import index_frame, write_video
 
 MIB = 2**20
@@ -288,3 +302,64 @@ def test_closing_a_huge_video_hands_its_frames_back_to_the_os(huge):
     assert proc.returncode == 0, proc.stderr[-2000:]
     kept = int(proc.stdout.strip().splitlines()[-1])
     assert kept < 30 * MIB, f"RSS kept after closing: {kept / MIB:.0f} MiB"
+
+
+def test_thin_frames_are_refused_before_a_resize_scales_their_long_side_up(tmp_path):
+    """16 x 2000 frames (1.6 KiB): a clip's 224 short side made them 224 x 28000, 600 MiB to 1.2 GiB per clip."""
+    from timesformer.inference.stream import frames_from
+
+    thin = write_thin_frames(tmp_path / "thin.mp4", 16, 2000)
+    with pytest.raises(DecodeError, match=r"frames of 16x2000 have an aspect ratio of 125:1; at most 10:1"):
+        open_video(thin)
+    with pytest.raises(DecodeError, match="aspect ratio"):
+        next(frames_from(str(thin)))
+    with open_video(write_thin_frames(tmp_path / "wide.mp4", 640, 64)) as reader:  # 10:1 decodes
+        assert reader.frames_at([0.0])[0].shape == (1, 3, 64, 640)
+
+
+def test_a_duration_overflowing_the_stream_clock_is_partial_not_a_crash(tmp_path):
+    """A 1 ns timecode scale and a 9e12 s claim: seeking there overflowed int64 (an OverflowError that killed a
+    DataLoader worker and made the server answer 500)."""
+    path = write_overflowing_duration(tmp_path / "overflow.mkv", 9e12)
+    spec = ClipSpec(num_frames=8, crop_size=32, sampling="segment")
+    sample = VideoDataset([(path, 0)], ["a"], spec=spec, train=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        item = sample[0]
+    assert item["partial"].startswith("decoding stopped at 0.03 s of 9000000000000.00 s")
+    assert not item["mask"].any()
+
+
+def test_frames_that_grow_mid_stream_are_refused_before_they_are_allocated(tmp_path):
+    """An MPEG-TS that starts at 64x64 and switches to 8000x8000: its decoder is limited to the header's size, so the
+    big frames are never allocated (+728 MiB before, and 1.8 GiB with 16 frame threads); the file is partial."""
+    path = write_growing_frames(tmp_path / "grows.ts", 64, 8000)
+    small = tmp_path / "small.mp4"
+    write_video(small, 30, size=64)
+    script = SCRIPT.format(
+        setup=(
+            "from timesformer.data import open_video\n"
+            "def run(p):\n"
+            "    with open_video(p, short_side=224) as r:\n"
+            "        frames, valid = r.frames_at([0.0, 0.5, 1.0, 1.04])\n"
+            "        return [valid.tolist(), r.partial]"
+        )
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(path), str(small)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found["added"] < 100 * MIB, f"+{found['added'] / MIB:.0f} MiB"
+    assert found["out"].startswith("[[True, True, True, False], ") and "decoding stopped at 1.00 s" in found["out"]
+
+
+def test_decoding_past_its_deadline_raises_decode_timeout(tmp_path):
+    import time
+
+    write_video(tmp_path / "v.mp4", 90, size=64)
+    with open_video(tmp_path / "v.mp4", deadline=time.monotonic() - 1) as reader:
+        with pytest.raises(DecodeTimeout, match="decoding passed its deadline"):
+            reader.frames_at([0.0, 2.9])
+        assert reader.frames_decoded == 1
+    assert not issubclass(DecodeTimeout, DecodeError)  # a request out of time is not a bad file
+    with open_video(tmp_path / "v.mp4", deadline=time.monotonic() + 60) as reader:
+        assert reader.frames_at([0.0, 2.9])[1].all()

@@ -4,7 +4,7 @@ Imports torch and, when decoding, PyAV; never ``timesformer.model``.
 """
 
 from .datasets import ClipSpec, VideoDataset, VideoFolder, VideoList, bad_files_report, collate, list_videos, read_list
-from .decode import DecodeError, FrameFolderReader, VideoReader, open_video
+from .decode import DecodeError, DecodeTimeout, FrameFolderReader, VideoReader, open_video
 from .sampling import clip_start_times, dense_clip_times, segment_times
 from .synthetic import CLASSES, REVERSED_PAIRS, SyntheticMotion, write_synthetic
 from .transforms import EvalTransform, TrainTransform, center_crop, normalize, resize_short_side, three_crop
@@ -14,6 +14,7 @@ __all__ = [
     "REVERSED_PAIRS",
     "ClipSpec",
     "DecodeError",
+    "DecodeTimeout",
     "EvalTransform",
     "FrameFolderReader",
     "SyntheticMotion",

@@ -89,12 +89,14 @@ class ClipSpec:
         if self.max_pixels < 1:
             raise UserError(f"max_pixels must be a positive pixel count; got {self.max_pixels}")
 
-    def open(self, path, *, train: bool):
+    def open(self, path, *, train: bool, deadline: float | None = None):
         """A reader for ``path`` (``open_video``) that decodes frames no larger than this spec's clips need: short
         side scaled down to the largest training jitter, or to the test short side; frames over ``max_pixels``
-        refused."""
+        refused; decoding past ``deadline`` (``time.monotonic()`` seconds) a ``DecodeTimeout``."""
         short_side = self.scale[1] if train else (self.short_side or self.crop_size)
-        return open_video(path, frames_fps=self.frames_fps, short_side=short_side, max_pixels=self.max_pixels)
+        return open_video(
+            path, frames_fps=self.frames_fps, short_side=short_side, max_pixels=self.max_pixels, deadline=deadline
+        )
 
     def times(self, duration: float, *, train: bool, clip_index: int = 0, generator=None) -> torch.Tensor:
         if self.sampling == "segment":

@@ -13,9 +13,12 @@ the frames a clip returns are kept; a header's duration is a claim, and a negati
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import os
 import re
+import threading
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -48,18 +51,22 @@ def natural_key(name: str) -> list:
 
 
 def open_video(
-    path: str | os.PathLike, *, frames_fps: float = 30.0, short_side: int | None = None, max_pixels: int = MAX_PIXELS
+    path: str | os.PathLike,
+    *,
+    frames_fps: float = 30.0,
+    short_side: int | None = None,
+    max_pixels: int = MAX_PIXELS,
+    deadline: float | None = None,
 ) -> VideoReader | FrameFolderReader:
     """A reader for a video file, or for a folder of extracted frames (shown at ``frames_fps``); see the readers for
-    ``short_side`` and ``max_pixels``."""
+    ``short_side``, ``max_pixels`` and ``deadline``."""
     path = Path(path)
     try:
         folder = path.is_dir()
     except OSError as err:
         raise DecodeError(f"{path}: can't read it ({err})") from None
-    if folder:
-        return FrameFolderReader(path, fps=frames_fps, short_side=short_side, max_pixels=max_pixels)
-    return VideoReader(path, short_side=short_side, max_pixels=max_pixels)
+    limits = dict(short_side=short_side, max_pixels=max_pixels, deadline=deadline)
+    return FrameFolderReader(path, fps=frames_fps, **limits) if folder else VideoReader(path, **limits)
 
 
 def scaled_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
@@ -75,33 +82,60 @@ def scaled_size(width: int, height: int, short_side: int | None) -> tuple[int, i
 
 
 TRIM_PIXELS = 4096 * 2160  # closing a video with larger frames gives the freed heap back (``trim_heap``)
+MAX_ASPECT = 10  # a frame's long side over its short side, at most: a clip's resize scales the long side too
+THREAD_BYTES = 256 * 2**20  # frame threads hold a frame each: past this many bytes in flight, slice threads
+
+
+class DecodeTimeout(Exception):
+    """Decoding passed its ``deadline`` (``time.monotonic()`` seconds): not a bad file, a request out of time."""
+
+
+@functools.cache
+def _malloc_trim():
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError, TypeError):  # not glibc
+        return None
 
 
 def trim_heap():
     """Return freed heap memory to the OS (glibc keeps what the decoder's threads freed in their arenas: 100 MiB and
     more after frames of 8000 x 8000); nothing where the C library has no ``malloc_trim``."""
-    global _malloc_trim
-    if _malloc_trim is None:
-        import ctypes
-        import ctypes.util
-
-        try:
-            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
-        except (OSError, AttributeError, TypeError):
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
+    if (trim := _malloc_trim()) is not None:
+        trim(0)
 
 
-_malloc_trim = None  # glibc's malloc_trim, False where there is none
-
-
-def check_pixels(path, width: int, height: int, max_pixels: int):
+def check_frame(path, width: int, height: int, max_pixels: int):
+    """A ``DecodeError`` naming the size and the limit for a ``width x height`` frame over ``max_pixels``, or whose
+    long side is more than ``MAX_ASPECT`` times its short side (16 x 16384: scaled to a 224 short side, one float
+    frame would take 2.4 GiB)."""
     if width * height > max_pixels:
         raise DecodeError(
             f"{path}: frames of {width}x{height} ({width * height:,} pixels) are over the limit of {max_pixels:,} "
             "pixels (max_pixels)"
         )
+    if min(width, height) > 0 and max(width, height) > MAX_ASPECT * min(width, height):
+        raise DecodeError(
+            f"{path}: frames of {width}x{height} have an aspect ratio of "
+            f"{max(width, height) / min(width, height):.0f}:1; at most {MAX_ASPECT}:1"
+        )
+
+
+def limit_decoder(stream, path, max_pixels: int):
+    """Bound what ``stream``'s decoder may allocate, before it decodes: its header's frame size checked
+    (``check_frame``), FFmpeg's own ``max_pixels`` set to that size (with room for FFmpeg's 64-pixel alignment), so
+    frames that grow mid-stream are refused before they are allocated, and slice threads instead of frame threads
+    where a frame per thread would pass ``THREAD_BYTES``."""
+    ctx = stream.codec_context
+    check_frame(path, ctx.width, ctx.height, max_pixels)
+    header = (ctx.width + 64) * (ctx.height + 64) if ctx.width and ctx.height else max_pixels
+    limit = min(header, max_pixels)
+    ctx.options = {"max_pixels": str(limit)}
+    in_flight = limit * 3 // 2 * ((os.cpu_count() or 1) + 1)
+    stream.thread_type = "AUTO" if in_flight <= THREAD_BYTES else "SLICE"
 
 
 def frame_rgb(frame, short_side: int | None) -> np.ndarray:
@@ -115,7 +149,8 @@ def frame_rgb(frame, short_side: int | None) -> np.ndarray:
 
 # what PyAV and FFmpeg raise on damaged input (InvalidDataError is an FFmpegError and a ValueError ...); anything
 # else -- a MemoryError, a bug -- is not a damaged file and propagates
-_DECODE_ERRORS = (OSError, ValueError, EOFError, RuntimeError)
+_DECODE_ERRORS = (OSError, ValueError, EOFError, RuntimeError, OverflowError)
+_LOG_LEVEL = threading.Lock()  # held while FrameFolderReader reads FFmpeg's log
 
 
 class VideoReader:
@@ -127,15 +162,23 @@ class VideoReader:
 
     Args:
         short_side: frames come out with their shorter side scaled down to this (never up); None: full size.
-        max_pixels: frames larger than this (width x height) are a ``DecodeError``, raised before decoding them.
+        max_pixels: frames larger than this (width x height), or more than ``MAX_ASPECT`` times wider than tall (or
+            taller than wide), are a ``DecodeError``, raised before decoding them.
+        deadline: ``time.monotonic()`` seconds; decoding past it raises ``DecodeTimeout``.
     """
 
     SEEK_GAP = 2.0  # seconds: a longer gap to the next requested time is crossed by seeking
-    THREAD_BYTES = 256 * 2**20  # frame threads hold a frame each: past this many bytes in flight, slice threads
 
-    def __init__(self, path: str | os.PathLike, *, short_side: int | None = None, max_pixels: int = MAX_PIXELS):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        short_side: int | None = None,
+        max_pixels: int = MAX_PIXELS,
+        deadline: float | None = None,
+    ):
         av = _av()
-        self.path, self.short_side, self.max_pixels = Path(path), short_side, max_pixels
+        self.path, self.short_side, self.max_pixels, self.deadline = Path(path), short_side, max_pixels, deadline
         try:
             if not self.path.is_file():
                 raise DecodeError(f"{self.path}: no such file")
@@ -165,11 +208,7 @@ class VideoReader:
         self.stream = self.container.streams.video[0]
         if self.stream.codec_context is None:  # a codec tag FFmpeg has no decoder for
             raise DecodeError(f"{self.path}: no decoder for its video codec")
-        ctx = self.stream.codec_context
-        check_pixels(self.path, ctx.width, ctx.height, self.max_pixels)
-        ctx.options = {"max_pixels": str(self.max_pixels)}  # frames that grow mid-stream stop decoding there
-        in_flight = ctx.width * ctx.height * 3 // 2 * ((os.cpu_count() or 1) + 1)
-        self.stream.thread_type = "AUTO" if in_flight <= self.THREAD_BYTES else "SLICE"
+        limit_decoder(self.stream, self.path, self.max_pixels)
         self.time_base = self.stream.time_base or Fraction(1, 1_000_000)
         self.start_pts = self.stream.start_time or 0
         rate = self.stream.average_rate or self.stream.guessed_rate
@@ -184,7 +223,7 @@ class VideoReader:
         else:
             self.duration = (self.stream.frames or 0) / self.fps
         if not 0 <= self.duration < math.inf:  # a claim only: what decodes caps it (``partial``), but never this
-            raise DecodeError(f"{self.path}: its header claims a duration of {self.duration} s")
+            raise DecodeError(f"{self.path}: its header claims a duration of {self.duration} s; expected >= 0 s")
         self.num_frames = self.stream.frames or round(self.duration * self.fps)
 
     def close(self):
@@ -207,7 +246,7 @@ class VideoReader:
         return float((frame.pts - self.start_pts) * self.time_base) if frame.pts is not None else 0.0
 
     def _seek(self, seconds: float):
-        target = int(seconds / self.time_base) + self.start_pts
+        target = min(int(seconds / self.time_base), 2**62) + self.start_pts  # a lying duration: no int64 overflow
         self.container.seek(max(target, self.start_pts), stream=self.stream, backward=True, any_frame=False)
 
     def frames_at(self, times) -> tuple[torch.Tensor, torch.Tensor]:
@@ -234,10 +273,15 @@ class VideoReader:
 
         def rgb(frame) -> np.ndarray:
             if converted[0] is not frame:
-                check_pixels(self.path, frame.width, frame.height, self.max_pixels)
+                check_frame(self.path, frame.width, frame.height, self.max_pixels)
+                size = frame.width, frame.height
+                if sizes and size != sizes[0]:  # the clip's frames could not be stacked
+                    raise DecodeError(f"{self.path}: the frame size changes from {sizes[0]} to {size} mid-stream")
+                sizes.append(size)
                 converted[:] = frame, frame_rgb(frame, self.short_side)
             return converted[1]
 
+        sizes = []
         ctx = self.stream.codec_context
         reorder = 16 / self.fps  # decoding runs ahead of display by the B-frame reorder depth: stay clear of it
         j, prev, last, seeked = 0, None, None, 0
@@ -248,6 +292,8 @@ class VideoReader:
                 for packet in self.container.demux(self.stream):
                     for frame in packet.decode():
                         self.frames_decoded += 1
+                        if self.deadline is not None and time.monotonic() > self.deadline:
+                            raise DecodeTimeout(f"{self.path}: decoding passed its deadline")
                         now = self._time(frame)
                         while j < len(order) and times[order[j]] + _EPS < now:
                             picked[order[j]] = rgb(prev if prev is not None else frame)  # before the first: first
@@ -298,9 +344,15 @@ class FrameFolderReader:
     screen during ``[i / fps, (i + 1) / fps)``. ``short_side`` and ``max_pixels``: as ``VideoReader``'s."""
 
     def __init__(
-        self, path: str | os.PathLike, *, fps: float = 30.0, short_side: int | None = None, max_pixels: int = MAX_PIXELS
+        self,
+        path: str | os.PathLike,
+        *,
+        fps: float = 30.0,
+        short_side: int | None = None,
+        max_pixels: int = MAX_PIXELS,
+        deadline: float | None = None,
     ):
-        self.path, self.short_side, self.max_pixels = Path(path), short_side, max_pixels
+        self.path, self.short_side, self.max_pixels, self.deadline = Path(path), short_side, max_pixels, deadline
         try:
             self.files = sorted(
                 (p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS),
@@ -333,6 +385,8 @@ class FrameFolderReader:
         for s in times:
             i = self.index_at(float(s))
             if i not in cache:
+                if self.deadline is not None and time.monotonic() > self.deadline:
+                    raise DecodeTimeout(f"{self.path}: decoding passed its deadline")
                 cache[i] = self._image(av, self.files[i])
             frames.append(cache[i])
         video = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
@@ -347,31 +401,32 @@ class FrameFolderReader:
         except Exception as err:
             size = self._refused_size(av, file)  # an image's size is known only to its decoder, which refused it
             if size is not None:
-                check_pixels(file, *size, self.max_pixels)
+                check_frame(file, *size, self.max_pixels)
             raise DecodeError(f"{file}: not a readable image ({err})") from None
 
     def _decode_image(self, av, file: Path) -> np.ndarray:
         with av.open(str(file), options={"max_pixels": str(self.max_pixels)}) as img:
-            ctx = img.streams.video[0].codec_context
-            check_pixels(file, ctx.width, ctx.height, self.max_pixels)
-            ctx.options = {"max_pixels": str(self.max_pixels)}
-            return frame_rgb(next(img.decode(video=0)), self.short_side)
+            limit_decoder(img.streams.video[0], file, self.max_pixels)
+            frame = next(img.decode(video=0))
+            check_frame(file, frame.width, frame.height, self.max_pixels)
+            return frame_rgb(frame, self.short_side)
 
     def _refused_size(self, av, file: Path) -> tuple[int, int] | None:
         """``(width, height)`` when FFmpeg refused ``file`` for ``max_pixels``: its log names the size (one more try,
         which stops at the same check, with FFmpeg's error log captured)."""
         import av.logging
 
-        level = av.logging.get_level()
-        av.logging.set_level(av.logging.ERROR)
-        try:
-            with av.logging.Capture() as logs:
-                try:
-                    self._decode_image(av, file)
-                except Exception:
-                    pass
-        finally:
-            av.logging.set_level(level)
+        with _LOG_LEVEL:  # FFmpeg's log level is the process's: other threads may log its errors meanwhile
+            level = av.logging.get_level()
+            av.logging.set_level(av.logging.ERROR)
+            try:
+                with av.logging.Capture() as logs:
+                    try:
+                        self._decode_image(av, file)
+                    except Exception:
+                        pass
+            finally:
+                av.logging.set_level(level)
         found = [re.search(r"Picture size (\d+)x(\d+) exceeds", text) for _, _, text in logs]
         return next(((int(m[1]), int(m[2])) for m in found if m), None)
 

@@ -74,8 +74,8 @@ def _check_window(window: float, stride: float):
 
 
 class ViewDecoder:
-    """The test views of one video, without a model (so DataLoader workers can decode): ``(path, start, window) ->
-    (views v t c S S, masks v t, why decoding stopped early or None)``."""
+    """The test views of one video, without a model (so DataLoader workers can decode): ``(path, start, window,
+    deadline) -> (views v t c S S, masks v t, why decoding stopped early or None)``."""
 
     def __init__(self, spec: ClipSpec):
         self.spec = spec
@@ -83,8 +83,8 @@ class ViewDecoder:
             crop_size=spec.crop_size, short_side=spec.short_side, num_crops=spec.num_crops, mean=spec.mean, std=spec.std
         )
 
-    def __call__(self, path, start: float | None = None, window: float | None = None):
-        with self.spec.open(path, train=False) as reader:
+    def __call__(self, path, start: float | None = None, window: float | None = None, deadline: float | None = None):
+        with self.spec.open(path, train=False, deadline=deadline) as reader:
             duration = reader.duration if window is None else min(window, reader.duration)
             clips, masks = [], []
             for k in range(self.spec.num_clips):
@@ -195,10 +195,17 @@ class Predictor:
             return self.model(video, mask).cpu()
         return getattr(self.model, {"pooled": "forward_features", "tokens": "forward_tokens"}[kind])(video, mask).cpu()
 
-    def views(self, path: str | os.PathLike, start: float | None = None, window: float | None = None):
+    def views(
+        self,
+        path: str | os.PathLike,
+        start: float | None = None,
+        window: float | None = None,
+        deadline: float | None = None,
+    ):
         """Normalised views of a video (or of ``[start, start + window)`` of it): ``(v t c S S, v t)``. A file that
-        decodes only partly leaves its reason in ``self.partial[path]`` (frames past the break are masked)."""
-        views, masks, partial = self.decoder(path, start, window)
+        decodes only partly leaves its reason in ``self.partial[path]`` (frames past the break are masked). Decoding
+        past ``deadline`` (``time.monotonic()`` seconds) raises ``DecodeTimeout``."""
+        views, masks, partial = self.decoder(path, start, window, deadline)
         if partial:
             self.partial[str(path)] = partial
         return views, masks

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from ..data import DecodeError
-from ..data.decode import MAX_PIXELS, check_pixels, frame_rgb
+from ..data.decode import MAX_PIXELS, check_frame, frame_rgb, limit_decoder
 from ..errors import UserError
 
 log = logging.getLogger(__name__)
@@ -48,15 +48,14 @@ def frames_from(
         if not container.streams.video:
             raise DecodeError(f"{source}: no video stream")
         stream = container.streams.video[0]
-        check_pixels(source, stream.codec_context.width, stream.codec_context.height, max_pixels)
-        stream.codec_context.options = {"max_pixels": str(max_pixels)}
-        stream.thread_type = "AUTO"
+        limit_decoder(stream, source, max_pixels)
         base, first = stream.time_base, None
         try:
             for frame in container.decode(stream):
                 if frame.pts is None:
                     continue
                 first = frame.pts if first is None else first
+                check_frame(source, frame.width, frame.height, max_pixels)
                 image = torch.from_numpy(frame_rgb(frame, short_side)).permute(2, 0, 1)
                 yield float((frame.pts - first) * base), image
         except av.error.FFmpegError as err:  # a stream that breaks: what came before was predicted
