@@ -247,14 +247,14 @@ def test_training_on_huge_frames_stays_bounded_and_reports_a_file_over_the_limit
     monkeypatch.setattr(VideoDataset, "__getitem__", measured)
     cfg = tiny_run(
         tmp_path,
+        model_args=dict(image_size=224, patch_size=32),  # 8x224 clips, as the bound is stated for
         data=dict(
             kind="folder",
             train=str(root),
             num_frames=8,
             sampling="segment",
-            crop_size=16,
-            scale=[16, 16],
-            flip=False,
+            crop_size=224,
+            scale=[256, 320],
             workers=1,
             max_pixels=8000 * 8000,  # huge.mp4 is at the limit, over.mp4 past it
         ),
