@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import timesformer as tf
+from timesformer.data import DecodeTimeout
 from timesformer.inference import Predictor
 
 from ..data.hostile import write_claimed_duration, write_huge_frames, write_long_video
@@ -288,6 +289,119 @@ def test_a_1000_window_timeline_ends_at_the_deadline(model, tmp_path, uploads):
     assert response.status_code == 503 and response.headers["retry-after"] == "5", response.text
     assert "longer than the server's 1 s limit" in response.json()["error"]
     assert 1.0 <= took < 2.5 and 0 < ran < 1000
+
+
+def test_a_running_decode_stops_at_the_deadline_and_holds_its_slot_till_then(model, videos, uploads):
+    """A decode already running when the deadline passes (here it starts 0.8 s late, past a 0.5 s deadline). The
+    request is answered 503 at its deadline; the decode is handed the deadline and stops at its next frame
+    (``DecodeTimeout``); the request's upload slot stays taken until its thread is done, then comes back. Before, the
+    decode ran to its end (a long GOP at 1080p: ~1 ms a frame, 90 s for 5 MiB) with the slot already given back, so
+    one client could keep every decoding thread busy."""
+    predictor = Predictor(model)
+    real, ended = predictor.views, []
+
+    def late(path, start=None, window=None, deadline=None):
+        time.sleep(0.8)
+        try:
+            out = real(path, start, window, deadline)
+        except Exception as err:
+            ended.append(type(err))
+            raise
+        ended.append(None)
+        return out
+
+    predictor.views = late
+    app = create_app(predictor, request_timeout=0.5, warmup=False)
+    state = app.state.server
+    with serving(app) as url:
+        begun = time.monotonic()
+        response = upload(url, videos / "a.mp4")
+        answered, held = time.monotonic() - begun, state.uploads
+        while not ended and time.monotonic() - begun < 10:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        released = state.uploads
+        metrics = httpx.get(f"{url}/metrics").text
+    assert response.status_code == 503 and response.headers["retry-after"] == "5", response.text
+    assert "longer than the server's 0.5 s limit" in response.json()["error"]
+    assert answered < 0.8 and (held, released) == (1, 0)
+    assert ended == [DecodeTimeout]
+    assert "timesformer_upload_slots_taken 0" in metrics
+
+
+def test_a_decode_past_the_deadline_is_a_503_with_retry_after(model, videos, uploads, monkeypatch):
+    """Every decode is handed the request's deadline -- a predict's, each timeline window's, an explanation's -- and
+    its ``DecodeTimeout`` is the same 503 with Retry-After as the guard's, not a 500."""
+    import timesformer.inference.explain as explain
+
+    given = []
+
+    def out_of_time(path, *args, deadline=None):
+        given.append(deadline)
+        raise DecodeTimeout(f"{path}: decoding passed its deadline")
+
+    predictor = Predictor(model)
+    predictor.views = lambda path, start=None, window=None, deadline=None: out_of_time(path, deadline=deadline)
+    monkeypatch.setattr(explain, "explain_video", out_of_time)
+    with TestClient(create_app(predictor, model=model, request_timeout=30, warmup=False)) as client:
+        for endpoint, fields in (("/v1/predict", {}), ("/v1/predict", {"window": "1"}), ("/v1/explain", {})):
+            begun = time.monotonic()
+            response = client.post(endpoint, files={"file": ("a.mp4", (videos / "a.mp4").read_bytes())}, data=fields)
+            assert response.status_code == 503 and response.headers["retry-after"] == "5", (endpoint, response.text)
+            assert "longer than the server's 30 s limit" in response.json()["error"]
+            assert given[-1] is not None and begun + 29 < given[-1] < time.monotonic() + 30, (endpoint, fields)
+    assert len(given) == 3
+
+
+def test_an_explanation_counts_until_its_thread_is_done(model, videos, uploads, monkeypatch):
+    """``queue_size`` 1: one explanation running or waiting at a time. One that is answered 503 at its deadline while
+    its rollout still runs keeps its place: the next is refused as busy at once, not queued behind it. Once the
+    rollout ends, explanations are taken again."""
+    import timesformer.inference.explain as explain
+
+    release = threading.Event()
+
+    def stuck(model, path, spec, deadline=None):
+        assert release.wait(30)
+        raise DecodeTimeout(f"{path}: decoding passed its deadline")
+
+    monkeypatch.setattr(explain, "explain_video", stuck)
+    app = create_app(Predictor(model), model=model, queue_size=1, request_timeout=0.5, warmup=False)
+    data = (videos / "a.mp4").read_bytes()
+    with serving(app) as url:
+
+        def post():
+            return httpx.post(f"{url}/v1/explain", files={"file": ("a.mp4", data)}, timeout=30)
+
+        try:
+            answers = [post(), post()]
+        finally:
+            release.set()
+        deadline = time.monotonic() + 10
+        while app.state.server.uploads and time.monotonic() < deadline:
+            time.sleep(0.02)
+        answers.append(post())
+    errors = [(r.status_code, r.json()["error"].split(";")[0]) for r in answers]
+    late = (503, "the request took longer than the server's 0.5 s limit")
+    assert errors == [late, (503, "the server is busy explaining"), late]
+
+
+def test_nothing_of_a_request_stays_in_the_predictor(model, videos, uploads):
+    """``predictor.partial`` (why a file decoded only partly) is emptied for the upload whatever the outcome: a
+    truncated upload's 400, and a decode that noted a break and then passed its deadline (503)."""
+    predictor = Predictor(model)
+    real = predictor.views
+
+    def then_late(path, start=None, window=None, deadline=None):
+        real(path, start, window, deadline)
+        raise DecodeTimeout(f"{path}: decoding passed its deadline")
+
+    with TestClient(create_app(predictor, warmup=False)) as client:
+        assert post(client, videos / "truncated.mp4").status_code == 400
+        assert predictor.partial == {}
+        predictor.views = then_late
+        assert post(client, videos / "truncated.mp4").status_code == 503
+        assert predictor.partial == {}
 
 
 def test_the_batcher_skips_a_request_whose_deadline_passed_in_the_queue():

@@ -102,8 +102,9 @@ def attention_rollout(model: TimeSformer, video: torch.Tensor, mask: torch.Tenso
     return {"maps": maps, "frame_importance": per_frame / per_frame.sum(), "logits": logits.float()}
 
 
-def explain_video(model: TimeSformer, path, spec) -> dict:
-    """Rollout for one clip of a video file, sampled by ``spec`` (a ``ClipSpec``: the centre clip, centre crop).
+def explain_video(model: TimeSformer, path, spec, deadline: float | None = None) -> dict:
+    """Rollout for one clip of a video file, sampled by ``spec`` (a ``ClipSpec``: the centre clip, centre crop);
+    decoding past ``deadline`` (``time.monotonic()`` seconds) raises ``DecodeTimeout``.
 
     Returns ``attention_rollout``'s ``maps``, ``frame_importance`` and ``logits``, plus ``frames`` (the clip as shown:
     ``t c S S`` uint8, resized and centre-cropped like the model's input) and ``predicted`` (the top class's name).
@@ -111,7 +112,7 @@ def explain_video(model: TimeSformer, path, spec) -> dict:
     from ..data.transforms import EvalTransform, center_crop, resize_short_side
 
     cfg = model.config
-    with spec.open(path, train=False) as reader:
+    with spec.open(path, train=False, deadline=deadline) as reader:
         frames, valid = reader.frames_at(spec.times(reader.duration, train=False))
     view = EvalTransform(crop_size=cfg.image_size, mean=cfg.mean, std=cfg.std).view(frames, 0)
     shown = center_crop(resize_short_side(frames, cfg.image_size), cfg.image_size).round().clamp(0, 255)

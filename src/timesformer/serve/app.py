@@ -76,6 +76,7 @@ def create_app(
         docs=docs,
     )
     state = ServerState(predictor=predictor, model=model, settings=settings, metrics=Metrics(max_batch))
+    state.metrics.uploads = lambda: state.uploads
     pages = {} if docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="timesformer", lifespan=_lifespan, **pages)
     app.state.server = state

@@ -22,3 +22,12 @@ async def bad_request_response(request: Request, err: BadRequest) -> JSONRespons
 def hide_path(error, path: str) -> str:
     """An error's text without the server's temporary path (the client knows its upload as 'the upload')."""
     return str(error).replace(f"'{path}'", "the upload").replace(path, "the upload")
+
+
+def out_of_time(seconds: float) -> BadRequest:
+    """A request past its deadline (``request_timeout`` ``seconds``): 503 with ``Retry-After``."""
+    return BadRequest(
+        503,
+        f"the request took longer than the server's {seconds:g} s limit; retry later, or with less to do",
+        {"Retry-After": "5"},
+    )

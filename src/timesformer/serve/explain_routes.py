@@ -2,7 +2,7 @@
 
 It runs the fp32 model the app was given (the predictor's copy may be bf16 or int8), one rollout at a time on the
 server's one explaining thread: each is a full forward of its own, and pyplot is not thread-safe. A request whose
-deadline passes while it waits its turn is skipped.
+deadline passes while it waits its turn is skipped, and its decode stops at the deadline.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,23 +32,18 @@ async def explain(request: Request, state: Server):
     max_mb = state.settings.max_upload_mb
     form, upload = await read_form(request)
     try:
-        if state.explaining >= state.settings.queue_size:  # running or waiting their turn
-            raise BadRequest(503, "the server is busy explaining; retry shortly", {"Retry-After": "5"})
-        state.explaining += 1
-        try:
-            with tempfile.TemporaryDirectory(prefix="timesformer-upload-") as tmp:
-                path = await state.run(save_upload, upload, tmp, max_mb)
-                body = await state.explain(explain_file, state, path, tmp)
-        finally:
-            state.explaining -= 1
+        with request.state.jobs.folder() as tmp:  # removed once no thread works on it
+            path = await state.run(request, save_upload, upload, tmp, max_mb)
+            body = await state.explain(request, explain_file, state, path, tmp, request.state.deadline)
     finally:
         await form.close()
     return {**body, "latency_ms": round((time.perf_counter() - start) * 1000, 1)}
 
 
-def explain_file(state: ServerState, path: str, tmp: str) -> dict:
+def explain_file(state: ServerState, path: str, tmp: str, deadline: float | None = None) -> dict:
     """The rollout of the video at ``path`` as the response body; its images are written to ``tmp`` first
-    (blocking: the explaining thread runs it)."""
+    (blocking: the explaining thread runs it). Decoding past ``deadline`` (``time.monotonic()`` s) raises
+    ``DecodeTimeout``."""
     from ..inference.explain import explain_video
     from ..viz import plot_explanation
 
@@ -58,9 +52,9 @@ def explain_file(state: ServerState, path: str, tmp: str) -> dict:
         model.config, sampling=served.sampling, sampling_rate=served.sampling_rate, fps=served.fps
     )
     spec = dataclasses.replace(spec, max_pixels=served.max_pixels)
-    video_duration(path, spec)  # a 400 naming why, before any work, for a file that is no video
+    video_duration(path, spec, deadline)  # a 400 naming why, before any work, for a file that is no video
     try:
-        result = explain_video(model, path, spec)
+        result = explain_video(model, path, spec, deadline=deadline)
     except DecodeError as err:
         raise BadRequest(400, f"the upload is not a readable video: {hide_path(err, path)}") from None
     png, gif = os.path.join(tmp, "explain.png"), os.path.join(tmp, "explain.gif")

@@ -4,10 +4,14 @@ what one request may cost in seconds, bytes and upload slots.
 - *The key.* Every path but ``OPEN_PATHS`` needs ``X-API-Key: KEY`` or ``Authorization: Bearer KEY`` (the scheme in
   any case, as RFC 7235 says), compared in constant time; anything else is 401.
 - *A deadline.* Each request has ``request_timeout`` seconds from its head's arrival (``request.state.deadline``,
-  ``time.monotonic()`` s). Past it the request is cancelled where it waits (a decode not yet started, the
-  batcher's queue, its body) and answered 503 with ``Retry-After``.
+  ``time.monotonic()`` s). Every decode it starts is handed the deadline and stops there; past it the request is
+  cancelled where it waits (a decode not yet started, the batcher's queue, its body) and answered 503 with
+  ``Retry-After``.
 - *Upload slots.* At most ``upload_slots`` requests to ``UPLOAD_PATHS`` at once; past it 503 before the body is
-  read. The other paths never wait for them: ``/healthz`` answers while every slot is taken.
+  read. A request gives its slot back once it is answered *and* every thread working for it is done
+  (``request.state.jobs``, a :class:`~.state.Jobs`): a request cancelled at its deadline keeps its slot while its
+  decode still runs, so its client cannot start the next one meanwhile. The other paths never wait for slots:
+  ``/healthz`` answers while every slot is taken.
 - *The body as it arrives.* Its bytes are counted: past ``max_upload_bytes`` it is a 413 at once, with or without a
   ``Content-Length``. It must keep up ``min_upload_rate`` bytes/s once ``upload_grace`` seconds of waiting are
   spent (each byte buys ``1 / min_upload_rate`` s more, as Apache's mod_reqtimeout ``body=...,MinRate=...``),
@@ -26,7 +30,8 @@ import time
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 
-from .state import ServerState, Settings, timed_out
+from .errors import out_of_time
+from .state import Jobs, ServerState, Settings
 
 OPEN_PATHS = {"/healthz", "/"}  # the page holds no data; it sends the key it is given with each call
 UPLOAD_PATHS = {"/v1/predict", "/v1/explain"}
@@ -45,7 +50,6 @@ class Guard:
 
     def __init__(self, app, *, state: ServerState, known_paths: set[str]):
         self.app, self.state, self.known_paths = app, state, known_paths
-        self.uploads = 0  # requests to UPLOAD_PATHS in flight (all on the event loop: no lock)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -53,40 +57,45 @@ class Guard:
         settings, start = self.state.settings, time.perf_counter()
         path = scope["path"] if scope["path"] in self.known_paths else "other"  # metrics labels stay few and safe
         call = _Call(scope, receive, send, settings)
+        scope.setdefault("state", {}).update(deadline=call.deadline, jobs=call.jobs)
         try:
             await self._serve(call, settings)
         finally:
-            self.state.metrics.request(path, call.status or 500, time.perf_counter() - start)
+            seconds = (call.answered or time.perf_counter()) - start  # to the answer, not to the threads' end
+            self.state.metrics.request(path, call.status or 500, seconds)
 
     async def _serve(self, call: _Call, settings: Settings):
-        path = call.scope["path"]
+        path, state = call.scope["path"], self.state
         if settings.api_key is not None and path not in OPEN_PATHS and not authorized(call.headers, settings.api_key):
             return await call.refuse(401, "a valid API key is required (X-API-Key or Authorization: Bearer)")
         if path not in UPLOAD_PATHS:
             return await self._run(call, settings)
-        if self.uploads >= settings.upload_slots:
-            busy = f"the server is busy: all {settings.upload_slots} upload slots are taken; retry shortly"
+        busy = f"the server is busy: all {settings.upload_slots} upload slots are taken; retry shortly"
+        if state.uploads >= settings.upload_slots:
             return await call.refuse(503, busy, {"Retry-After": "1"})
         length = call.headers.get("content-length", "")
         if length.isdigit() and int(length) > settings.max_upload_bytes:
             return await call.refuse(413, call.too_large(f"{int(length) / 2**20:.1f} MiB"))
-        self.uploads += 1
+        state.uploads += 1
         try:
             call.metered = True
             await self._run(call, settings)
         finally:
-            self.uploads -= 1
+            try:
+                await call.jobs.finished()  # the slot is held until no thread works for this request any more
+            finally:
+                state.uploads -= 1
 
     async def _run(self, call: _Call, settings: Settings):
-        call.scope.setdefault("state", {})["deadline"] = time.monotonic() + settings.request_timeout
-        deadline = asyncio.timeout(settings.request_timeout)
+        deadline = asyncio.timeout(call.deadline - time.monotonic())
         try:
             async with deadline:
                 await self.app(call.scope, call.receive, call.send)
         except TimeoutError:
             if not deadline.expired() or call.started:  # not ours, or too late to answer: uvicorn closes
                 raise
-            await call.refuse(503, timed_out(settings.request_timeout), {"Retry-After": "5"})
+            late = out_of_time(settings.request_timeout)
+            await call.refuse(late.status, late.message, late.headers)
 
 
 class _Call:
@@ -95,8 +104,11 @@ class _Call:
     def __init__(self, scope, receive, send, settings: Settings):
         self.scope, self._receive, self._send, self.settings = scope, receive, send, settings
         self.headers = Headers(scope=scope)
+        self.deadline = time.monotonic() + settings.request_timeout
+        self.jobs = Jobs()
         self.metered = False  # an upload: its body counted and timed
         self.status, self.started, self.refused = None, False, False
+        self.answered = None  # time.perf_counter() when the answer's last byte went out
         self.received, self.waited = 0, 0.0  # body bytes, and seconds spent waiting for them
 
     def too_large(self, size: str) -> str:
@@ -108,6 +120,8 @@ class _Call:
         if message["type"] == "http.response.start":
             self.status, self.started = message["status"], True
         await self._send(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            self.answered = time.perf_counter()
 
     async def receive(self):
         if self.refused:

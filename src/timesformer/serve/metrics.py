@@ -34,7 +34,8 @@ class Histogram:
 
 
 class Metrics:
-    """Requests and errors by endpoint and status code, request latency, batch sizes and queue depth."""
+    """Requests and errors by endpoint and status code, request latency, batch sizes, queue depth and upload slots
+    taken."""
 
     def __init__(self, max_batch: int):
         self._lock = threading.Lock()
@@ -42,6 +43,7 @@ class Metrics:
         self.latency = Histogram(LATENCY_BUCKETS)
         self.batch = Histogram(range(1, max_batch + 1))
         self.queue_depth = lambda: 0
+        self.uploads = lambda: 0
 
     def request(self, path: str, status: int, seconds: float):
         with self._lock:
@@ -85,5 +87,8 @@ class Metrics:
                 "# HELP timesformer_queue_depth Requests waiting for the model.",
                 "# TYPE timesformer_queue_depth gauge",
                 f"timesformer_queue_depth {self.queue_depth()}",
+                "# HELP timesformer_upload_slots_taken Uploads in flight, their threads' unfinished work included.",
+                "# TYPE timesformer_upload_slots_taken gauge",
+                f"timesformer_upload_slots_taken {self.uploads()}",
             ]
         return "\n".join(lines) + "\n"

@@ -10,7 +10,6 @@ ends at the request's deadline (``guard``). Every step but the batcher's runs on
 
 from __future__ import annotations
 
-import tempfile
 import time
 
 import torch
@@ -32,7 +31,7 @@ router = APIRouter()
 async def predict(request: Request, state: Server):
     start = time.perf_counter()
     max_mb = state.settings.max_upload_mb
-    deadline = request.state.deadline  # time.monotonic() s, set by the guard
+    deadline = request.state.deadline  # time.monotonic() s, set by the guard; every decode stops at it
     form, upload = await read_form(request)
     try:  # the upload's spooled copy goes with the form
         topk = _number(form, "topk", int, 1, MAX_TOPK, 5)
@@ -41,16 +40,16 @@ async def predict(request: Request, state: Server):
         stride = _number(form, "stride", float, 0.01, 3600.0, window)
         if stride is not None and window is None:
             raise BadRequest(422, "stride needs a window (seconds)")
-        with tempfile.TemporaryDirectory(prefix="timesformer-upload-") as tmp:
-            path = await state.run(save_upload, upload, tmp, max_mb)
+        with request.state.jobs.folder() as tmp:  # removed once no thread works on it
+            path = await state.run(request, save_upload, upload, tmp, max_mb)
             pred = state.predictor_for(views)
-            duration = await state.run(video_duration, path, pred.spec)
+            duration = await state.run(request, video_duration, path, pred.spec, deadline)
             body = {"duration": duration}
             if window is None:
-                probs = (await state.logits(*(await state.run(decode_views, pred, path)), deadline)).softmax(-1)
+                clips, masks = await state.run(request, decode_views, pred, path, None, None, deadline)
+                probs = (await state.logits(request, clips, masks)).softmax(-1)
             else:
-                timeline = _timeline(state, pred, path, duration, window, stride, topk, deadline)
-                body["timeline"], probs = await timeline
+                body["timeline"], probs = await _timeline(request, state, pred, path, duration, window, stride, topk)
     finally:
         await form.close()
     top = pred.top(probs, topk)
@@ -64,6 +63,7 @@ async def predict(request: Request, state: Server):
 
 
 async def _timeline(
+    request: Request,
     state: ServerState,
     pred: Predictor,
     path: str,
@@ -71,22 +71,21 @@ async def _timeline(
     window: float,
     stride: float,
     topk: int,
-    deadline: float,
 ):
     """``Predictor.timeline`` with the model calls through the batcher and each window decoded on a decoding thread:
     the entries ``[{"start", "end", "top"}]`` and the windows' probabilities averaged (``classes``). Too many windows
     is a 422, counted before any window is made (the duration is the header's claim)."""
     try:
         plan = pred.timeline_windows
-        windows = await state.run(plan, duration, window=window, stride=stride, max_windows=MAX_WINDOWS)
+        windows = await state.run(request, plan, duration, window=window, stride=stride, max_windows=MAX_WINDOWS)
     except UserError as err:
         raise BadRequest(422, str(err)) from None
     probs = []
     for start, _ in windows:
-        views, masks = await state.run(decode_views, pred, path, start, window)
-        probs.append((await state.logits(views, masks, deadline)).softmax(-1))
+        clips, masks = await state.run(request, decode_views, pred, path, start, window, request.state.deadline)
+        probs.append((await state.logits(request, clips, masks)).softmax(-1))
     timeline = await state.run(
-        pred.timeline_result, path, duration, windows, probs, window=window, stride=stride, topk=topk
+        request, pred.timeline_result, path, duration, windows, probs, window=window, stride=stride, topk=topk
     )
     entries = [{"start": e["start"], "end": e["end"], "top": e["top"]} for e in timeline["entries"]]
     return entries, torch.stack(probs).mean(0)

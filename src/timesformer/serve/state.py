@@ -1,21 +1,31 @@
 """What every route shares, held in one object on ``app.state.server``: the predictor, the server's settings, the
-batcher, the worker threads, the metrics. Routes take it as the ``Server`` dependency."""
+batcher, the worker threads, the metrics. Routes take it as the ``Server`` dependency.
+
+Work a request hands to another thread (a decode, a model call, an explanation) goes through ``ServerState.run``,
+``logits`` or ``explain``, which take the request: its deadline goes with the work, and the work is listed in the
+request's :class:`Jobs`. A request cancelled at its deadline stops *waiting* at once, but a thread already running
+for it runs on (a decode to the deadline it was given, a model call to its end); the guard holds the request's
+upload slot until its jobs are done, so a client cannot start new work while the old still runs.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import functools
-from concurrent.futures import ThreadPoolExecutor
+import contextlib
+import shutil
+import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Annotated
 
 import torch
 from fastapi import Depends, Request
 
+from ..data import DecodeTimeout
 from ..inference import Predictor
 from ..model import TimeSformer
 from .batching import Batcher, DeadlineExceeded, QueueFull, Stopped
-from .errors import BadRequest
+from .errors import BadRequest, out_of_time
 from .metrics import Metrics
 
 
@@ -36,7 +46,8 @@ class Settings:
 
     @property
     def upload_slots(self) -> int:
-        """Uploads in flight at most (reading, decoding, queued, running); past it, 503 before the body is read."""
+        """Uploads in flight at most (reading, decoding, queued, running, and their threads' work after a timeout);
+        past it, 503 before more of the body is read."""
         return self.queue_size + 2 * self.max_batch
 
     @property
@@ -48,6 +59,46 @@ class Settings:
     def max_upload_bytes(self) -> int:
         """The most body bytes an upload may send: ``max_upload_mb`` and 64 KiB for the multipart framing."""
         return int(self.max_upload_mb * 2**20) + 2**16
+
+
+class Jobs:
+    """The work one request handed to other threads (their futures), and the temporary folder its upload is copied
+    to: the guard waits for all of the work before it gives the request's upload slot back, and a folder that a
+    thread may still read is removed only then."""
+
+    def __init__(self):
+        self.futures: list[Future] = []
+        self.folders: list[str] = []
+
+    def add(self, future: Future) -> Future:
+        self.futures.append(future)
+        return future
+
+    @contextlib.contextmanager
+    def folder(self):
+        """A new temporary folder for the request's upload, for the ``with`` block. It is removed as the block ends
+        when no job is running, else once they are done (a decode given up on at the deadline may still read it)."""
+        path = tempfile.mkdtemp(prefix="timesformer-upload-")
+        try:
+            yield path
+        finally:
+            if all(f.done() for f in self.futures):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                self.folders.append(path)
+
+    async def finished(self):
+        """Return once every job has ended, or was cancelled before it started, and the folders are removed; the
+        jobs' outcomes are not wanted here (the request has them, or gave up on them)."""
+        waiting = [asyncio.wrap_future(f) for f in self.futures if not f.done()]
+        if waiting:
+            await asyncio.wait(waiting)
+            for w in waiting:
+                if not w.cancelled():
+                    w.exception()  # seen: asyncio would log an outcome nobody read
+        self.futures.clear()
+        while self.folders:
+            shutil.rmtree(self.folders.pop(), ignore_errors=True)
 
 
 @dataclass(eq=False, kw_only=True)
@@ -62,7 +113,8 @@ class ServerState:
     decoders: ThreadPoolExecutor | None = None  # settings.decode_threads: uploads saved, probed, decoded
     explainer: ThreadPoolExecutor | None = None  # one thread: one rollout at a time (pyplot is not thread-safe)
     ready: bool = False
-    explaining: int = 0  # explanations running or waiting their turn
+    uploads: int = 0  # upload slots taken (on the event loop only: no lock)
+    _explaining: set = field(default_factory=set)  # the explaining thread's jobs not yet done (their futures)
     _other_views: dict = field(default_factory=dict)  # (clips, crops) -> a Predictor sharing the model
 
     @property
@@ -77,21 +129,34 @@ class ServerState:
             self._other_views[views] = self.predictor.with_views(*views)
         return self._other_views[views]
 
-    async def run(self, fn, *args, **kwargs):
-        """``fn(*args, **kwargs)`` on a decoding thread: the event loop never computes. A request that is cancelled
-        (its deadline) before the call starts skips it."""
-        return await asyncio.get_running_loop().run_in_executor(self.decoders, functools.partial(fn, *args, **kwargs))
-
-    async def explain(self, fn, *args):
-        """``fn(*args)`` on the one explaining thread, after the rollouts before it."""
-        return await asyncio.get_running_loop().run_in_executor(self.explainer, fn, *args)
-
-    async def logits(self, views: torch.Tensor, masks: torch.Tensor, deadline: float | None = None) -> torch.Tensor:
-        """Views through the batcher, their logits averaged: ``v t c S S``, ``v t`` -> ``classes``. A full queue, a
-        server shutting down or a ``deadline`` (``time.monotonic()`` s) passed in the queue is a 503 with
-        ``Retry-After``."""
+    async def run(self, request: Request, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)`` on a decoding thread, one of ``request``'s jobs: the event loop never computes. A
+        request cancelled (its deadline) before the call starts skips it; a ``DecodeTimeout`` (a decode that passed
+        the request's deadline) is a 503 with ``Retry-After``."""
+        future = request.state.jobs.add(self.decoders.submit(fn, *args, **kwargs))
         try:
-            future = self.batcher.submit(views, masks, deadline)
+            return await asyncio.wrap_future(future)
+        except DecodeTimeout:
+            raise out_of_time(self.settings.request_timeout) from None
+
+    async def explain(self, request: Request, fn, *args):
+        """``fn(*args)`` on the one explaining thread, after the rollouts before it (at most ``queue_size`` running or
+        waiting: past it 503). An explanation counts until its thread is done with it, not until its request is."""
+        self._explaining = {f for f in self._explaining if not f.done()}
+        if len(self._explaining) >= self.settings.queue_size:
+            raise BadRequest(503, "the server is busy explaining; retry shortly", {"Retry-After": "5"})
+        future = request.state.jobs.add(self.explainer.submit(fn, *args))
+        self._explaining.add(future)
+        try:
+            return await asyncio.wrap_future(future)
+        except DecodeTimeout:
+            raise out_of_time(self.settings.request_timeout) from None
+
+    async def logits(self, request: Request, views: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Views through the batcher, their logits averaged: ``v t c S S``, ``v t`` -> ``classes``. A full queue, a
+        server shutting down or the request's deadline passed in the queue is a 503 with ``Retry-After``."""
+        try:
+            future = request.state.jobs.add(self.batcher.submit(views, masks, request.state.deadline))
         except QueueFull:
             raise BadRequest(
                 503, "the server is busy: every queue slot is taken; retry shortly", {"Retry-After": "1"}
@@ -103,11 +168,7 @@ class ServerState:
         except Stopped:
             raise BadRequest(503, "the server is shutting down", {"Retry-After": "5"}) from None
         except DeadlineExceeded:
-            raise BadRequest(503, timed_out(self.settings.request_timeout), {"Retry-After": "5"}) from None
-
-
-def timed_out(seconds: float) -> str:
-    return f"the request took longer than the server's {seconds:g} s limit; retry later, or with less to do"
+            raise out_of_time(self.settings.request_timeout) from None
 
 
 def server_state(request: Request) -> ServerState:

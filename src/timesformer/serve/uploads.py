@@ -1,8 +1,9 @@
 """The uploaded video: the multipart form within the size limit, its temporary copy, its duration and its views.
 
-Callers keep the copy in a ``tempfile.TemporaryDirectory`` and close the form, so nothing is left on disk on success
-or on error. Everything here but ``read_form`` blocks: the routes run it on the server's decoding threads
-(``ServerState.run``), off the event loop. The body's size is bounded as it arrives, by the ``guard``.
+Callers keep the copy in their request's folder (``Jobs.folder``, removed once the request's threads are done with
+it) and close the form, so nothing is left on disk on success or on error. Everything here but ``read_form`` blocks:
+the routes run it on the server's decoding threads (``ServerState.run``), off the event loop. The body's size is
+bounded as it arrives, by the ``guard``.
 """
 
 from __future__ import annotations
@@ -42,24 +43,32 @@ def save_upload(upload, folder: str, max_mb: float) -> str:
     return path
 
 
-def video_duration(path: str, spec: ClipSpec) -> float:
+def video_duration(path: str, spec: ClipSpec, deadline: float | None = None) -> float:
     """The upload's duration in seconds as its header claims it, or a 400 naming why it is not a video (frames over
-    ``spec.max_pixels`` included)."""
+    ``spec.max_pixels`` included). Probing past ``deadline`` (``time.monotonic()`` s) raises ``DecodeTimeout``."""
     try:
-        with spec.open(path, train=False) as reader:
+        with spec.open(path, train=False, deadline=deadline) as reader:
             return reader.duration
     except DecodeError as err:
         raise BadRequest(400, f"the upload is not a readable video: {hide_path(err, path)}") from None
 
 
-def decode_views(predictor: Predictor, path: str, start: float | None = None, window: float | None = None):
-    """``predictor.views`` of the upload (or of ``[start, start + window)``): ``(v t c S S, v t)``. A file that is not
-    a video, or decodes only partly, is a 400."""
+def decode_views(
+    predictor: Predictor,
+    path: str,
+    start: float | None = None,
+    window: float | None = None,
+    deadline: float | None = None,
+):
+    """``predictor.views`` of the upload (or of ``[start, start + window)``), decoding no further than ``deadline``
+    (``time.monotonic()`` s; past it ``DecodeTimeout``): ``(v t c S S, v t)``. A file that is not a video, or decodes
+    only partly, is a 400. The predictor keeps nothing of the upload after, whatever the outcome."""
     try:
-        views, masks = predictor.views(path, start, window)
+        views, masks = predictor.views(path, start, window, deadline)
     except DecodeError as err:
         raise BadRequest(400, f"the upload is not a readable video: {hide_path(err, path)}") from None
-    reason = predictor.partial.pop(path, None)
+    finally:
+        reason = predictor.partial.pop(path, None)
     if reason is not None:
         raise BadRequest(400, f"the upload is a truncated or damaged video: {hide_path(reason, path)}")
     return views, masks
