@@ -207,6 +207,30 @@ def test_a_body_that_trickles_is_408_and_closed(model, uploads):
         assert 0.5 <= time.monotonic() - begun < 3.0
 
 
+def test_heads_without_a_body_hold_no_slot_and_are_closed_soon(model, videos, uploads):
+    """Ten complete upload heads and no body, against 3 slots (max_batch 1, queue 1): they took every slot for the
+    upload grace (10 s), and a client that reconnected kept them all. A slot is taken when the body's first bytes
+    come, and a body that has not started within ``body_start`` is a 408: a normal upload is served meanwhile."""
+    app = create_app(Predictor(model), max_batch=1, queue_size=1, body_start=0.5, warmup=False)
+    head = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n" + MULTIPART + b"Content-Length: 1000000\r\n\r\n"
+    with serving(app) as url:
+        idle = [socket.create_connection(("127.0.0.1", port_of(url))) for _ in range(10)]
+        try:
+            for sock in idle:
+                sock.sendall(head)
+            sent = time.monotonic()
+            time.sleep(0.1)
+            assert upload(url, videos / "a.mp4").status_code == 200
+            answers = [read_response(sock) for sock in idle]
+            closed = time.monotonic() - sent
+        finally:
+            for sock in idle:
+                sock.close()
+    assert {status for status, _ in answers} == {408}
+    assert all(b"the upload's body did not start within" in data for _, data in answers), answers[0]
+    assert 0.5 <= closed < 2.0
+
+
 def test_healthz_answers_while_every_upload_slot_is_taken(model, videos, uploads):
     """Three uploads in flight (max_batch 1, queue 1: 3 slots): the fourth is a 503 before its body is read, and
     /healthz answers; once they end, uploads are served again."""

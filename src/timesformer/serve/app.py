@@ -55,6 +55,7 @@ def create_app(
     request_timeout: float = 60.0,
     min_upload_rate: float = 16 * 1024,
     upload_grace: float = 10.0,
+    body_start: float = 3.0,
     docs: bool = False,
 ) -> FastAPI:
     """The service around ``predictor`` (its model, views, preprocessing and ``max_pixels``). See the module
@@ -73,6 +74,7 @@ def create_app(
         request_timeout=request_timeout,
         min_upload_rate=min_upload_rate,
         upload_grace=upload_grace,
+        body_start=body_start,
         docs=docs,
     )
     state = ServerState(predictor=predictor, model=model, settings=settings, metrics=Metrics(max_batch))

@@ -7,15 +7,16 @@ what one request may cost in seconds, bytes and upload slots.
   ``time.monotonic()`` s). Every decode it starts is handed the deadline and stops there; past it the request is
   cancelled where it waits (a decode not yet started, the batcher's queue, its body) and answered 503 with
   ``Retry-After``.
-- *Upload slots.* At most ``upload_slots`` requests to ``UPLOAD_PATHS`` at once; past it 503 before the body is
-  read. A request gives its slot back once it is answered *and* every thread working for it is done
-  (``request.state.jobs``, a :class:`~.state.Jobs`): a request cancelled at its deadline keeps its slot while its
-  decode still runs, so its client cannot start the next one meanwhile. The other paths never wait for slots:
-  ``/healthz`` answers while every slot is taken.
-- *The body as it arrives.* Its bytes are counted: past ``max_upload_bytes`` it is a 413 at once, with or without a
-  ``Content-Length``. It must keep up ``min_upload_rate`` bytes/s once ``upload_grace`` seconds of waiting are
-  spent (each byte buys ``1 / min_upload_rate`` s more, as Apache's mod_reqtimeout ``body=...,MinRate=...``),
-  else 408.
+- *Upload slots.* At most ``upload_slots`` requests to ``UPLOAD_PATHS`` at once. A request takes its slot when the
+  first bytes of its body arrive (a head alone holds a connection, not a slot), and gives it back once it is
+  answered *and* every thread working for it is done (``request.state.jobs``, a :class:`~.state.Jobs`): a request
+  cancelled at its deadline keeps its slot while its decode still runs, so its client cannot start the next one
+  meanwhile. With every slot taken it is 503, before the body is read (or after its first bytes, if the last slot
+  went while they came). The other paths never wait for slots: ``/healthz`` answers while every slot is taken.
+- *The body as it arrives.* Its first bytes must come within ``body_start`` seconds of the head. Its bytes are
+  counted: past ``max_upload_bytes`` it is a 413 at once, with or without a ``Content-Length``. It must keep up
+  ``min_upload_rate`` bytes/s once ``upload_grace`` seconds of waiting are spent (each byte buys
+  ``1 / min_upload_rate`` s more, as Apache's mod_reqtimeout ``body=...,MinRate=...``), else 408.
 
 A refusal the guard answers itself closes the connection (``Connection: close``): the rest of the body is never
 read. The app is told the client left, and whatever it answers after that goes nowhere.
@@ -76,9 +77,14 @@ class Guard:
         length = call.headers.get("content-length", "")
         if length.isdigit() and int(length) > settings.max_upload_bytes:
             return await call.refuse(413, call.too_large(f"{int(length) / 2**20:.1f} MiB"))
+        call.metered = True
+        await call.start_body()
+        if call.refused:  # its body did not start in time (408), or its first bytes were too many (413)
+            return
+        if state.uploads >= settings.upload_slots:  # the last slot went while its first bytes came
+            return await call.refuse(503, busy, {"Retry-After": "1"})
         state.uploads += 1
         try:
-            call.metered = True
             await self._run(call, settings)
         finally:
             try:
@@ -110,6 +116,7 @@ class _Call:
         self.status, self.started, self.refused = None, False, False
         self.answered = None  # time.perf_counter() when the answer's last byte went out
         self.received, self.waited = 0, 0.0  # body bytes, and seconds spent waiting for them
+        self._first = None  # the body's first message, read by the guard before the app asks for it
 
     def too_large(self, size: str) -> str:
         return f"the upload ({size}) is over the {self.settings.max_upload_mb:g} MiB limit"
@@ -123,24 +130,38 @@ class _Call:
         if message["type"] == "http.response.body" and not message.get("more_body", False):
             self.answered = time.perf_counter()
 
+    async def start_body(self):
+        """Wait for the body's first message (the app gets it first when it asks): 408 if it does not come within
+        ``body_start`` seconds of the head."""
+        self._first = await self.receive()
+
     async def receive(self):
         if self.refused:
             return DISCONNECT
+        if self._first is not None:
+            message, self._first = self._first, None
+            return message
         if not self.metered or self.started:
             return await self._receive()
         settings = self.settings
-        allowed = settings.upload_grace + self.received / settings.min_upload_rate - self.waited
+        if self.received == 0:  # nothing of the body yet: a head alone does not get the upload's grace
+            allowed = min(settings.body_start, settings.upload_grace) - self.waited
+        else:
+            allowed = settings.upload_grace + self.received / settings.min_upload_rate - self.waited
         begun = time.monotonic()
         try:
             async with asyncio.timeout(max(allowed, 0.0)):
                 message = await self._receive()
         except TimeoutError:
             waited = self.waited + time.monotonic() - begun
-            await self.refuse(
-                408,
-                f"the upload came too slowly: {self.received / 1024:.1f} KiB in {waited:.1f} s; after the first "
-                f"{settings.upload_grace:g} s it needs {settings.min_upload_rate / 1024:g} KiB/s",
-            )
+            if self.received == 0:
+                await self.refuse(408, f"the upload's body did not start within {waited:.1f} s of its head")
+            else:
+                await self.refuse(
+                    408,
+                    f"the upload came too slowly: {self.received / 1024:.1f} KiB in {waited:.1f} s; after the first "
+                    f"{settings.upload_grace:g} s it needs {settings.min_upload_rate / 1024:g} KiB/s",
+                )
             return DISCONNECT
         self.waited += time.monotonic() - begun
         if message["type"] == "http.request":

@@ -42,6 +42,7 @@ class Settings:
     request_timeout: float = 60.0  # seconds from a request's head to its answer; past it, 503
     min_upload_rate: float = 16 * 1024  # bytes/s an upload must keep up once its first upload_grace seconds are spent
     upload_grace: float = 10.0
+    body_start: float = 3.0  # seconds from an upload's head to its body's first bytes; past it, 408 (no slot held)
     docs: bool = False  # /docs, /redoc and /openapi.json
 
     @property
