@@ -280,6 +280,56 @@ def test_a_chunked_upload_is_cut_off_at_the_limit(model, uploads):
     assert sent < 32 * 2**20, f"{sent / 2**20:.0f} MiB sent before the refusal"
 
 
+def test_a_body_of_tiny_chunks_is_refused_before_it_stalls_the_loop(model, uploads):
+    """400,000 one-byte chunks (2.4 MB on the wire): h11 parses chunk framing on the event loop at ~40 us a chunk, so
+    this stalled /healthz 0.85-1.5 s (four such clients: 2.7-3.5 s). It is a 400 once a burst of small chunks is
+    spent, the connection closed, and /healthz stays under 100 ms."""
+    tiny = b"1\r\nX\r\n" * 400_000
+    head = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n" + MULTIPART + b"Transfer-Encoding: chunked\r\n\r\n"
+    with serving(create_app(Predictor(model), max_upload_mb=5, warmup=False)) as url, polling_healthz(url) as latencies:
+        time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", port_of(url))) as sock:
+
+            def attack():
+                with contextlib.suppress(OSError):
+                    sock.sendall(head + b"%x\r\n%s\r\n" % (len(PART), PART) + tiny)
+
+            sender = threading.Thread(target=attack, daemon=True)
+            sender.start()
+            status, data = read_response(sock)
+            sender.join(10)
+        time.sleep(0.3)
+    assert status == 400 and b"chunks are too small" in data and b"connection: close" in data.lower(), data[:300]
+    assert len(latencies) > 10 and max(latencies) < 0.1, sorted(latencies)[-3:]
+
+
+@pytest.mark.parametrize("sizes", [(65536,), (16384,), (1024,), (7, 100, 65536)], ids=["64k", "16k", "1k", "mixed"])
+def test_a_chunked_upload_of_ordinary_chunks_is_served(model, videos, uploads, sizes):
+    """What clients send chunked (httpx and curl: 16-64 KiB chunks; here down to 1 KiB, and a mix with tiny ones)
+    is answered as the same upload with a Content-Length is. A 600 KB form field makes the body long enough to
+    spend the burst of small chunks many times over."""
+    import itertools
+
+    pad = b'--b\r\nContent-Disposition: form-data; name="pad"\r\n\r\n' + b"p" * 600_000 + b"\r\n"
+    body = pad + PART + (videos / "a.mp4").read_bytes() + b"\r\n--b--\r\n"
+
+    def pieces():
+        at = 0
+        for size in itertools.cycle(sizes):
+            if at >= len(body):
+                return
+            yield body[at : at + size]
+            at += size
+
+    with serving(create_app(Predictor(model), warmup=False)) as url:
+        headers = {"Content-Type": "multipart/form-data; boundary=b"}
+        chunked = httpx.post(f"{url}/v1/predict", content=pieces(), headers=headers, timeout=60)
+        plain = upload(url, videos / "a.mp4")
+    assert chunked.request.headers["transfer-encoding"] == "chunked"
+    assert chunked.status_code == 200, chunked.text
+    assert chunked.json()["scores"] == pytest.approx(plain.json()["scores"], abs=1e-6)
+
+
 def test_a_declared_length_over_the_limit_is_413_before_the_body(model, uploads):
     with serving(create_app(Predictor(model), max_upload_mb=5, warmup=False)) as url:
         with socket.create_connection(("127.0.0.1", port_of(url))) as sock:
