@@ -323,6 +323,9 @@ def cmd_serve(args) -> int:
             raise  # our own import failing is a bug, not a missing extra
         raise UserError(f"the serve extra is not installed ({err}): pip install 'timesformer[serve]'") from None
 
+    if args.api_key is not None and (not args.api_key or args.api_key != args.api_key.strip()):
+        # an empty key used to turn the key off; one with spaces around it could never be sent (HTTP trims them)
+        raise UserError(f"--api-key must be a non-empty key without spaces around it; got {args.api_key!r}")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(
             f"warning: serving on {args.host}: reachable from other machines"
@@ -349,7 +352,7 @@ def cmd_serve(args) -> int:
         max_wait_ms=args.max_wait_ms,
         queue_size=args.queue_size,
         max_upload_mb=args.max_upload_mb,
-        api_key=args.api_key or None,
+        api_key=args.api_key,
         request_timeout=args.request_timeout,
         docs=args.docs,
     )

@@ -528,3 +528,17 @@ def test_serve_passes_its_limits_on(model, tmp_path, monkeypatch):
     assert main(["serve", "--checkpoint", str(tmp_path / "ckpt"), *args]) == 0
     assert seen["predictor"].spec.max_pixels == 1000000
     assert seen["request_timeout"] == 5.0 and seen["docs"] is True
+
+
+@pytest.mark.parametrize("key", ["", " ", " s3cret"])
+def test_serve_refuses_an_empty_api_key(model, tmp_path, monkeypatch, capsys, key):
+    """``--api-key ""`` (an unset variable in a script) turned the key off without a word; now it is one line and
+    exit 2 before anything loads. A key with spaces around it could never be sent, so it is refused too."""
+    import timesformer.serve
+    from timesformer.cli import main
+
+    tf.save_pretrained(model, tmp_path / "ckpt")
+    monkeypatch.setattr(timesformer.serve, "run_server", lambda predictor, **kw: pytest.fail("the server started"))
+    assert main(["serve", "--checkpoint", str(tmp_path / "ckpt"), "--api-key", key]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error: --api-key must be a non-empty key without spaces around it" in err, err
