@@ -110,3 +110,29 @@ def write_overflowing_duration(path: Path, seconds: float) -> Path:
     data[at + 3 : at + 11] = struct.pack(">d", seconds * 1e9)
     path.write_bytes(bytes(data))
     return path
+
+
+def write_without_keyframe(path: Path, size: int, num_frames: int) -> Path:
+    """An H.264 MP4 of ``num_frames`` P-frames whose keyframe was dropped: every packet decodes, none gives a frame."""
+    import av
+
+    source = path.with_suffix(".src.mp4")
+    with av.open(str(source), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"preset": "ultrafast", "crf": "51", "x264-params": f"keyint={num_frames + 10}:bframes=0"}
+        for i in range(num_frames):
+            frame = av.VideoFrame.from_ndarray(np.zeros((size, size, 3), np.uint8), format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    with av.open(str(source)) as src, av.open(str(path), "w") as out:
+        template = src.streams.video[0]
+        stream = out.add_stream_from_template(template)
+        for k, packet in enumerate(src.demux(template)):
+            if k > 0 and packet.dts is not None:  # the first packet holds the keyframe
+                packet.stream = stream
+                out.mux(packet)
+    source.unlink()
+    return path
