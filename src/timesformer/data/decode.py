@@ -126,16 +126,19 @@ def check_frame(path, width: int, height: int, max_pixels: int):
 
 def limit_decoder(stream, path, max_pixels: int):
     """Bound what ``stream``'s decoder may allocate, before it decodes: its header's frame size checked
-    (``check_frame``), FFmpeg's own ``max_pixels`` set to that size (with room for FFmpeg's 64-pixel alignment), so
-    frames that grow mid-stream are refused before they are allocated, and slice threads instead of frame threads
-    where a frame per thread would pass ``THREAD_BYTES``."""
+    (``check_frame``), and FFmpeg's own ``max_pixels`` set so a frame is refused before it is allocated. Frame
+    threads hold a frame each: they are used only while the header's frames fit ``THREAD_BYTES`` over all of them,
+    and then cap frames that grow mid-stream (a stream switching resolution) at that share; past it, slice threads
+    and ``max_pixels``."""
     ctx = stream.codec_context
     check_frame(path, ctx.width, ctx.height, max_pixels)
-    header = (ctx.width + 64) * (ctx.height + 64) if ctx.width and ctx.height else max_pixels
-    limit = min(header, max_pixels)
+    threads = (os.cpu_count() or 1) + 1
+    per_thread = THREAD_BYTES * 2 // (3 * threads)  # pixels of a yuv420 frame per frame thread
+    if (ctx.width + 64) * (ctx.height + 64) <= per_thread:  # FFmpeg aligns the width it checks to 64
+        stream.thread_type, limit = "AUTO", min(per_thread, max_pixels)
+    else:
+        stream.thread_type, limit = "SLICE", max_pixels
     ctx.options = {"max_pixels": str(limit)}
-    in_flight = limit * 3 // 2 * ((os.cpu_count() or 1) + 1)
-    stream.thread_type = "AUTO" if in_flight <= THREAD_BYTES else "SLICE"
 
 
 def frame_rgb(frame, short_side: int | None) -> np.ndarray:
@@ -254,7 +257,8 @@ class VideoReader:
 
         The bool says whether the time lies within the video; times past its end get its last frame. A file whose
         data ends (or breaks) before the duration it declares is partial: times past its last decodable frame are
-        masked out too, and ``self.partial`` says where decoding stopped. Raises ``DecodeError`` only.
+        masked out too, and ``self.partial`` says where decoding stopped. Raises ``DecodeError``, or
+        ``DecodeTimeout`` past the reader's deadline.
         """
         times = [float(s) for s in times]
         if not times:
@@ -274,14 +278,17 @@ class VideoReader:
         def rgb(frame) -> np.ndarray:
             if converted[0] is not frame:
                 check_frame(self.path, frame.width, frame.height, self.max_pixels)
-                size = frame.width, frame.height
-                if sizes and size != sizes[0]:  # the clip's frames could not be stacked
-                    raise DecodeError(f"{self.path}: the frame size changes from {sizes[0]} to {size} mid-stream")
-                sizes.append(size)
-                converted[:] = frame, frame_rgb(frame, self.short_side)
+                array = frame_rgb(frame, self.short_side)
+                if shapes and array.shape != shapes[0]:  # a resolution switch that scales to another shape
+                    raise DecodeError(
+                        f"{self.path}: frames of {shapes[0][1]}x{shapes[0][0]} and {array.shape[1]}x{array.shape[0]} "
+                        "(after scaling) in one clip: the aspect ratio changes mid-stream"
+                    )
+                shapes.append(array.shape)
+                converted[:] = frame, array
             return converted[1]
 
-        sizes = []
+        shapes = []
         ctx = self.stream.codec_context
         reorder = 16 / self.fps  # decoding runs ahead of display by the B-frame reorder depth: stay clear of it
         j, prev, last, seeked = 0, None, None, 0
@@ -290,10 +297,11 @@ class VideoReader:
             while j < len(order):
                 restart = False
                 for packet in self.container.demux(self.stream):
+                    # per packet: a packet may decode to no frame (a stream without its keyframe) at full cost
+                    if self.deadline is not None and time.monotonic() > self.deadline:
+                        raise DecodeTimeout(f"{self.path}: decoding passed its deadline")
                     for frame in packet.decode():
                         self.frames_decoded += 1
-                        if self.deadline is not None and time.monotonic() > self.deadline:
-                            raise DecodeTimeout(f"{self.path}: decoding passed its deadline")
                         now = self._time(frame)
                         while j < len(order) and times[order[j]] + _EPS < now:
                             picked[order[j]] = rgb(prev if prev is not None else frame)  # before the first: first
