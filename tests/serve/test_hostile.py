@@ -29,8 +29,9 @@ import httpx
 from fastapi.testclient import TestClient
 
 from timesformer.serve import Batcher, create_app
+from timesformer.serve import state as state_module
 from timesformer.serve.batching import DeadlineExceeded
-from timesformer.serve.server import server_config
+from timesformer.serve.server import BoundedProtocol, ReadPauses, server_config
 
 MULTIPART = b"Content-Type: multipart/form-data; boundary=b\r\n"
 PART = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.mp4"\r\n\r\n'
@@ -303,11 +304,15 @@ def test_a_body_of_tiny_chunks_is_refused_before_it_stalls_the_loop(model, uploa
     assert len(latencies) > 10 and max(latencies) < 0.1, sorted(latencies)[-3:]
 
 
-@pytest.mark.parametrize("sizes", [(65536,), (16384,), (1024,), (7, 100, 65536)], ids=["64k", "16k", "1k", "mixed"])
+@pytest.mark.parametrize(
+    "sizes",
+    [(65536,), (16384,), (1024,), (512,), (256,), (7, 100, 65536)],
+    ids=["64k", "16k", "1k", "512", "256", "mixed"],
+)
 def test_a_chunked_upload_of_ordinary_chunks_is_served(model, videos, uploads, sizes):
-    """What clients send chunked (httpx and curl: 16-64 KiB chunks; here down to 1 KiB, and a mix with tiny ones)
-    is answered as the same upload with a Content-Length is. A 600 KB form field makes the body long enough to
-    spend the burst of small chunks many times over."""
+    """What clients send chunked (httpx and curl: 16-64 KiB chunks; a generator's may be smaller: here down to 256
+    bytes, which were a 400, and a mix with tiny ones) is answered as the same upload with a Content-Length is. A
+    600 KB form field makes the body long enough to spend the burst of small chunks many times over."""
     import itertools
 
     pad = b'--b\r\nContent-Disposition: form-data; name="pad"\r\n\r\n' + b"p" * 600_000 + b"\r\n"
@@ -328,6 +333,83 @@ def test_a_chunked_upload_of_ordinary_chunks_is_served(model, videos, uploads, s
     assert chunked.request.headers["transfer-encoding"] == "chunked"
     assert chunked.status_code == 200, chunked.text
     assert chunked.json()["scores"] == pytest.approx(plain.json()["scores"], abs=1e-6)
+
+
+def test_pipelined_small_posts_are_all_answered(model, uploads):
+    """600 POSTs of a one-byte body, pipelined on one connection: each is answered (the chunk budget counted every
+    body's data, across requests: 257 answers, then a 400 about chunks that were not there)."""
+    request = b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx"
+    with serving(create_app(Predictor(model), warmup=False)) as url:
+        with socket.create_connection(("127.0.0.1", port_of(url))) as sock:
+            sock.sendall(request * 599 + request.replace(b"Host: x", b"Host: x\r\nConnection: close"))
+            status, data = read_response(sock, timeout=30)
+    assert data.count(b"HTTP/1.1 405 ") == 600 and b"too small" not in data, data[-300:]
+
+
+def test_one_byte_segments_cost_few_reads_and_ordinary_uploads_none_paused(model, videos, uploads, monkeypatch):
+    """An upload's body sent as 2,000 one-byte TCP segments: each was a read, ~130 us of the event loop's time (5,000
+    segments: 0.65 s a request; four such clients kept the loop busy). A connection of small reads runs out of read
+    tokens and is paused a few ms at a time, so the kernel gathers the segments: at most the burst, the rate over
+    the time taken and a few more reads. An ordinary upload (large reads) is never paused."""
+    reads, throttles = [], []
+    meter, pause = BoundedProtocol._meter_read, ReadPauses.throttle
+    monkeypatch.setattr(BoundedProtocol, "_meter_read", lambda self, size: (reads.append(size), meter(self, size)))
+    monkeypatch.setattr(ReadPauses, "throttle", lambda self: (throttles.append(1), pause(self)))
+    body = PART + b"\0" * 2000 + b"\r\n--b--\r\n"
+    head = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + MULTIPART
+    head += b"Content-Length: %d\r\n\r\n" % len(body)
+    with serving(create_app(Predictor(model), warmup=False)) as url:
+        assert upload(url, videos / "a.mp4").status_code == 200
+        assert throttles == [], "an ordinary upload was paused"
+        with socket.create_connection(("127.0.0.1", port_of(url))) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            reads.clear()
+            begun = time.monotonic()
+            sock.sendall(head + body[: len(PART)])
+            for at in range(len(PART), len(body)):
+                sock.send(body[at : at + 1])
+                time.sleep(0.0002)
+            status, data = read_response(sock, timeout=30)
+            took = time.monotonic() - begun
+    assert status == 400 and b"not a readable video" in data, data[:300]
+    assert len(reads) <= 64 + 100 * took + 10, f"{len(reads)} reads in {took:.2f} s"
+    assert throttles
+
+
+def test_the_read_meters_pause_and_uvicorns_do_not_undo_each_other():
+    """uvicorn pauses reading for its own flow control (a body the app has not taken yet, a pipelined request) and
+    resumes it when that ends; the read meter's pause is another reason: reading resumes once neither holds."""
+
+    class Transport:
+        reading = True
+
+        def pause_reading(self):
+            self.reading = False
+
+        def resume_reading(self):
+            self.reading = True
+
+        def is_closing(self):
+            return False
+
+    transport = Transport()
+    pauses = ReadPauses(transport)
+    pauses.pause_reading()
+    pauses.throttle()
+    pauses.unthrottle()
+    assert not transport.reading  # uvicorn's pause holds
+    pauses.throttle()
+    pauses.resume_reading()
+    assert not transport.reading  # the meter's pause holds
+    pauses.unthrottle()
+    assert transport.reading and pauses.is_closing() is False
+
+
+def test_the_server_state_dependency_runs_on_the_event_loop():
+    """A plain ``def`` dependency runs on anyio's thread pool: a thread hop for every request, /healthz included."""
+    import inspect
+
+    assert inspect.iscoroutinefunction(state_module.server_state)
 
 
 def test_a_declared_length_over_the_limit_is_413_before_the_body(model, uploads):

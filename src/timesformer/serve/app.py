@@ -106,6 +106,9 @@ async def _lifespan(app: FastAPI):
     state.batcher = batcher
     state.decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="timesformer-decode")
     state.explainer = ThreadPoolExecutor(1, thread_name_prefix="timesformer-explain")
+    # PyAV imported here, not by the first upload's decoding thread: its import holds the GIL ~70 ms (a loop stall)
+    with contextlib.suppress(ImportError):
+        import av  # noqa: F401
     if settings.warmup:  # a full batch before /healthz says ready: no request pays for the first one's allocations
         spec = predictor.spec
         clips = torch.zeros(settings.max_batch, spec.num_frames, 3, spec.crop_size, spec.crop_size)

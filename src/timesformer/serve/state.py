@@ -172,7 +172,8 @@ class ServerState:
             raise out_of_time(self.settings.request_timeout) from None
 
 
-def server_state(request: Request) -> ServerState:
+async def server_state(request: Request) -> ServerState:
+    """``async``: FastAPI runs a plain ``def`` dependency on anyio's thread pool, a thread hop for every request."""
     return request.app.state.server
 
 
