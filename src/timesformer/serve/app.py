@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -106,7 +107,7 @@ async def _lifespan(app: FastAPI):
     state.batcher = batcher
     state.decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="timesformer-decode")
     state.explainer = ThreadPoolExecutor(1, thread_name_prefix="timesformer-explain")
-    # PyAV imported here, not by the first upload's decoding thread: its import holds the GIL ~70 ms (a loop stall)
+    # PyAV imported here, not by the first upload's decoding thread: its import holds the GIL ~70 ms
     with contextlib.suppress(ImportError):
         import av  # noqa: F401
     if settings.warmup:  # a full batch before /healthz says ready: no request pays for the first one's allocations
@@ -114,11 +115,16 @@ async def _lifespan(app: FastAPI):
         clips = torch.zeros(settings.max_batch, spec.num_frames, 3, spec.crop_size, spec.crop_size)
         masks = torch.ones(settings.max_batch, spec.num_frames, dtype=torch.bool)
         await asyncio.wrap_future(batcher.submit(clips, masks))
+    # What start-up built (torch, the model) out of the collector's way: a full collection walked it all, ~90 ms
+    # holding the GIL (the event loop stalled on the first upload, whose allocations set one off).
+    gc.collect()
+    gc.freeze()
     state.ready = True
     try:
         yield
     finally:
         state.ready = False
+        gc.unfreeze()
         await asyncio.to_thread(batcher.close)
         for pool in (state.decoders, state.explainer):  # what is left of requests given up on: nothing waits for it
             pool.shutdown(wait=False, cancel_futures=True)
