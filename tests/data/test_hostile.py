@@ -92,10 +92,10 @@ print(json.dumps({{"added": peak() - before, "out": str(out)}}))
 """
 
 
-def _added_peak(path_name: str, video, small) -> dict:
-    script = SCRIPT.format(setup=PATHS[path_name])
+def _added_peak(setup: str, video, small) -> dict:
+    """``SCRIPT`` with ``setup`` in a fresh process: ``{"added": peak RSS bytes the work added, "out": its result}``."""
     proc = subprocess.run(
-        [sys.executable, "-c", script, str(video), str(small)],
+        [sys.executable, "-c", SCRIPT.format(setup=setup), str(video), str(small)],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -109,7 +109,7 @@ def _added_peak(path_name: str, video, small) -> dict:
 @pytest.mark.parametrize("path_name", list(PATHS))
 def test_a_clip_of_8000x8000_frames_adds_under_300_mib_of_peak_rss(huge, path_name):
     video, small = huge
-    found = _added_peak(path_name, video, small)
+    found = _added_peak(PATHS[path_name], video, small)
     assert found["added"] < BOUND_MIB * MIB, f"{path_name}: +{found['added'] / MIB:.0f} MiB"
     if path_name == "dataset-train":
         assert found["out"] == "torch.Size([8, 3, 224, 224])"
@@ -169,19 +169,16 @@ def test_a_16000x16000_frame_is_refused_at_the_default_limit_for_a_few_mib(tmp_p
     video = write_huge_frames(tmp_path / "huge16k.mp4", 16000, num_frames=1)
     small = tmp_path / "small.mp4"
     write_video(small, 30, size=64)
-    script = SCRIPT.format(
-        setup=(
-            "from timesformer.data import DecodeError, open_video\n"
-            "def run(p):\n"
-            "    try:\n"
-            "        with open_video(p) as r:\n"
-            "            return r.frames_at([0.0])[0].shape\n"
-            "    except DecodeError as err:\n"
-            "        return err"
-        )
+    setup = (
+        "from timesformer.data import DecodeError, open_video\n"
+        "def run(p):\n"
+        "    try:\n"
+        "        with open_video(p) as r:\n"
+        "            return r.frames_at([0.0])[0].shape\n"
+        "    except DecodeError as err:\n"
+        "        return err"
     )
-    proc = subprocess.run([sys.executable, "-c", script, str(video), str(small)], capture_output=True, text=True)
-    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    found = _added_peak(setup, video, small)
     assert "16000x16000 (256,000,000 pixels) are over the limit of 67,108,864" in found["out"]
     assert found["added"] < 150 * MIB
 
@@ -338,18 +335,14 @@ def test_frames_that_grow_mid_stream_stay_within_the_bound(tmp_path):
     path = write_growing_frames(tmp_path / "grows.ts", 64, 8000)
     small = tmp_path / "small.mp4"
     write_video(small, 30, size=64)
-    script = SCRIPT.format(
-        setup=(
-            "from timesformer.data import open_video\n"
-            "def run(p):\n"
-            "    with open_video(p, short_side=224) as r:\n"
-            "        frames, valid = r.frames_at([0.0, 0.5, 1.0, 1.04])\n"
-            "        return [valid.tolist(), r.partial]"
-        )
+    setup = (
+        "from timesformer.data import open_video\n"
+        "def run(p):\n"
+        "    with open_video(p, short_side=224) as r:\n"
+        "        frames, valid = r.frames_at([0.0, 0.5, 1.0, 1.04])\n"
+        "        return [valid.tolist(), r.partial]"
     )
-    proc = subprocess.run([sys.executable, "-c", script, str(path), str(small)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    found = _added_peak(setup, path, small)
     assert found["added"] < BOUND_MIB * MIB, f"+{found['added'] / MIB:.0f} MiB"
     if (os.cpu_count() or 1) >= 2:
         assert found["out"].startswith("[[True, True, True, False], ") and "decoding stopped at 1.00 s" in found["out"]

@@ -93,10 +93,17 @@ class ClipSpec:
         """A reader for ``path`` (``open_video``) that decodes frames no larger than this spec's clips need: short
         side scaled down to the largest training jitter, or to the test short side; frames over ``max_pixels``
         refused; decoding past ``deadline`` (``time.monotonic()`` seconds) a ``DecodeTimeout``."""
-        short_side = self.scale[1] if train else (self.short_side or self.crop_size)
         return open_video(
-            path, frames_fps=self.frames_fps, short_side=short_side, max_pixels=self.max_pixels, deadline=deadline
+            path,
+            frames_fps=self.frames_fps,
+            short_side=self.decode_side(train),
+            max_pixels=self.max_pixels,
+            deadline=deadline,
         )
+
+    def decode_side(self, train: bool) -> int:
+        """The short side frames are decoded to: the largest training jitter, or the test short side."""
+        return self.scale[1] if train else (self.short_side or self.crop_size)
 
     def times(self, duration: float, *, train: bool, clip_index: int = 0, generator=None) -> torch.Tensor:
         if self.sampling == "segment":

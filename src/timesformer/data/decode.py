@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from .transforms import short_side_size
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".ogv", ".flv", ".3gp")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -67,18 +68,6 @@ def open_video(
         raise DecodeError(f"{path}: can't read it ({err})") from None
     limits = dict(short_side=short_side, max_pixels=max_pixels, deadline=deadline)
     return FrameFolderReader(path, fps=frames_fps, **limits) if folder else VideoReader(path, **limits)
-
-
-def scaled_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
-    """``(width, height)`` with the shorter side brought down to ``short_side`` (never up; None: unchanged), rounded
-    as ``transforms.resize_short_side`` rounds, so a clip's resize to that side has nothing left to do."""
-    short = min(width, height)
-    if short_side is None or short <= short_side:
-        return width, height
-    scale = short_side / short
-    if height <= width:
-        return max(round(width * scale), 1), short_side
-    return short_side, max(round(height * scale), 1)
 
 
 TRIM_PIXELS = 4096 * 2160  # closing a video with larger frames gives the freed heap back (``trim_heap``)
@@ -142,12 +131,19 @@ def limit_decoder(stream, path, max_pixels: int):
 
 
 def frame_rgb(frame, short_side: int | None) -> np.ndarray:
-    """A decoded frame as ``H W 3`` uint8 RGB, its short side scaled down to ``short_side`` first, in the decoder's
-    own format (libswscale: area-weighted bilinear from YUV, one pass, no full-size RGB copy)."""
-    width, height = scaled_size(frame.width, frame.height, short_side)
-    if (width, height) == (frame.width, frame.height):
+    """A decoded frame as ``H W 3`` uint8 RGB, its short side scaled down to ``short_side`` first (never up; None:
+    full size) in the decoder's own format (libswscale: area-weighted bilinear from YUV, one pass, no full-size RGB
+    copy), to the size ``transforms.resize_short_side`` gives: a clip's resize to that side has nothing left to do."""
+    if short_side is None or min(frame.width, frame.height) <= short_side:
         return frame.to_ndarray(format="rgb24")
+    height, width = short_side_size(frame.height, frame.width, short_side)
     return frame.reformat(width=width, height=height, format="rgb24", interpolation="BILINEAR").to_ndarray()
+
+
+def check_deadline(path, deadline: float | None):
+    """``DecodeTimeout`` once ``deadline`` (``time.monotonic()`` seconds; None: none) has passed."""
+    if deadline is not None and time.monotonic() > deadline:
+        raise DecodeTimeout(f"{path}: decoding passed its deadline")
 
 
 # what PyAV and FFmpeg raise on damaged input (InvalidDataError is an FFmpegError and a ValueError ...); anything
@@ -278,17 +274,15 @@ class VideoReader:
         def rgb(frame) -> np.ndarray:
             if converted[0] is not frame:
                 check_frame(self.path, frame.width, frame.height, self.max_pixels)
-                array = frame_rgb(frame, self.short_side)
-                if shapes and array.shape != shapes[0]:  # a resolution switch that scales to another shape
+                array, first = frame_rgb(frame, self.short_side), converted[1]
+                if first is not None and array.shape != first.shape:  # a resolution switch to another shape
                     raise DecodeError(
-                        f"{self.path}: frames of {shapes[0][1]}x{shapes[0][0]} and {array.shape[1]}x{array.shape[0]} "
-                        "(after scaling) in one clip: the aspect ratio changes mid-stream"
+                        f"{self.path}: frames of {first.shape[1]}x{first.shape[0]} and {array.shape[1]}x"
+                        f"{array.shape[0]} (after scaling) in one clip: the aspect ratio changes mid-stream"
                     )
-                shapes.append(array.shape)
                 converted[:] = frame, array
             return converted[1]
 
-        shapes = []
         ctx = self.stream.codec_context
         reorder = 16 / self.fps  # decoding runs ahead of display by the B-frame reorder depth: stay clear of it
         j, prev, last, seeked = 0, None, None, 0
@@ -298,8 +292,7 @@ class VideoReader:
                 restart = False
                 for packet in self.container.demux(self.stream):
                     # per packet: a packet may decode to no frame (a stream without its keyframe) at full cost
-                    if self.deadline is not None and time.monotonic() > self.deadline:
-                        raise DecodeTimeout(f"{self.path}: decoding passed its deadline")
+                    check_deadline(self.path, self.deadline)
                     for frame in packet.decode():
                         self.frames_decoded += 1
                         now = self._time(frame)
@@ -393,8 +386,7 @@ class FrameFolderReader:
         for s in times:
             i = self.index_at(float(s))
             if i not in cache:
-                if self.deadline is not None and time.monotonic() > self.deadline:
-                    raise DecodeTimeout(f"{self.path}: decoding passed its deadline")
+                check_deadline(self.path, self.deadline)
                 cache[i] = self._image(av, self.files[i])
             frames.append(cache[i])
         video = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)

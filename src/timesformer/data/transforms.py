@@ -15,13 +15,18 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 OFFICIAL_MEAN, OFFICIAL_STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)  # PySlowFast / TimeSformer defaults
 
 
+def short_side_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """``(height, width)`` scaled so the shorter side is ``size``, the other rounded (at least 1)."""
+    scale = size / min(height, width)
+    return (size, max(round(width * scale), 1)) if height <= width else (max(round(height * scale), 1), size)
+
+
 def resize_short_side(video: torch.Tensor, size: int) -> torch.Tensor:
     """Bilinear (antialiased) resize so the shorter side is ``size``: ``t c H W -> t c H' W'`` float."""
     h, w = video.shape[-2:]
     if min(h, w) == size:
         return video.float()
-    scale = size / min(h, w)
-    new = (size, max(round(w * scale), 1)) if h <= w else (max(round(h * scale), 1), size)
+    new = short_side_size(h, w, size)
     return F.interpolate(video.float(), size=new, mode="bilinear", align_corners=False, antialias=True)
 
 

@@ -173,8 +173,7 @@ class Predictor:
         from .stream import frames_from, stream_predictions
 
         if isinstance(frames, str | os.PathLike):
-            short_side = self.spec.short_side or self.spec.crop_size
-            frames = frames_from(str(frames), short_side=short_side, max_pixels=self.spec.max_pixels)
+            frames = frames_from(str(frames), short_side=self.spec.decode_side(False), max_pixels=self.spec.max_pixels)
 
         return stream_predictions(self, frames, every=every, smooth=smooth, topk=topk, realtime=realtime)
 

@@ -134,11 +134,7 @@ class ServerState:
         """``fn(*args, **kwargs)`` on a decoding thread, one of ``request``'s jobs: the event loop never computes. A
         request cancelled (its deadline) before the call starts skips it; a ``DecodeTimeout`` (a decode that passed
         the request's deadline) is a 503 with ``Retry-After``."""
-        future = request.state.jobs.add(self.decoders.submit(fn, *args, **kwargs))
-        try:
-            return await asyncio.wrap_future(future)
-        except DecodeTimeout:
-            raise out_of_time(self.settings.request_timeout) from None
+        return await self._outcome(request.state.jobs.add(self.decoders.submit(fn, *args, **kwargs)))
 
     async def explain(self, request: Request, fn, *args):
         """``fn(*args)`` on the one explaining thread, after the rollouts before it (at most ``queue_size`` running or
@@ -148,6 +144,10 @@ class ServerState:
             raise BadRequest(503, "the server is busy explaining; retry shortly", {"Retry-After": "5"})
         future = request.state.jobs.add(self.explainer.submit(fn, *args))
         self._explaining.add(future)
+        return await self._outcome(future)
+
+    async def _outcome(self, future: Future):
+        """A thread's result; a ``DecodeTimeout`` (a decode that passed the request's deadline) is a 503."""
         try:
             return await asyncio.wrap_future(future)
         except DecodeTimeout:
