@@ -219,9 +219,9 @@ def bad_files_report(bad: list) -> dict:
 
 
 def collate(samples: list[dict]) -> dict:
-    """Stack good samples (``video: b t c S S``, ``mask: b t``, ``label: b`` or ``b classes``); list the bad ones
-    (and the partial ones, which stay in the batch) in ``bad`` as ``(path, error)``. A batch may end up empty
-    (``video`` is None)."""
+    """Stack good samples (``video: b t c S S``, ``mask: b t``, ``label: b`` or ``b classes``; ``complete``: every
+    frame is real); list the bad ones (and the partial ones, which stay in the batch) in ``bad`` as
+    ``(path, error)``. A batch may end up empty (``video`` is None)."""
     good = [s for s in samples if "error" not in s]
     batch = {
         "bad": [(s["path"], s["error"]) for s in samples if "error" in s]
@@ -231,6 +231,7 @@ def collate(samples: list[dict]) -> dict:
         return {**batch, "video": None}
     batch["video"] = torch.stack([s["video"] for s in good])
     batch["mask"] = torch.stack([s["mask"] for s in good])
+    batch["complete"] = bool(batch["mask"].all())  # read here, on the CPU: no mask to pass, no device sync
     labels = [s["label"] for s in good]
     batch["label"] = torch.stack(labels) if isinstance(labels[0], torch.Tensor) else torch.tensor(labels)
     batch["index"] = torch.tensor([s["index"] for s in good])

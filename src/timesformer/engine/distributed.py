@@ -1,7 +1,8 @@
 """torchrun / DDP plumbing: one process per device, gloo on CPU and NCCL on GPU.
 
 Every collective here is called by all ranks at the same point of the loop; ``any_across`` is how ranks agree on
-a decision (skip a batch, stop), so none of them ever waits alone in a collective the others have left.
+a decision (skip a batch, stop), so none of them ever waits alone in a collective the others have left. Those
+decisions are host values: they travel on a CPU (gloo) group, so agreeing on one never waits for the GPU.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    control: object = None  # the process group host decisions travel on (gloo); None: the default group is gloo
 
     @property
     def main(self) -> bool:
@@ -46,7 +48,14 @@ def setup(device: torch.device) -> Dist:
             dist.init_process_group(backend=backend)
         else:
             dist.init_process_group(backend=backend, store=store, rank=int(os.environ["RANK"]), world_size=world)
-    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    # NCCL moves device tensors only: a host flag sent through it would cost a copy to the GPU and a sync back
+    control = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
+    return Dist(
+        rank=dist.get_rank(),
+        world=dist.get_world_size(),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        control=control,
+    )
 
 
 def _attempt_store(world: int):
@@ -99,12 +108,13 @@ def mean_across(d: Dist, value: torch.Tensor) -> torch.Tensor:
     return value / d.world
 
 
-def any_across(d: Dist, *flags: bool, device: torch.device | None = None) -> list[bool]:
-    """Each flag, true if it is true on any rank: one all-reduce, the same answer everywhere."""
+def any_across(d: Dist, *flags: bool) -> list[bool]:
+    """Each host flag, true if it is true on any rank: one all-reduce on the CPU group, the same answer
+    everywhere."""
     if not d.enabled:
         return [bool(f) for f in flags]
-    t = torch.tensor([float(bool(f)) for f in flags], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    t = torch.tensor([float(bool(f)) for f in flags])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=d.control)
     return [bool(v) for v in t.tolist()]
 
 
@@ -164,14 +174,14 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         order = (
-            torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+            torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
             if self.shuffle
-            else torch.arange(self.n)
+            else list(range(self.n))
         )
         per = self.global_batch // self.d.world
         for b in range(self.start, self.batches):
             start = b * self.global_batch + self.d.rank * per
-            yield from order[start : start + per].tolist()
+            yield from order[start : start + per]
 
 
 class ShardSampler(torch.utils.data.Sampler):

@@ -38,7 +38,7 @@ from .checkpoint import find_checkpoint, load_state, rng_state, save_checkpoint,
 from .config import RunConfig, RunError, check_resume, load_run_config, to_dict
 from .device import autocast, pick_device
 from .evaluate import predict_views, summarise
-from .optim import EMA, build_optimizer, lr_at
+from .optim import EMA, build_optimizer, lr_at, step_unless
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ class Run:
     board: object = None  # a TensorBoard writer, when installed (rank 0)
     eager_model: torch.nn.Module | None = None  # with optim.compile: ``train_model`` before compiling
     compiled_ran: bool = False  # the compiled forward has run once
+    pending: list = field(default_factory=list)  # steps the device has not reported yet (``_flush``)
 
     @property
     def total_steps(self) -> int:
@@ -138,7 +139,7 @@ def fit(
             metrics = validate(run) if run.val_loader is not None and validate_epochs else {}
             end_epoch(run, metrics)
             epochs += 1
-            out_of_time = distr.any_across(d, deadline is not None and time.time() > deadline, device=device)[0]
+            out_of_time = distr.any_across(d, deadline is not None and time.time() > deadline)[0]
             if (stop_after_epochs and epochs >= stop_after_epochs) or out_of_time:
                 stopped = run.pos.epoch < o.epochs
                 break
@@ -205,6 +206,7 @@ def build_run(
         sampler=sampler,
         num_workers=cfg.data.workers,
         collate_fn=collate,
+        pin_memory=device.type == "cuda",  # copies to the GPU that overlap its work
         generator=torch.Generator().manual_seed(o.seed + d.rank),
     )
     val_loader = None
@@ -398,14 +400,30 @@ def _rebatch(pos: Position, batch_size: int, accum_steps: int, o) -> None:
 
 
 # --- one training epoch ------------------------------------------------------------------------------------
+# The hot path never waits for the device: losses, the gradient norm and the decision to skip a non-finite step
+# stay there (one collective a step averages the losses across ranks). ``_flush`` brings them to the host, in one
+# copy, every ``log_every`` steps, before a checkpoint and at the epoch's end: it then logs, counts skipped steps
+# and stops the run past ``optim.skip_nonfinite``. Where the optimizer can't skip a step on the device (the CPU's
+# per-tensor loop), the skip is read on the host: one sync a step, free on a CPU.
 @dataclass
 class _Accumulated:
     """The micro-batches of one optimiser step."""
 
     contributed: int = 0  # micro-batches that reached backward
     synced: bool = False  # the last of them all-reduced the gradients (DDP)
-    losses: list = field(default_factory=list)
-    nonfinite: float | None = None  # the first non-finite loss among them
+    losses: list = field(default_factory=list)  # this rank's loss of each, 0-d tensors on the device
+
+
+@dataclass
+class _Step:
+    """An optimiser step as the device saw it, until ``_flush`` reads it."""
+
+    step: int
+    epoch: int
+    lr: float
+    losses: torch.Tensor | None = None  # (micro-batches,) the mean across ranks; None: no micro-batch had data
+    norm: torch.Tensor | None = None  # the gradient norm before clipping
+    bad: torch.Tensor | None = None  # non-finite loss, or gradients (without fp16's scaler): counted as skipped
 
 
 def train_one_epoch(run: Run, *, progress=None, deadline: float | None = None) -> bool:
@@ -418,29 +436,24 @@ def train_one_epoch(run: Run, *, progress=None, deadline: float | None = None) -
     if hasattr(run.train_loader.dataset, "set_epoch"):
         run.train_loader.dataset.set_epoch(pos.epoch)
     run.train_model.train()
-    acc, clips, t0 = _Accumulated(), 0, time.time()
-    for batch in run.train_loader:
-        pos.bad += batch["bad"]
-        final = (pos.batch + 1) % o.accum_steps == 0
-        empty, late = distr.any_across(
-            d, batch["video"] is None, final and deadline is not None and time.time() > deadline, device=run.device
+    clips, t0 = 0, time.time()
+    for micro_batches in _by_step(run.train_loader, o.accum_steps):
+        for batch in micro_batches:
+            pos.bad += batch["bad"]
+        # one host all-reduce a step: a micro-batch that some rank has no data for is skipped by every rank (the
+        # others would wait in backward's all-reduce), and every rank stops at the time limit together
+        *empty, late = distr.any_across(
+            d, *(batch["video"] is None for batch in micro_batches), deadline is not None and time.time() > deadline
         )
-        if empty:  # on some rank: every rank skips it, or the others would wait in backward's all-reduce
-            acc.synced = False
-        else:
-            loss = _forward_backward(run, batch, sync=final)
-            acc.contributed, acc.synced = acc.contributed + 1, final
-            if math.isfinite(loss):
-                acc.losses.append(loss)
-                pos.loss_sum, pos.loss_count = pos.loss_sum + loss, pos.loss_count + 1
-            elif acc.nonfinite is None:
-                acc.nonfinite = loss
-            clips += len(batch["label"]) * d.world
-        pos.batch += 1
-        if not final:
-            continue
-        lr = _optimizer_step(run, acc)
         acc = _Accumulated()
+        for i, (batch, skip) in enumerate(zip(micro_batches, empty)):
+            final = i == len(micro_batches) - 1
+            if not skip:
+                acc.losses.append(_forward_backward(run, batch, sync=final))
+                clips += len(batch["label"]) * d.world
+            acc.contributed, acc.synced = acc.contributed + (not skip), final and not skip
+            pos.batch += 1
+        lr = _optimizer_step(run, acc)
         if progress and d.main:
             loss_text = f"loss {pos.loss_sum / max(pos.loss_count, 1):.3f} " if pos.loss_count else ""
             progress(
@@ -452,18 +465,32 @@ def train_one_epoch(run: Run, *, progress=None, deadline: float | None = None) -
                 return False
             if o.save_every_steps and pos.step % o.save_every_steps == 0:
                 save_run(run)
+    _flush(run)
     return True
 
 
-def _forward_backward(run: Run, batch: dict, *, sync: bool) -> float:
-    """Loss of one micro-batch (its mean across ranks), gradients added to ``.grad``; DDP all-reduces them only
-    when ``sync`` (the step's last micro-batch)."""
+def _by_step(loader, accum_steps: int):
+    """The loader's micro-batches in lists of one optimiser step each (an epoch, and a resumed one, starts at a
+    step's first micro-batch and holds whole steps)."""
+    step = []
+    for batch in loader:
+        step.append(batch)
+        if len(step) == accum_steps:
+            yield step
+            step = []
+    if step:
+        yield step
+
+
+def _forward_backward(run: Run, batch: dict, *, sync: bool) -> torch.Tensor:
+    """This rank's loss of one micro-batch (0-d, on the device), gradients added to ``.grad``; DDP all-reduces
+    them only when ``sync`` (the step's last micro-batch)."""
     o = run.cfg.optim
     video, mask, label = (batch[k].to(run.device, non_blocking=True) for k in ("video", "mask", "label"))
     no_sync = run.train_model.no_sync() if run.d.enabled and not sync else contextlib.nullcontext()
     with no_sync:
         with autocast(run.device, o.precision):
-            logits = _train_forward(run, video, None if bool(mask.all()) else mask)
+            logits = _train_forward(run, video, None if batch["complete"] else mask)
         logits = logits.float()
         if run.multi_label:
             loss = F.binary_cross_entropy_with_logits(logits, label.float())
@@ -471,7 +498,7 @@ def _forward_backward(run: Run, batch: dict, *, sync: bool) -> float:
             loss = F.cross_entropy(logits, label, label_smoothing=o.label_smoothing)
         scaled = loss / o.accum_steps
         (run.scaler.scale(scaled) if run.scaler else scaled).backward()
-    return distr.mean_across(run.d, loss.detach()).item()
+    return loss.detach()
 
 
 def _train_forward(run: Run, video: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -499,7 +526,8 @@ def _train_forward(run: Run, video: torch.Tensor, mask: torch.Tensor | None) -> 
 
 
 def _optimizer_step(run: Run, acc: _Accumulated) -> float:
-    """Apply the accumulated gradients, or skip a step whose loss or gradients are not finite; returns its lr."""
+    """Apply the accumulated gradients, unless the step's loss or gradients are not finite (then the weights, the
+    optimizer and the EMA stay as they were); returns its lr. Decided on the device: ``_flush`` reports it."""
     o, pos, d = run.cfg.optim, run.pos, run.d
     # the schedule follows the position in the data (the same as the step count, unless a resume changed the batch)
     lr = lr_at(
@@ -510,63 +538,84 @@ def _optimizer_step(run: Run, acc: _Accumulated) -> float:
         min_lr=o.min_lr,
         schedule=o.schedule,
     )
-    problem, norm = (f"loss ({acc.nonfinite})" if acc.nonfinite is not None else None), None
-    if problem is None and acc.contributed:
+    record = _Step(step=pos.step + 1, epoch=pos.epoch + 1, lr=lr)
+    if acc.contributed:
+        record.losses = distr.mean_across(d, torch.stack(acc.losses))
         if d.enabled and not acc.synced:
             distr.average_gradients(d, run.model.parameters())
         if run.scaler:
             run.scaler.unscale_(run.optimizer)
         grads = [p.grad for p in run.model.parameters() if p.grad is not None]
         if acc.contributed < o.accum_steps:  # each micro-batch's loss was divided by accum_steps
-            for g in grads:
-                g.mul_(o.accum_steps / acc.contributed)
-        norm = _norm(grads)
-        if not math.isfinite(norm) and run.scaler is None:  # fp16's scaler skips such steps itself
-            problem = f"gradients (norm {norm})"
-    if problem is not None:
-        pos.skipped += 1
-        _log(run, {"step": pos.step + 1, "epoch": pos.epoch + 1, "skipped": f"non-finite {problem}"})
-        if pos.skipped > o.skip_nonfinite:
-            raise RunError(
-                f"non-finite {problem} at step {pos.step + 1} (epoch {pos.epoch + 1}); last good "
-                f"checkpoint: {_last_good(run)}. Lower optim.lr, set optim.clip_grad, or let "
-                f"optim.skip_nonfinite=N skip up to N such steps"
-            )
-    elif acc.contributed:
-        if o.clip_grad > 0 and norm > o.clip_grad:
-            for g in grads:
-                g.mul_(o.clip_grad / (norm + 1e-6))
+            torch._foreach_mul_(grads, o.accum_steps / acc.contributed)
+        record.norm = _norm(grads, run.device)
+        finite_norm = torch.isfinite(record.norm)
+        record.bad = ~torch.isfinite(record.losses).all()
+        if run.scaler is None:  # fp16's scaler skips overflowing steps itself, as a matter of course
+            record.bad = record.bad | ~finite_norm
+        skip = record.bad | ~finite_norm
+        if o.clip_grad > 0:  # the factor in float64, as clip/(norm + eps) in Python: the same weights as ever
+            norm64 = record.norm.double()
+            torch._foreach_mul_(grads, torch.where(norm64 > o.clip_grad, o.clip_grad / (norm64 + 1e-6), 1.0).float())
         for group in run.optimizer.param_groups:
             group["lr"] = lr
-        applied = True
+        applied = step_unless(run.optimizer, skip)
         if run.scaler:
-            scale = run.scaler.get_scale()
-            run.scaler.step(run.optimizer)
-            run.scaler.update()
-            applied = run.scaler.get_scale() >= scale  # the scaler lowers its scale when it skips a step
-            if run.scaler.get_scale() < 1.0:
-                raise RunError(
-                    f"fp16 loss scale fell to {run.scaler.get_scale():g} at step {pos.step + 1}: the "
-                    f"gradients overflow fp16 even unscaled; last good checkpoint: {_last_good(run)}. "
-                    f"Use optim.precision=bf16, or lower optim.lr"
-                )
-        else:
-            run.optimizer.step()
-        if run.ema is not None and applied:
-            run.ema.update(run.model)
+            run.scaler.update()  # lowers the scale after an overflow; a scale below 1 stops the run (_flush)
+        if run.ema is not None:
+            run.ema.update(run.model, skip=skip)
     run.optimizer.zero_grad(set_to_none=True)
     pos.step += 1
-    if problem is None and acc.losses and pos.step % o.log_every == 0:  # a skipped step has its own record
-        record = {"step": pos.step, "epoch": pos.epoch + 1, "loss": sum(acc.losses) / len(acc.losses), "lr": lr}
-        _log(run, {**record, "grad_norm": norm} if norm is not None and math.isfinite(norm) else record)
+    run.pending.append(record)
+    if pos.step % o.log_every == 0 or applied is False:  # a skip read on the host anyway is reported at its step
+        _flush(run)
     return lr
 
 
-def _norm(grads: list) -> float:
-    """The global L2 norm of ``grads`` (one sync on a GPU)."""
+def _norm(grads: list, device: torch.device) -> torch.Tensor:
+    """The global L2 norm of ``grads``, 0-d on ``device``."""
     if not grads:
-        return 0.0
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item()
+        return torch.zeros((), device=device)
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+def _flush(run: Run) -> None:
+    """Bring the steps since the last flush to the host (one copy): add their losses to the epoch's, log them,
+    count the skipped ones, and stop the run past ``optim.skip_nonfinite`` or when fp16's loss scale fell below 1.
+    Every rank flushes at the same steps and reads the same values (the losses are averaged across ranks, the
+    gradients all-reduced), so every rank stops together."""
+    o, pos, steps = run.cfg.optim, run.pos, run.pending
+    if not steps:
+        return
+    run.pending = []
+    parts = [t.reshape(-1).float() for s in steps if s.losses is not None for t in (s.losses, s.norm, s.bad)]
+    values = iter(torch.cat(parts).tolist() if parts else [])
+    for s in steps:
+        if s.losses is None:
+            continue
+        losses = [next(values) for _ in range(len(s.losses))]
+        norm, bad = next(values), bool(next(values))
+        finite = [x for x in losses if math.isfinite(x)]
+        pos.loss_sum, pos.loss_count = pos.loss_sum + sum(finite), pos.loss_count + len(finite)
+        if bad:
+            nonfinite = next((x for x in losses if not math.isfinite(x)), None)
+            problem = f"loss ({nonfinite})" if nonfinite is not None else f"gradients (norm {norm})"
+            pos.skipped += 1
+            _log(run, {"step": s.step, "epoch": s.epoch, "skipped": f"non-finite {problem}"})
+            if pos.skipped > o.skip_nonfinite:
+                raise RunError(
+                    f"non-finite {problem} at step {s.step} (epoch {s.epoch}); last good "
+                    f"checkpoint: {_last_good(run)}. Lower optim.lr, set optim.clip_grad, or let "
+                    f"optim.skip_nonfinite=N skip up to N such steps"
+                )
+        elif s.step % o.log_every == 0:
+            record = {"step": s.step, "epoch": s.epoch, "loss": sum(losses) / len(losses), "lr": s.lr}
+            _log(run, {**record, "grad_norm": norm} if math.isfinite(norm) else record)
+    if run.scaler is not None and run.scaler.get_scale() < 1.0:
+        raise RunError(
+            f"fp16 loss scale fell to {run.scaler.get_scale():g} by step {pos.step}: the gradients overflow fp16 "
+            f"even unscaled; last good checkpoint: {_last_good(run)}. Use optim.precision=bf16, or lower optim.lr"
+        )
 
 
 # --- validation, the end of an epoch, checkpoints ----------------------------------------------------------
@@ -620,6 +669,7 @@ def save_run(run: Run, tags=("last",)) -> None:
     """Checkpoint the run as ``tags``, in that order (``best`` holds the EMA weights when there is an EMA). Every
     rank calls it:
     it gathers each rank's RNG state and bad files; rank 0 writes. Non-finite weights are never written."""
+    _flush(run)  # the checkpoint holds every step's loss and skip
     d, pos = run.d, run.pos
     models = {"last": run.model, "best": run.ema.module if run.ema is not None else run.model}
     for tag in {id(models[t]): t for t in tags}.values():  # each distinct model checked once

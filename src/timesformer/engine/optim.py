@@ -23,12 +23,41 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, *, name: str, lr: float, weight_decay: float, momentum: float = 0.9):
+def build_optimizer(
+    model: nn.Module, *, name: str, lr: float, weight_decay: float, momentum: float = 0.9, fused: bool | None = None
+):
+    """AdamW or SGD (momentum, Nesterov). ``fused`` (default: on CUDA) picks torch's fused kernels: one launch for
+    all parameters, and a step that can be skipped on the device (``can_skip_on_device``), so a non-finite step
+    costs no host sync. The CPU default stays the per-tensor loop, whose results earlier runs reproduce."""
     check_choice("optim.optimizer", name, OPTIMIZERS)
     groups = param_groups(model, weight_decay)
+    if fused is None:
+        fused = any(p.is_cuda for group in groups for p in group["params"])
+    kw = {"fused": True} if fused else {}
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), **kw)
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True, **kw)
+
+
+def can_skip_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step()`` honours a ``found_inf`` tensor (torch's fused optimizers): where it is 1, the
+    step leaves the weights and the optimizer's state (its step count too) as they were."""
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+
+
+def step_unless(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> bool | None:
+    """``optimizer.step()`` where ``skip`` (a bool tensor) is False. Decided on the device when the optimizer can
+    (no sync; returns None), else on the host (returns whether it stepped)."""
+    if not can_skip_on_device(optimizer):
+        if bool(skip):
+            return False
+        optimizer.step()
+        return True
+    optimizer.grad_scale, optimizer.found_inf = None, skip.float()  # what GradScaler hands a fused optimizer
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.grad_scale, optimizer.found_inf
 
 
 def lr_at(step: int, *, base: float, total: int, warmup: int, min_lr: float = 0.0, schedule: str = "cosine") -> float:
@@ -52,12 +81,17 @@ class EMA:
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, model: nn.Module):
+    def update(self, model: nn.Module, skip: torch.Tensor | None = None):
+        """Move the average towards ``model``'s weights; not at all where ``skip`` (a bool tensor on the device:
+        the optimizer skipped its step) is True, decided on the device without a sync."""
+        weights = {}  # lerp takes a tensor weight of the tensor's own dtype
         for mine, theirs in zip(self.module.state_dict().values(), model.state_dict().values()):
-            if mine.dtype.is_floating_point:
-                mine.mul_(self.decay).add_(theirs.detach(), alpha=1 - self.decay)
-            else:
+            if not mine.dtype.is_floating_point:
                 mine.copy_(theirs)
+                continue
+            if mine.dtype not in weights:
+                weights[mine.dtype] = 1 - self.decay if skip is None else (~skip).to(mine.dtype) * (1 - self.decay)
+            mine.lerp_(theirs.detach(), weights[mine.dtype])
 
     def state_dict(self) -> dict:
         return self.module.state_dict()
