@@ -583,9 +583,9 @@ def _non_negative_float(text: str) -> float:
 def _fast_options(parser):
     parser.add_argument(
         "--precision",
-        choices=("fp32", "bf16", "int8"),
+        choices=("fp32", "bf16", "fp16", "int8"),
         default="fp32",
-        help="bf16: weights cast once; int8: quantized linear layers (CPU); default fp32",
+        help="bf16/fp16: weights cast once (fp16 for GPUs); int8: quantized linear layers (CPU); default fp32",
     )
     parser.add_argument(
         "--compile",

@@ -2,6 +2,7 @@
 
 - ``fp32``: the model as it is.
 - ``bf16``: the weights cast to bfloat16 once (no per-op autocast casts); inputs follow, logits come back fp32.
+- ``fp16``: the same in float16 (GPUs; on a CPU it runs, slowly).
 - ``int8``: every linear map (qkv, projections, MLPs, head: nearly all the FLOPs) runs on int8 weights and
   activations. Two methods, by what is available:
 
@@ -13,7 +14,10 @@
     batch at run time; no calibration, runs eagerly.
 
 - ``compile``: ``torch.compile`` (inductor, freezing the weights as constants) on top; where inductor fails --
-  no C++ compiler, an unsupported op -- a warning says why and the module runs eagerly (int8: dynamic).
+  no C++ compiler, an unsupported op -- a warning says why and the module runs eagerly (int8: dynamic). On CUDA
+  it also captures CUDA graphs (``mode="reduce-overhead"``), one per input shape: a call replays its kernels in
+  one launch, which is what small batches are bound by. Each call's logits are its own (copied out of the graph's
+  memory).
 
 The result is an inference-only module with the model's ``forward(video, mask=None)``, ``forward_features``,
 ``forward_tokens`` and ``config``. It holds a copy: the model passed in is left unchanged, and later changes to
@@ -36,7 +40,8 @@ from .errors import UserError
 from .fused import fold_stage_fc, fuse, unfuse
 from .model import TimeSformer
 
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def torchao_pt2e():
@@ -182,7 +187,8 @@ class OptimizedTimeSformer(nn.Module):
     ):
         super().__init__()
         self.model, self.precision, self.config, self.method = model, precision, model.config, method
-        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        self.dtype = HALF.get(precision, torch.float32)
+        self.graphs = compile and method != "int8-static" and next(model.parameters()).is_cuda  # CUDA graphs
         self.use_compile = compile
         self._calibration = calibration
         self._dynamic = None  # int8-static's fallback: the dynamically quantized copy, made when first needed
@@ -217,7 +223,7 @@ class OptimizedTimeSformer(nn.Module):
         if not self.use_compile:
             return self._eager(name)
         if self.method != "int8-static":
-            fn = torch.compile(self._eager(name))
+            fn = torch.compile(self._eager(name), mode="reduce-overhead" if self.graphs else None)
         else:
             calibration = [c for c in self._calibration or () if c.shape[1:] == video.shape[1:]]
             if not calibration:
@@ -269,7 +275,10 @@ class OptimizedTimeSformer(nn.Module):
                 # pre-packs (the global setting: compile's options={"freezing": True} skips the int8 lowering)
                 with autocast, torch._inductor.config.patch(freezing=True), warnings.catch_warnings():
                     warnings.filterwarnings("ignore", "To copy construct from a tensor")  # inside inductor's int8
-                    out = fn(*args).float()
+                    if self.graphs:  # a new replay: the last one's outputs were copied out, its memory is free
+                        torch.compiler.cudagraph_mark_step_begin()
+                    out = fn(*args)
+                    out = out.clone() if self.graphs and out.dtype == torch.float32 else out.float()
                 self._ran.add(key)
                 return out
             except torch.OutOfMemoryError:
@@ -325,7 +334,8 @@ def optimize(
     device: str | torch.device | None = None,
     calibration: torch.Tensor | Iterable[torch.Tensor] | None = None,
 ) -> OptimizedTimeSformer:
-    """An inference copy of ``model`` in ``precision`` ("fp32", "bf16" or "int8"), compiled when ``compile``.
+    """An inference copy of ``model`` in ``precision`` ("fp32", "bf16", "fp16" or "int8"), compiled when
+    ``compile`` (with CUDA graphs on a GPU).
 
     Args:
         example: a clip ``b t c H W`` to run once now, so compiling (and any fallback to eager) happens here
@@ -335,7 +345,7 @@ def optimize(
             ranges set the int8 scales. Without it, the first input of each shape calibrates its graph: pass a
             few clips of the data the model will see (8 or more) for scales that fit all of it.
 
-    The chosen method is ``.method``: "fp32", "bf16", "int8-static" or "int8-dynamic".
+    The chosen method is ``.method``: "fp32", "bf16", "fp16", "int8-static" or "int8-dynamic".
     """
     if precision not in PRECISIONS:
         raise UserError(f"precision must be one of {PRECISIONS}; got {precision!r}")
@@ -359,8 +369,8 @@ def optimize(
     else:
         fold_stage_fc(fast)
     fuse(fast, mlp=False, fold=False, quiet=True)  # the attention kernel measured fastest for inference
-    if precision == "bf16":
-        fast = fast.to(torch.bfloat16)
+    if precision in HALF:
+        fast = fast.to(HALF[precision])
     out = OptimizedTimeSformer(fast, precision, compile, method, _clips(calibration))
     if example is not None:
         out(example)

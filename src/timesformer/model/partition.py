@@ -108,6 +108,7 @@ class IndexPartition(Partition):
         tt, yy, xx = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
         return _group_index(self.ids_fn(tt.flatten(), yy.flatten(), xx.flatten(), (t, h, w)))
 
+    @functools.lru_cache(maxsize=32)  # noqa: B019 -- once per device: a copy each forward would wait for the GPU
     def _index(self, t, h, w, device):
         index, inverse, slot = self._cpu_index(t, h, w)
         return index.to(device), inverse.to(device), None if slot is None else slot.to(device)
