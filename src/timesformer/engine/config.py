@@ -55,6 +55,9 @@ class OptimConfig:
     lr: float = 1e-3
     min_lr: float = 1e-5
     weight_decay: float = 0.05  # not on norms, biases, embeddings
+    # layer-wise lr decay (fine-tuning, as BEiT/VideoMAE): of depth d, block i at lr x decay^(d - i), the embeddings
+    # at decay^(d + 1), the head at 1; 1 = off
+    layer_decay: float = 1.0
     momentum: float = 0.9
     schedule: str = "cosine"  # cosine | constant (after warmup)
     warmup_steps: int = 100
@@ -187,6 +190,8 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -
     cfg = _build(RunConfig, data)
     check_choice("optim.optimizer", cfg.optim.optimizer, OPTIMIZERS)
     check_choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
+    if not 0 < cfg.optim.layer_decay <= 1:
+        raise RunError(f"optim.layer_decay must be in (0, 1] (1 = off); got {cfg.optim.layer_decay}")
     if not isinstance(cfg.data.max_pixels, int) or cfg.data.max_pixels < 1:
         raise RunError(f"data.max_pixels must be a positive pixel count (width x height); got {cfg.data.max_pixels!r}")
     return cfg
@@ -246,7 +251,16 @@ def to_dict(cfg: RunConfig) -> dict:
 # A resumed run keeps what its weights, its optimiser state and its position mean: the model, its classes, the data,
 # the seed that orders it and the optimiser. The optimiser's settings, epochs, batch size, the device, precision,
 # time limits and loader workers may change.
-_FIXED_ON_RESUME = ("model", "model_args", "pretrained", "freeze_backbone", "data", "optim.seed", "optim.optimizer")
+_FIXED_ON_RESUME = (
+    "model",
+    "model_args",
+    "pretrained",
+    "freeze_backbone",
+    "data",
+    "optim.seed",
+    "optim.optimizer",
+    "optim.layer_decay",  # it shapes the optimiser's parameter groups
+)
 _FREE_ON_RESUME = ("data.workers",)
 
 

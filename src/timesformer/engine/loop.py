@@ -227,7 +227,14 @@ def build_run(
         classes=classes,
         model=model,
         train_model=model,
-        optimizer=build_optimizer(model, name=o.optimizer, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum),
+        optimizer=build_optimizer(
+            model,
+            name=o.optimizer,
+            lr=o.lr,
+            weight_decay=o.weight_decay,
+            momentum=o.momentum,
+            layer_decay=o.layer_decay,
+        ),
         scaler=torch.amp.GradScaler("cuda") if o.precision == "fp16" else None,
         ema=EMA(model, o.ema_decay) if o.ema_decay > 0 else None,
         sampler=sampler,
@@ -558,7 +565,7 @@ def _optimizer_step(run: Run, acc: _Accumulated) -> float:
             norm64 = record.norm.double()
             torch._foreach_mul_(grads, torch.where(norm64 > o.clip_grad, o.clip_grad / (norm64 + 1e-6), 1.0).float())
         for group in run.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         applied = step_unless(run.optimizer, skip)
         if run.scaler:
             run.scaler.update()  # lowers the scale after an overflow; a scale below 1 stops the run (_flush)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 
 import torch
 from torch import nn
@@ -11,26 +12,59 @@ from torch import nn
 from .config import OPTIMIZERS, SCHEDULES, check_choice
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on weight matrices only: not on norms, biases, or the model's ``no_weight_decay()``
-    names (cls token, position and time tables)."""
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
+    """Weight decay on weight matrices only: not on norms, biases, or the model's ``no_weight_decay()`` names (cls
+    token, position and time tables).
+
+    ``layer_decay`` < 1 (BEiT's and VideoMAE's fine-tuning): each group gets an ``lr_scale``. Of ``depth`` blocks,
+    block ``i`` (0-based) trains at ``layer_decay ** (depth - i)`` of the lr, the embeddings below them at
+    ``layer_decay ** (depth + 1)``, the final norm and the head at 1: the pretrained features move least."""
     skip = set(getattr(model, "no_weight_decay", lambda: set())())
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or name in skip or name.split(".")[-1] in skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    depth = 1 + max((_block_index(name) for name, _ in named), default=-1)
+    groups = {}  # (layer, decayed) -> group, in the order first seen
+    for name, p in named:
+        decayed = not (p.ndim < 2 or name in skip or name.split(".")[-1] in skip)
+        layer = 0 if layer_decay == 1 else _layer(name, depth)
+        group = groups.setdefault((layer, decayed), {"params": [], "weight_decay": weight_decay if decayed else 0.0})
+        if layer_decay != 1:
+            group["lr_scale"] = layer_decay ** (depth + 1 - layer)
+        group["params"].append(p)
+    if layer_decay == 1:  # two groups, decayed first, as ever
+        return [groups.get((0, d), {"params": [], "weight_decay": weight_decay if d else 0.0}) for d in (True, False)]
+    return [groups[key] for key in sorted(groups, key=lambda k: (k[0], not k[1]))]
+
+
+def _block_index(name: str) -> int:
+    """``i`` of a parameter inside ``blocks.i`` (also under a wrapper's prefix: peft's ``base_model.model.``)."""
+    found = re.search(r"(?:^|\.)blocks\.(\d+)\.", name)
+    return int(found.group(1)) if found else -1
+
+
+def _layer(name: str, depth: int) -> int:
+    """0: the embeddings; ``i + 1``: block ``i``; ``depth + 1``: what follows the blocks (final norm, head)."""
+    block = _block_index(name)
+    if block >= 0:
+        return block + 1
+    return depth + 1 if re.search(r"(?:^|\.)(?:norm|fc_norm|head)\.", name) else 0
 
 
 def build_optimizer(
-    model: nn.Module, *, name: str, lr: float, weight_decay: float, momentum: float = 0.9, fused: bool | None = None
+    model: nn.Module,
+    *,
+    name: str,
+    lr: float,
+    weight_decay: float,
+    momentum: float = 0.9,
+    layer_decay: float = 1.0,
+    fused: bool | None = None,
 ):
     """AdamW or SGD (momentum, Nesterov). ``fused`` (default: on CUDA) picks torch's fused kernels: one launch for
     all parameters, and a step that can be skipped on the device (``can_skip_on_device``), so a non-finite step
-    costs no host sync. The CPU default stays the per-tensor loop, whose results earlier runs reproduce."""
+    costs no host sync. The CPU default stays the per-tensor loop, whose results earlier runs reproduce. A group's
+    ``lr_scale`` (``layer_decay``) multiplies the lr the schedule sets."""
     check_choice("optim.optimizer", name, OPTIMIZERS)
-    groups = param_groups(model, weight_decay)
+    groups = param_groups(model, weight_decay, layer_decay)
     if fused is None:
         fused = any(p.is_cuda for group in groups for p in group["params"])
     kw = {"fused": True} if fused else {}
