@@ -81,6 +81,22 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_data_check(args) -> int:
+    from .engine.config import run_config_for
+    from .engine.datacheck import check_data, format_report
+
+    cfg, _ = run_config_for(args.config, args.overrides)
+    bar = progress_bar(1, "opening videos", delay=0.5)
+    report = check_data(cfg, progress=lambda done, total: bar.advance(done, total, ""))
+    bar.close()
+    print(format_report(report))
+    if args.json:
+        from .files import write_json_atomic
+
+        write_json_atomic(args.json, report)
+    return 0
+
+
 def _first_rank() -> bool:
     """Not one of torchrun's other processes (they print nothing of their own)."""
     import os
@@ -815,6 +831,18 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--quantize", choices=("int8",), help="ONNX: write the int8 variant (dynamic quantization)")
     xp.add_argument("--overwrite", action="store_true")
     xp.set_defaults(func=cmd_export)
+
+    data = sub.add_parser("data", help="look at a dataset without training")
+    data = data.add_subparsers(dest="action", required=True)
+    check = data.add_parser(
+        "check",
+        help="clips per class and split, missing and unreadable files (with why), the duration range: of the data "
+        "a run config names (data.kind folder, list, ssv2, ucf101, hmdb51, rawframes or charades)",
+    )
+    check.add_argument("--config", help="YAML run config")
+    check.add_argument("overrides", nargs="*", help="section.key=value, e.g. data.kind=ucf101 data.split=2")
+    check.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    check.set_defaults(func=cmd_data_check)
 
     synth = sub.add_parser(
         "synth",

@@ -5,6 +5,7 @@ Imports torch and, when decoding, PyAV; never ``timesformer.model``.
 
 from .datasets import ClipSpec, VideoDataset, VideoFolder, VideoList, bad_files_report, collate, list_videos, read_list
 from .decode import DecodeError, DecodeTimeout, FrameFolderReader, VideoReader, open_video
+from .formats import FORMATS, read_format
 from .sampling import clip_start_times, dense_clip_times, segment_times
 from .synthetic import CLASSES, REVERSED_PAIRS, SyntheticMotion, write_synthetic
 from .transforms import EvalTransform, TrainTransform, center_crop, normalize, resize_short_side, three_crop
@@ -16,6 +17,7 @@ __all__ = [
     "DecodeError",
     "DecodeTimeout",
     "EvalTransform",
+    "FORMATS",
     "FrameFolderReader",
     "SyntheticMotion",
     "TrainTransform",
@@ -31,6 +33,7 @@ __all__ = [
     "list_videos",
     "normalize",
     "open_video",
+    "read_format",
     "read_list",
     "resize_short_side",
     "segment_times",

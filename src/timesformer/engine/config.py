@@ -29,10 +29,13 @@ SCHEDULES = ("cosine", "constant")
 
 @dataclass
 class DataConfig:
-    kind: str = "synthetic"  # synthetic | folder | list
-    train: str | None = None  # folder root or list file
-    val: str | None = None
-    root: str | None = None  # base folder of the paths in list files
+    # synthetic | folder | list | a dataset's own format: ssv2 | ucf101 | hmdb51 | rawframes | charades
+    kind: str = "synthetic"
+    train: str | None = None  # folder root, list file, or the format's annotations (file, or folder of split files)
+    val: str | None = None  # default for ssv2/ucf101/hmdb51 given a folder: its validation/test split
+    root: str | None = None  # base folder of the paths in list files (the videos)
+    split: int = 1  # ucf101 / hmdb51: which of the official train/test splits
+    labels: str | None = None  # the format's class list where it is not beside the annotations
     num_frames: int = 8
     sampling: str = "dense"  # dense (Kinetics) | segment (Something-Something)
     sampling_rate: int = 8

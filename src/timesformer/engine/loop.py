@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..data import ClipSpec, SyntheticMotion, VideoFolder, VideoList, bad_files_report, collate
+from ..data import ClipSpec, SyntheticMotion, VideoDataset, VideoFolder, VideoList, bad_files_report, collate
+from ..data.formats import FORMATS, read_format
 from ..files import write_json_atomic, write_text_atomic
 from ..fused import fuse, unfuse
 from ..model import TimeSformer, create_model, get_config
@@ -279,19 +280,26 @@ def build_datasets(cfg: RunConfig, model_cfg, classes: list[str] | None = None):
             SyntheticMotion(d.synthetic_train, split="train", **kw),
             SyntheticMotion(d.synthetic_val, split="val", **kw),
         )
-    if d.kind not in ("folder", "list"):
-        raise RunError(f"data.kind must be synthetic, folder or list; got {d.kind!r}")
+    if d.kind not in ("folder", "list", *FORMATS):
+        raise RunError(f"data.kind must be one of {('synthetic', 'folder', 'list', *FORMATS)}; got {d.kind!r}")
     if not d.train:
-        raise RunError(f"data.kind={d.kind} needs data.train (a folder or a list file)")
+        raise RunError(f"data.kind={d.kind} needs data.train (a folder, a list file or the dataset's annotations)")
     spec = clip_spec(cfg, model_cfg)
 
     def make(path, train, classes):
+        kw = dict(spec=spec, train=train, seed=cfg.optim.seed)
         if d.kind == "folder":
-            return VideoFolder(path, spec=spec, train=train, seed=cfg.optim.seed, classes=classes)
-        return VideoList(path, root=d.root, spec=spec, train=train, seed=cfg.optim.seed, classes=classes)
+            return VideoFolder(path, classes=classes, **kw)
+        if d.kind == "list":
+            return VideoList(path, root=d.root, classes=classes, **kw)
+        items, names = read_format(
+            d.kind, path, root=d.root, split="train" if train else "val", fold=d.split, classes=classes, labels=d.labels
+        )
+        return VideoDataset(items, names, **kw)
 
     train = make(d.train, True, classes)
-    return train, make(d.val, False, train.classes) if d.val else None  # val: labelled by train's class names
+    val = d.val or (d.train if d.kind in ("ssv2", "ucf101", "hmdb51") and Path(d.train).is_dir() else None)
+    return train, make(val, False, train.classes) if val else None  # val: labelled by train's class names
 
 
 def sampling_protocol(cfg: RunConfig) -> dict:
