@@ -9,7 +9,7 @@ PIP := $(PY) -m pip
 setup:
 	@test -x $(PY) || python3 -m venv .venv
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
-	@$(PY) -c "import timesformer, pytest, transformers, einops, safetensors, av, matplotlib, onnxruntime, yaml, torchao, fastapi, uvicorn, multipart, httpx, playwright, ruff, peft, \
+	@$(PY) -c "import timesformer, pytest, transformers, einops, safetensors, av, matplotlib, onnxruntime, yaml, torchao, fastapi, uvicorn, multipart, httpx, playwright, ruff, peft, kornia, tensorboard, \
 		timesformer_pytorch" \
 		2>/dev/null || ( $(PIP) install -q -e '.[dev]' && $(PIP) install -q --no-deps timesformer-pytorch==0.4.1 )
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from timesformer.data import (
+    ClipAugment,
     EvalTransform,
     TrainTransform,
     clip_start_times,
@@ -68,13 +69,13 @@ def test_three_crop_positions_and_eval_views():
 def test_train_transform_shape_flip_and_normalisation():
     video = torch.zeros(4, 3, 40, 60, dtype=torch.uint8)
     video[..., :30] = 255  # left half white
-    tf = TrainTransform(crop_size=32, scale=(40, 40), flip=True, mean=(0.5,) * 3, std=(0.5,) * 3)
+    tf = TrainTransform(crop_size=32, scale=(40, 40), augment=ClipAugment(flip=True), mean=(0.5,) * 3, std=(0.5,) * 3)
     outs = [tf(video, torch.Generator().manual_seed(s)) for s in range(12)]
     assert all(o.shape == (4, 3, 32, 32) for o in outs)
     assert all(-1.0 - 1e-5 <= float(o.min()) and float(o.max()) <= 1.0 + 1e-5 for o in outs)
     left_bright = {bool(o[0, 0, 16, 0] > 0) for o in outs}
     assert left_bright == {True, False}  # both flipped and unflipped occur
-    no_flip = TrainTransform(crop_size=32, scale=(40, 40), flip=False, mean=(0.5,) * 3, std=(0.5,) * 3)
+    no_flip = TrainTransform(crop_size=32, scale=(40, 40), mean=(0.5,) * 3, std=(0.5,) * 3)
     assert all(bool(no_flip(video, torch.Generator().manual_seed(s))[0, 0, 16, 0] > 0) for s in range(12))
 
 

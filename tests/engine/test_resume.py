@@ -90,8 +90,17 @@ def test_resume_with_another_batch_size_continues_at_the_same_clip(tmp_path, str
     assert rows[-2]["lr"] == lr_at(7, base=o.lr, total=8, warmup=o.warmup_steps, min_lr=o.min_lr, schedule=o.schedule)
 
 
-def test_mid_epoch_resume_with_loader_workers_and_augmentation_is_exact(tmp_path):
-    """Real files decoded by 2 DataLoader workers, with scale jitter, random crops and flips."""
+RECIPE = dict(randaugment_n=2, randaugment_m=9, erase_prob=0.5, mixup=0.8, cutmix_share=0.5)
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [{}, dict(RECIPE, augment_on="loader"), dict(RECIPE, augment_on="device")],
+    ids=["jitter-crop-flip", "recipe-in-loader", "recipe-on-device"],
+)
+def test_mid_epoch_resume_with_loader_workers_and_augmentation_is_exact(tmp_path, recipe):
+    """Real files decoded by 2 DataLoader workers, with scale jitter, random crops and flips; and with every
+    augmentation of the fine-tuning recipe on (RandAugment, erasing, MixUp/CutMix), in the loader or the loop."""
     from timesformer.data import write_synthetic
 
     root = write_synthetic(tmp_path / "files", 24, size=32, num_frames=8)
@@ -104,6 +113,7 @@ def test_mid_epoch_resume_with_loader_workers_and_augmentation_is_exact(tmp_path
         scale=[18, 28],
         flip=True,
         workers=2,
+        **recipe,
     )
 
     def cfg(name, **optim):

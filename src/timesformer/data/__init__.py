@@ -3,14 +3,17 @@
 Imports torch and, when decoding, PyAV; never ``timesformer.model``.
 """
 
+from .augment import BatchMix, ClipAugment, TrainTransform, soft_targets
 from .datasets import ClipSpec, VideoDataset, VideoFolder, VideoList, bad_files_report, collate, list_videos, read_list
 from .decode import DecodeError, DecodeTimeout, FrameFolderReader, VideoReader, open_video
 from .formats import FORMATS, read_format
 from .sampling import clip_start_times, dense_clip_times, segment_times
 from .synthetic import CLASSES, REVERSED_PAIRS, SyntheticMotion, write_synthetic
-from .transforms import EvalTransform, TrainTransform, center_crop, normalize, resize_short_side, three_crop
+from .transforms import EvalTransform, center_crop, normalize, resize_short_side, three_crop
 
 __all__ = [
+    "BatchMix",
+    "ClipAugment",
     "CLASSES",
     "REVERSED_PAIRS",
     "ClipSpec",
@@ -37,6 +40,7 @@ __all__ = [
     "read_list",
     "resize_short_side",
     "segment_times",
+    "soft_targets",
     "three_crop",
     "write_synthetic",
 ]

@@ -27,9 +27,10 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import UserError
+from .augment import ClipAugment, TrainTransform
 from .decode import IMAGE_EXTENSIONS, MAX_PIXELS, VIDEO_EXTENSIONS, DecodeError, natural_key, open_video
 from .sampling import dense_clip_times, segment_times
-from .transforms import OFFICIAL_MEAN, OFFICIAL_STD, EvalTransform, TrainTransform
+from .transforms import OFFICIAL_MEAN, OFFICIAL_STD, EvalTransform
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,12 @@ class ClipSpec:
     mean: tuple = OFFICIAL_MEAN
     std: tuple = OFFICIAL_STD
     frames_fps: float = 30.0  # the rate frame folders are shown at
+    # training augmentation (Kornia, one draw per clip), after the jitter and crop: RandAugment n ops at magnitude m
+    # (n 0: off), RandomErasing's probability; in the loader, or (False) on the training device per batch
+    randaugment_n: int = 0
+    randaugment_m: int = 9
+    erase_prob: float = 0.0
+    augment_in_loader: bool = True
     max_pixels: int = MAX_PIXELS  # a frame larger than this (width x height) is a DecodeError, before it is decoded
 
     @classmethod
@@ -101,6 +108,11 @@ class ClipSpec:
             deadline=deadline,
         )
 
+    def clip_augment(self) -> ClipAugment:
+        """The per-clip augmentation this spec asks for (flip, RandAugment, erasing), wherever it runs."""
+        n, m = self.randaugment_n, self.randaugment_m
+        return ClipAugment(flip=self.flip, randaugment_n=n, randaugment_m=m, erase_prob=self.erase_prob)
+
     def decode_side(self, train: bool) -> int:
         """The short side frames are decoded to: the largest training jitter, or the test short side."""
         return self.scale[1] if train else (self.short_side or self.crop_size)
@@ -146,9 +158,11 @@ class VideoDataset(Dataset):
         self.on_error, self.seed, self.epoch = on_error, seed, 0
         self.multi_label = any(isinstance(label, tuple) for _, label in self.items)
         self.views = 1 if train else spec.num_clips * spec.num_crops
-        self.train_tf = TrainTransform(
-            crop_size=spec.crop_size, scale=spec.scale, flip=spec.flip, mean=spec.mean, std=spec.std
-        )
+        if train:
+            augment = spec.clip_augment() if spec.augment_in_loader else None
+            self.train_tf = TrainTransform(
+                crop_size=spec.crop_size, scale=spec.scale, augment=augment or None, mean=spec.mean, std=spec.std
+            )
         self.eval_tf = EvalTransform(
             crop_size=spec.crop_size, short_side=spec.short_side, num_crops=spec.num_crops, mean=spec.mean, std=spec.std
         )

@@ -1,5 +1,5 @@
-"""Spatial transforms on ``t c H W`` clips: pure functions, plus two small callables that draw their random
-parameters once per clip from a ``torch.Generator``.
+"""Spatial transforms on ``t c H W`` clips: the pure functions the test views are made of, and ``EvalTransform``
+(training augmentation, on Kornia: ``augment.py``).
 
 Input frames are uint8; every output is float. Normalisation maps ``[0, 255]`` to ``(x / 255 - mean) / std``.
 """
@@ -51,44 +51,10 @@ def three_crop(video: torch.Tensor, size: int) -> list[torch.Tensor]:
     return [crop(video, top, (w - size) // 2, size) for top in (0, (h - size) // 2, h - size)]
 
 
-def hflip(video: torch.Tensor) -> torch.Tensor:
-    return video.flip(-1)
-
-
 def normalize(video: torch.Tensor, mean, std) -> torch.Tensor:
     mean = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     return (video.float() / 255.0 - mean) / std
-
-
-class TrainTransform:
-    """Training augmentation: short side to a random size in ``scale`` (jitter), random ``crop_size`` crop,
-    horizontal flip with probability 0.5 (``flip=False`` where flipping changes the label, e.g. "moving left"),
-    normalisation. ``__call__(uint8 t c H W, generator) -> float t c S S``."""
-
-    def __init__(
-        self,
-        *,
-        crop_size: int,
-        scale: tuple[int, int] = (256, 320),
-        flip: bool = True,
-        mean=OFFICIAL_MEAN,
-        std=OFFICIAL_STD,
-    ):
-        if scale[0] < crop_size or scale[1] < scale[0]:
-            raise UserError(f"scale must be (min, max) with crop_size {crop_size} <= min <= max; got {scale}")
-        self.crop_size, self.scale, self.flip, self.mean, self.std = crop_size, scale, flip, mean, std
-
-    def __call__(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        short = int(torch.randint(self.scale[0], self.scale[1] + 1, (1,), generator=generator))
-        video = resize_short_side(video, short)
-        h, w = video.shape[-2:]
-        top = int(torch.randint(0, h - self.crop_size + 1, (1,), generator=generator))
-        left = int(torch.randint(0, w - self.crop_size + 1, (1,), generator=generator))
-        video = crop(video, top, left, self.crop_size)
-        if self.flip and bool(torch.rand(1, generator=generator) < 0.5):
-            video = hflip(video)
-        return normalize(video, self.mean, self.std)
 
 
 class EvalTransform:

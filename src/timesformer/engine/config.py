@@ -43,6 +43,15 @@ class DataConfig:
     crop_size: int = 224
     scale: list = field(default_factory=lambda: [256, 320])
     flip: bool = True  # set False when flipping changes the label (left/right classes)
+    # the fine-tuning recipe (Kornia; each draw the same on every frame of a clip): RandAugment's ops and magnitude
+    # (0 ops: off), RandomErasing's probability, the share of batches mixed (MixUp or CutMix; soft targets) and of
+    # those the share CutMix takes; in the loader, or on the training device per batch (augment_on: device)
+    randaugment_n: int = 0
+    randaugment_m: int = 9
+    erase_prob: float = 0.0
+    mixup: float = 0.0
+    cutmix_share: float = 0.5
+    augment_on: str = "loader"  # loader | device (SyntheticMotion: always the device, and never flipped)
     num_clips: int = 1  # test views
     num_crops: int = 1
     workers: int = 0  # DataLoader processes decoding in parallel
@@ -193,6 +202,7 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -
     cfg = _build(RunConfig, data)
     check_choice("optim.optimizer", cfg.optim.optimizer, OPTIMIZERS)
     check_choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
+    check_choice("data.augment_on", cfg.data.augment_on, ("loader", "device"))
     if not 0 < cfg.optim.layer_decay <= 1:
         raise RunError(f"optim.layer_decay must be in (0, 1] (1 = off); got {cfg.optim.layer_decay}")
     if not isinstance(cfg.data.max_pixels, int) or cfg.data.max_pixels < 1:

@@ -29,7 +29,18 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..data import ClipSpec, SyntheticMotion, VideoDataset, VideoFolder, VideoList, bad_files_report, collate
+from ..data import (
+    BatchMix,
+    ClipAugment,
+    ClipSpec,
+    SyntheticMotion,
+    VideoDataset,
+    VideoFolder,
+    VideoList,
+    bad_files_report,
+    collate,
+    soft_targets,
+)
 from ..data.formats import FORMATS, read_format
 from ..files import write_json_atomic, write_text_atomic
 from ..fused import fuse, unfuse
@@ -89,6 +100,8 @@ class Run:
     eager_model: torch.nn.Module | None = None  # with optim.compile: ``train_model`` before compiling
     compiled_ran: bool = False  # the compiled forward has run once
     pending: list = field(default_factory=list)  # steps the device has not reported yet (``_flush``)
+    augment: ClipAugment | None = None  # per-clip augmentation on the training device (data.augment_on: device)
+    mix: BatchMix | None = None  # MixUp / CutMix of each micro-batch (data.mixup)
 
     @property
     def total_steps(self) -> int:
@@ -244,6 +257,7 @@ def build_run(
         multi_label=bool(getattr(train_set, "multi_label", False)),
         steps_per_epoch=batches // o.accum_steps,
     )
+    run.augment, run.mix = training_augmentation(cfg)
     if checkpoint is not None:
         restore_run(run, checkpoint, load_state(checkpoint))
     else:
@@ -265,6 +279,21 @@ def build_run(
     if o.compile:  # compiled on the first step; attributes (DDP's no_sync) pass through to the wrapped module
         run.eager_model, run.train_model = run.train_model, torch.compile(run.train_model)
     return run
+
+
+def training_augmentation(cfg: RunConfig) -> tuple[ClipAugment | None, BatchMix | None]:
+    """What the loop itself applies to each micro-batch: the per-clip augmentation where it runs on the device
+    (SyntheticMotion's clips always: they are made, not decoded; never flipped, its classes are directions), and
+    MixUp / CutMix."""
+    d = cfg.data
+    augment = None
+    if d.augment_on == "device" or d.kind == "synthetic":
+        flip = d.flip and d.kind != "synthetic"
+        augment = ClipAugment(
+            flip=flip, randaugment_n=d.randaugment_n, randaugment_m=d.randaugment_m, erase_prob=d.erase_prob
+        )
+    mix = BatchMix(d.mixup, d.cutmix_share)
+    return augment or None, mix or None
 
 
 def build_datasets(cfg: RunConfig, model_cfg, classes: list[str] | None = None):
@@ -326,6 +355,10 @@ def clip_spec(cfg: RunConfig, model_cfg) -> ClipSpec:
         mean=tuple(model_cfg.mean),
         std=tuple(model_cfg.std),
         max_pixels=d.max_pixels,
+        randaugment_n=d.randaugment_n,
+        randaugment_m=d.randaugment_m,
+        erase_prob=d.erase_prob,
+        augment_in_loader=d.augment_on == "loader",
     )
 
 
@@ -502,6 +535,11 @@ def _forward_backward(run: Run, batch: dict, *, sync: bool) -> torch.Tensor:
     them only when ``sync`` (the step's last micro-batch)."""
     o = run.cfg.optim
     video, mask, label = (batch[k].to(run.device, non_blocking=True) for k in ("video", "mask", "label"))
+    seed = hash((o.seed, run.d.rank, run.pos.epoch, run.pos.batch)) & (2**62 - 1)  # this micro-batch's draws
+    if run.augment is not None:
+        video = run.augment.normalized(video, seed, run.model.config.mean, run.model.config.std)
+    if run.mix is not None:  # soft targets, mixed as the clips are
+        video, label = run.mix(video, soft_targets(label, len(run.classes), o.label_smoothing), seed + 1)
     no_sync = run.train_model.no_sync() if run.d.enabled and not sync else contextlib.nullcontext()
     with no_sync:
         with autocast(run.device, o.precision):
@@ -509,6 +547,8 @@ def _forward_backward(run: Run, batch: dict, *, sync: bool) -> torch.Tensor:
         logits = logits.float()
         if run.multi_label:
             loss = F.binary_cross_entropy_with_logits(logits, label.float())
+        elif run.mix is not None:
+            loss = F.cross_entropy(logits, label)  # class probabilities, already smoothed
         else:
             loss = F.cross_entropy(logits, label, label_smoothing=o.label_smoothing)
         scaled = loss / o.accum_steps
