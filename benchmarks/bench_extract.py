@@ -37,13 +37,26 @@ def command(procs: int, *args: str) -> list[str]:
     return [*launcher, "-m", "timesformer", *args]
 
 
-def run_extract(ckpt: Path, listing: Path, out: Path, procs: int, workers: int, shard: int, precision: str) -> dict:
+def run_extract(
+    ckpt: Path,
+    listing: Path,
+    out: Path,
+    procs: int,
+    workers: int,
+    shard: int,
+    precision: str,
+    device: str = "cpu",
+    batch_size: int = 4,
+    timeout: float | None = None,
+) -> dict:
+    """One run of the real command; ``device`` cpu (this script's, also where a GPU is present) or cuda
+    (bench_gpu.py's). Raises ``subprocess.TimeoutExpired`` past ``timeout`` seconds."""
     args = ["extract", "--list", str(listing), "--checkpoint", str(ckpt), "--out", str(out), "--format", "shards"]
-    args += ["--workers", str(workers), "--shard-size", str(shard), "--batch-size", "4", "--precision", precision]
-    args += ["--device", "cpu"]  # a CPU benchmark, also where a GPU is present
+    args += ["--workers", str(workers), "--shard-size", str(shard), "--batch-size", str(batch_size)]
+    args += ["--precision", precision, "--device", device]
     env = dict(os.environ, OMP_NUM_THREADS=str(max(os.cpu_count() // procs, 1)))
     start = time.time()
-    proc = subprocess.run(command(procs, *args), env=env, capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(command(procs, *args), env=env, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
     wall = time.time() - start
     if proc.returncode:
         raise RuntimeError(f"extract failed ({procs} procs, {workers} workers):\n{proc.stderr[-3000:]}")

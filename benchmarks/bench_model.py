@@ -47,6 +47,19 @@ def build(name: str):
     raise ValueError(name)
 
 
+def hf_peer(model) -> _Logits:
+    """HF ``TimesformerForVideoClassification`` with ``model``'s architecture and weights (``config_to_hf`` and the
+    ``to_hf`` key map, strictly loaded), on ``model``'s device: the same computation, in HF's code."""
+    from transformers import TimesformerConfig, TimesformerForVideoClassification
+
+    from timesformer.convert.hf import to_hf
+    from timesformer.pretrained import config_to_hf
+
+    hf = TimesformerForVideoClassification(TimesformerConfig(**config_to_hf(model.config)))
+    hf.load_state_dict(to_hf(model.state_dict()), strict=True)
+    return _Logits(hf.to(next(model.parameters()).device))
+
+
 class _Logits:  # HF returns an output object; give every model the same call
     def __init__(self, hf):
         self.hf = hf

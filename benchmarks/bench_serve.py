@@ -44,13 +44,17 @@ def free_port() -> int:
 
 
 class Server:
-    """``timesformer serve`` in its own process, with its own temporary directory."""
+    """``timesformer serve`` in its own process, with its own temporary directory; ``log``: a file for its output
+    (default: dropped); ``timeout``: seconds it may take to come up."""
 
-    def __init__(self, checkpoint: Path, tmp: Path, threads: int, *extra: str):
+    def __init__(
+        self, checkpoint: Path, tmp: Path, threads: int, *extra: str, log: Path | None = None, timeout: float = 120
+    ):
         self.tmp = tmp
         tmp.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         env = dict(os.environ, TMPDIR=str(tmp), OMP_NUM_THREADS=str(threads))
+        self._log = open(log, "w") if log else None
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -65,17 +69,19 @@ class Server:
             ],
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=self._log or subprocess.DEVNULL,
         )
         self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
                     return
             except httpx.TransportError:
                 time.sleep(0.2)
-        raise RuntimeError("the server did not come up")
+        code = self.proc.poll()
+        self.stop()
+        raise RuntimeError(f"the server exited with code {code}" if code is not None else f"no server in {timeout} s")
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -89,6 +95,8 @@ class Server:
     def stop(self):
         self.proc.terminate()
         self.proc.wait(60)
+        if self._log:
+            self._log.close()
 
 
 def load(

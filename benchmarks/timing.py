@@ -32,18 +32,21 @@ def median_seconds(fn, reps: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def machine() -> str:
-    """The CPU's model name and the ISA oneDNN dispatches to (from its verbose log of one bf16 matmul)."""
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; elsewhere what ``platform`` knows)."""
     import platform
 
-    name = (
-        next(
-            (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-            platform.processor(),
-        )
-        if os.path.exists("/proc/cpuinfo")
-        else platform.processor()
+    if not os.path.exists("/proc/cpuinfo"):
+        return platform.processor()
+    return next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        platform.processor(),
     )
+
+
+def machine() -> str:
+    """The CPU's model name and the ISA oneDNN dispatches to (from its verbose log of one bf16 matmul)."""
+    name = cpu_name()
     probe = subprocess.run(
         [sys.executable, "-c", "import torch; a = torch.ones(64, 64, dtype=torch.bfloat16); a @ a"],
         env=dict(os.environ, ONEDNN_VERBOSE="1"),
@@ -56,14 +59,19 @@ def machine() -> str:
     return f"{name}; ATen CPU capability: {torch.backends.cpu.get_cpu_capability()}; oneDNN ISA: {isa}"
 
 
-def interleaved(contestants: dict, pairs: int, warmup: int = 1) -> dict[str, list[float]]:
+def interleaved(
+    contestants: dict, pairs: int, warmup: int = 1, deadline: float | None = None
+) -> dict[str, list[float]]:
     """Seconds per call of each of ``contestants`` (name -> callable), run in rounds A B C, A B C, ... in this one
-    process, so that each round's contestants share the machine's state of the moment; ``warmup`` rounds first."""
+    process, so that each round's contestants share the machine's state of the moment; ``warmup`` rounds first.
+    ``deadline`` (a ``time.perf_counter()`` value): no round starts after it, though one round always runs."""
     for _ in range(warmup):
         for fn in contestants.values():
             fn()
     times = {name: [] for name in contestants}
-    for _ in range(pairs):
+    for k in range(pairs):
+        if k and deadline is not None and time.perf_counter() > deadline:
+            break
         for name, fn in contestants.items():
             start = time.perf_counter()
             fn()
