@@ -66,7 +66,11 @@ class EinopsPartition(Partition):
         self.group_axes = [axis for axis in "thw" if axis in groups]
 
     def num_groups(self, t, h, w):
-        return math.prod(dict(t=t, h=h, w=w)[axis] for axis in self.group_axes)
+        n = 1  # a plain loop: torch.compile traces it (a generator over a dict broke its graph here)
+        for axis, size in zip("thw", (t, h, w)):
+            if axis in self.group_axes:
+                n *= size
+        return n
 
     def group(self, x):
         return rearrange(x, self.to_groups)
