@@ -55,9 +55,14 @@ def cmd_train(args) -> int:
             "--auto-resume continues the run if it has a checkpoint and starts it otherwise; it goes "
             "with neither --resume nor --overwrite"
         )
+    overrides = list(args.overrides)
+    if getattr(args, "lora", None):
+        overrides += [f"lora={args.lora}", f"lora_alpha={args.lora_alpha}"]
+        if args.lora_targets:
+            overrides.append(f"lora_targets=[{args.lora_targets}]")
     cfg, changed = run_config_for(
         args.config,
-        args.overrides,
+        overrides,
         resume=args.resume,
         pretrained=getattr(args, "pretrained", None),
         freeze_backbone=getattr(args, "freeze_backbone", False),
@@ -671,6 +676,19 @@ def build_parser() -> argparse.ArgumentParser:
     fine.add_argument("--config", help="YAML run config")
     fine.add_argument("overrides", nargs="*", help="section.key=value")
     fine.add_argument("--freeze-backbone", action="store_true", help="train the new head only")
+    fine.add_argument(
+        "--lora",
+        type=_positive_int,
+        metavar="R",
+        help="LoRA (peft): rank-R adapters, the head trained in full, the rest frozen; checkpoints hold the merged "
+        "model (what predict/eval/export take) and the adapters",
+    )
+    fine.add_argument("--lora-alpha", type=float, default=0.0, help="adapter scale alpha / R (default: R, scale 1)")
+    fine.add_argument(
+        "--lora-targets",
+        metavar="NAMES",
+        help="comma list of the linears to adapt (default qkv,proj,fc1,fc2,temporal_fc)",
+    )
     fine.add_argument("--resume", metavar="RUN_DIR")
     fine.add_argument("--auto-resume", action="store_true", help="as for train")
     fine.add_argument("--overwrite", action="store_true")

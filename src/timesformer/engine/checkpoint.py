@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..files import fsync_dir, save_folder
+from ..files import fsync_dir, save_folder, write_atomic, write_json_atomic
 
 
 def _fsync(path: Path):
@@ -24,12 +24,20 @@ def _fsync(path: Path):
         os.fsync(f.fileno())
 
 
-def save_checkpoint(run_dir: Path, tag: str, model, state: dict) -> Path:
+def save_checkpoint(run_dir: Path, tag: str, model, state: dict, adapters: tuple[dict, dict] | None = None) -> Path:
+    """``adapters``: ``(tensors, peft's adapter config)`` of a LoRA run, written beside the (merged) model as
+    ``adapters.safetensors`` and ``adapter_config.json``."""
     run_dir = Path(run_dir)
     final, tmp, old = run_dir / tag, run_dir / f"{tag}.tmp", run_dir / f"{tag}.old"
     shutil.rmtree(tmp, ignore_errors=True)
     config = {"format": "timesformer", "version": 1, "config": dataclasses.asdict(model.config)}
     save_folder(tmp, model.state_dict(), config)
+    if adapters is not None:
+        from safetensors.torch import save_file
+
+        tensors = {k: v.detach().contiguous().cpu() for k, v in adapters[0].items()}
+        write_atomic(tmp / "adapters.safetensors", lambda path: save_file(tensors, path))
+        write_json_atomic(tmp / "adapter_config.json", adapters[1])
     torch.save(state, tmp / "state.pt")
     _fsync(tmp / "state.pt")
     if final.exists():

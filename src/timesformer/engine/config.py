@@ -101,6 +101,11 @@ class RunConfig:
     model_args: dict = field(default_factory=dict)  # TimeSformerConfig overrides
     pretrained: str | None = None  # finetune: anything load_pretrained reads
     freeze_backbone: bool = False  # finetune: train the new head only
+    # finetune with LoRA (peft): rank-`lora` adapters on these linears, scale lora_alpha / lora (0: 1); the head
+    # trains in full, the rest is frozen; 0 = off
+    lora: int = 0
+    lora_alpha: float = 0.0
+    lora_targets: list = field(default_factory=lambda: ["qkv", "proj", "fc1", "fc2", "temporal_fc"])
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
@@ -203,6 +208,10 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -
     check_choice("optim.optimizer", cfg.optim.optimizer, OPTIMIZERS)
     check_choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
     check_choice("data.augment_on", cfg.data.augment_on, ("loader", "device"))
+    if cfg.lora < 0:
+        raise RunError(f"lora must be a rank >= 1 (0 = off); got {cfg.lora}")
+    if cfg.lora and not cfg.pretrained:
+        raise RunError("lora adapts pretrained weights: set pretrained (timesformer finetune --pretrained ...)")
     if not 0 < cfg.optim.layer_decay <= 1:
         raise RunError(f"optim.layer_decay must be in (0, 1] (1 = off); got {cfg.optim.layer_decay}")
     if not isinstance(cfg.data.max_pixels, int) or cfg.data.max_pixels < 1:
@@ -273,6 +282,9 @@ _FIXED_ON_RESUME = (
     "optim.seed",
     "optim.optimizer",
     "optim.layer_decay",  # it shapes the optimiser's parameter groups
+    "lora",  # the adapters are the weights
+    "lora_alpha",
+    "lora_targets",
 )
 _FREE_ON_RESUME = ("data.workers",)
 

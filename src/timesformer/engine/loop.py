@@ -188,6 +188,10 @@ def build_run(
             _freeze_backbone(model)
         classes = list(model.config.labels)
         train_set, val_set = build_datasets(cfg, model.config, classes)
+        if cfg.lora:  # the checkpoint holds the merged model: the frozen base again, and the run's adapters on it
+            torch.manual_seed(o.seed)
+            model = _with_adapters(build_model(cfg, classes, _load_pretrained(cfg) if cfg.pretrained else None), cfg)
+            _load_adapters(model, checkpoint)
     else:
         torch.manual_seed(o.seed)  # the same initial weights on every rank
         loaded = _load_pretrained(cfg) if cfg.pretrained else None  # once: its config shapes the data too
@@ -198,6 +202,8 @@ def build_run(
             train_set, val_set = build_datasets(cfg, model_cfg, labels)  # same classes: keep the pretrained head
         classes = list(train_set.classes)
         model = build_model(cfg, classes, loaded)
+        if cfg.lora:
+            model = _with_adapters(model, cfg)
     model.config = model.config.replace(**sampling_protocol(cfg))  # the checkpoints say how clips were cut
 
     model = model.to(device)
@@ -383,6 +389,28 @@ def build_model(cfg: RunConfig, classes: list[str], pretrained: TimeSformer | No
             f"{len(labels)} classes"
         )
     return model
+
+
+def _with_adapters(model: TimeSformer, cfg: RunConfig) -> TimeSformer:
+    from .lora import add_lora
+
+    return add_lora(model, cfg.lora, cfg.lora_alpha, cfg.lora_targets)
+
+
+def _load_adapters(model: TimeSformer, checkpoint: Path) -> None:
+    """The adapters (and head) a LoRA run's checkpoint saved, onto ``model`` (its base from the pretrained
+    weights); every adapter tensor must be there."""
+    from ..pretrained import read_state
+    from .lora import adapter_state
+
+    path = checkpoint / "adapters.safetensors"
+    if not path.is_file():
+        raise RunError(f"{checkpoint}: no adapters.safetensors, so the LoRA run can't continue (lora is set)")
+    saved, wanted = read_state(path), adapter_state(model)
+    if saved.keys() != wanted.keys():
+        missing = sorted(wanted.keys() - saved.keys()) or sorted(saved.keys() - wanted.keys())
+        raise RunError(f"{path}: its adapters are not this run's (first difference: {missing[0]})")
+    model.load_state_dict(saved, strict=False)
 
 
 def _freeze_backbone(model: TimeSformer):
@@ -739,6 +767,8 @@ def save_run(run: Run, tags=("last",)) -> None:
     rngs, pos.bad = [rng for rng, _ in parts], _merge_bad(bad for _, bad in parts)
 
     def write():
+        from .lora import adapter_config, adapter_state, has_lora, merged
+
         metrics = run.folder / "metrics.jsonl"
         state = {
             **dataclasses.asdict(pos),
@@ -753,7 +783,11 @@ def save_run(run: Run, tags=("last",)) -> None:
             "metrics_bytes": metrics.stat().st_size if metrics.exists() else 0,
         }
         for tag in tags:
-            save_checkpoint(run.folder, tag, models[tag], state)
+            model = models[tag]
+            if has_lora(model):  # the merged model for predict, eval and export; the adapters to continue from
+                save_checkpoint(run.folder, tag, merged(model), state, (adapter_state(model), adapter_config(model)))
+            else:
+                save_checkpoint(run.folder, tag, model, state)
 
     _on_rank0(d, write, f"saving {'/'.join(tags)} in {run.folder}")
     run.last_saved = (run.folder / "last", pos.step)
