@@ -316,3 +316,17 @@ def test_progress_bar_takes_absolute_counts_and_its_eta_forgets_a_slow_start(mon
     bar.advance(20, total=200)  # the training loop learns the total once the data is built
     assert bar.total == 200
     bar.close()
+
+
+def test_every_shipped_config_loads_and_ssv2_never_flips():
+    from pathlib import Path
+
+    from timesformer.engine.config import load_run_config
+
+    configs = {path.stem: load_run_config(path) for path in sorted(Path("configs").glob("*.yaml"))}
+    assert len(configs) >= 4
+    ssv2 = configs["ssv2_divst_8"].data
+    assert ssv2.kind == "ssv2" and ssv2.flip is False and ssv2.sampling == "segment"  # left/right is the label
+    ucf = configs["ucf101_finetune"]
+    assert (ucf.data.kind, ucf.data.randaugment_n, ucf.data.randaugment_m, ucf.data.mixup) == ("ucf101", 2, 9, 0.8)
+    assert (ucf.optim.layer_decay, ucf.data.erase_prob) == (0.75, 0.25)

@@ -15,6 +15,9 @@ def cmd_demo(args) -> int:
 
     from .engine.demo import MODEL_ARGS, NAMES, SCHEMES, check_demo, format_tables, run_demo
 
+    if args.transfer:
+        return _demo_transfer(args)
+
     schemes = check_demo(
         SCHEMES if args.schemes == "all" else [s for s in args.schemes.split(",") if s], args.steps, args.val_clips
     )
@@ -43,6 +46,35 @@ def cmd_demo(args) -> int:
         f"\nchance: top-1 8.3 %, direction 50 %. Took {minutes} min {seconds:02d} s. Tables, loss curves and "
         f"confusion matrices{', accuracy against GFLOPs' if len(schemes) > 2 else ''}: {args.out}/"
     )
+    return 0
+
+
+def _demo_transfer(args) -> int:
+    import torch
+
+    from .engine.transfer import METHODS, format_transfer, run_transfer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.shots < 1 or args.transfer_steps < 1:
+        raise UserError(f"--shots and --transfer-steps must be >= 1; got {args.shots}, {args.transfer_steps}")
+    started = time.perf_counter()
+    print(
+        f"Pretraining the demo's divided model ({args.steps} steps, seed {args.seed}; reused if done), then six new "
+        f"motions from {args.shots} clips each, {args.transfer_steps} steps each: {', '.join(METHODS)}.",
+        flush=True,
+    )
+    results = run_transfer(
+        args.out,
+        seed=args.seed,
+        shots=args.shots,
+        steps=args.transfer_steps,
+        pretrain_steps=args.steps,
+        progress_factory=lambda name, i, n: progress_bar(1, f"{name:24s} [{i + 1}/{n}]"),
+    )
+    minutes, seconds = divmod(round(time.perf_counter() - started), 60)
+    print("\n" + format_transfer(results, args.shots))
+    print(f"\nchance: top-1 16.7 %, direction 50 %. Took {minutes} min {seconds:02d} s: {args.out}/transfer/")
     return 0
 
 
@@ -646,6 +678,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    demo.add_argument(
+        "--transfer",
+        action="store_true",
+        help="instead: pretrain the divided model (--steps), then learn six new motions from --shots clips each, "
+        "five ways (scratch, linear probe, full fine-tune, LoRA, fine-tune + recipe) at equal steps",
+    )
+    demo.add_argument("--shots", type=int, default=8, help="--transfer: training clips per new class (default 8)")
+    demo.add_argument("--transfer-steps", type=int, default=150, help="--transfer: steps per method (default 150)")
     demo.set_defaults(func=cmd_demo)
 
     train = sub.add_parser("train", help="train a model from a YAML config (torchrun for several processes)")

@@ -23,6 +23,24 @@ def test_reversed_classes_are_exact_time_reversals():
             assert not torch.equal(forward, backward)  # order is the only difference
 
 
+def test_the_transfer_motions_are_new_exact_reversal_pairs_and_leave_the_12_as_they_were():
+    from timesformer.data.synthetic import TRANSFER_CLASSES
+
+    new = SyntheticMotion(24, size=32, classes=TRANSFER_CLASSES)
+    assert new.classes == list(TRANSFER_CLASSES) and len(set(TRANSFER_CLASSES) & set(CLASSES)) == 0
+    for slot in range(4):
+        for x in (0, 2, 4):
+            forward, _ = new.clip(slot * 6 + x)
+            backward, _ = new.clip(slot * 6 + x + 1)
+            assert torch.equal(forward.flip(0), backward) and not torch.equal(forward, backward)
+    # the shape moves: its frames differ from one another (not a still class)
+    clip = new.clip(4)[0].float()
+    assert (clip[0] - clip[-1]).abs().mean() > 3
+    # adding them changed none of the original clips' draws (the demo's data)
+    old = SyntheticMotion(12, size=32)
+    assert int(old.clip(0)[0].float().sum()) == int(SyntheticMotion(12, size=32).clip(0)[0].float().sum())
+
+
 def test_reversal_pairs_agree_on_mean_frame_and_histogram():
     data = SyntheticMotion(12 * 60, size=32)
     clips = {c: torch.stack([data.clip(s * 12 + c)[0] for s in range(60)]).float() for c in range(12)}

@@ -8,6 +8,9 @@ identical unordered sets of frames: a model that ignores frame order (space-only
 them, while a space-time model can. That is the paper's central claim (SSv2: space-only 36.6 vs divided 59.5) in
 miniature.
 
+Six more motions, ``TRANSFER_CLASSES`` (a diagonal move, a zig-zag, an orbit, each with its reversal), are a
+task a pretrained model has never seen: ``classes=TRANSFER_CLASSES``.
+
 Legend: ``t c S S`` frames x RGB x pixels (uint8 from ``clip``, normalised float from ``__getitem__``).
 """
 
@@ -39,6 +42,10 @@ CLASSES = (
     "still_cross",
 )
 REVERSED_PAIRS = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9))  # (canonical, its time reversal)
+# New motions for transfer (``demo --transfer``): never among the 12 a model pretrains on, three reversed pairs
+TRANSFER_CLASSES = ("move_diagonal", "move_diagonal_back", "zigzag_right", "zigzag_left", "orbit_cw", "orbit_ccw")
+ALL_CLASSES = CLASSES + TRANSFER_CLASSES
+ALL_PAIRS = REVERSED_PAIRS + ((12, 13), (14, 15), (16, 17))
 _SPLIT_OFFSET = {"train": 0, "val": 1_000_003, "test": 2_000_003}
 
 
@@ -74,7 +81,7 @@ class SyntheticMotion(Dataset):
     Args:
         num_samples: clips in the split (classes cycle: sample ``i`` has class ``i % 12``).
         num_frames, size: clip length and side in pixels.
-        classes: a subset of ``CLASSES`` by name (pairs stay pairs only if both are kept).
+        classes: a subset of ``CLASSES`` or ``TRANSFER_CLASSES`` by name (pairs stay pairs only if both are kept).
     """
 
     def __init__(
@@ -89,9 +96,9 @@ class SyntheticMotion(Dataset):
         mean=(0.45, 0.45, 0.45),
         std=(0.225, 0.225, 0.225),
     ):
-        unknown = [c for c in classes if c not in CLASSES]
+        unknown = [c for c in classes if c not in ALL_CLASSES]
         if unknown:
-            raise UserError(f"unknown SyntheticMotion class(es) {unknown}; known: {CLASSES}")
+            raise UserError(f"unknown SyntheticMotion class(es) {unknown}; known: {ALL_CLASSES}")
         if split not in _SPLIT_OFFSET:
             raise UserError(f"split must be one of {tuple(_SPLIT_OFFSET)}; got {split!r}")
         if num_frames < 2 or size < 16:
@@ -125,15 +132,15 @@ class SyntheticMotion(Dataset):
             raise IndexError(f"sample {i} out of range for {self.num_samples}")
         label = i % self.num_classes
         name = self.classes[label]
-        global_id = CLASSES.index(name)
+        global_id = ALL_CLASSES.index(name)
         canonical, reverse = global_id, False
-        for a, b in REVERSED_PAIRS:
+        for a, b in ALL_PAIRS:
             if global_id == b:
                 canonical, reverse = a, True
         # the twin of a reversed class shares the seed of its canonical class: the same clip, reversed in time
         slot = i // self.num_classes
         g = torch.Generator().manual_seed(hash((self.seed, _SPLIT_OFFSET[self.split], slot, canonical)) & 0xFFFF_FFFF)
-        video = self._render(CLASSES[canonical], g)
+        video = self._render(ALL_CLASSES[canonical], g)
         return (video.flip(0) if reverse else video), label
 
     def _render(self, name: str, g: torch.Generator) -> torch.Tensor:
@@ -170,6 +177,15 @@ class SyntheticMotion(Dataset):
         elif name == "appear":
             onset = float(rand(1)) * (T - 2) / T
             alpha_scale = ((ramp - onset) * T / 2).clamp(0, 1)
+        elif name == "move_diagonal":  # top-left to bottom-right
+            cx = S * 0.5 - travel / 2 + travel * ramp
+            cy = S * 0.5 - travel / 2 + travel * ramp
+        elif name == "zigzag_right":  # left to right, up and down twice on the way
+            cx = S * 0.5 - travel / 2 + travel * ramp
+            cy = S * 0.5 + S * 0.16 * (1 - 2 * (4 * ramp % 2 - 1).abs())
+        elif name == "orbit_cw":  # a circle around the centre, two thirds of a turn
+            theta = float(rand(1)) * 2 * math.pi + ramp * math.radians(240)
+            cx, cy = S / 2 + S * 0.28 * torch.cos(theta), S / 2 + S * 0.28 * torch.sin(theta)
         elif name in ("still_disc", "still_cross"):  # large shapes: the class is in every single frame
             kind = "disc" if name == "still_disc" else "cross"
             r = torch.full((T,), S * (0.24 + 0.06 * float(rand(1))))

@@ -59,6 +59,7 @@ class DataConfig:
     synthetic_train: int = 4800  # SyntheticMotion clips per epoch (kind=synthetic)
     synthetic_val: int = 600
     synthetic_size: int = 32
+    synthetic_classes: list = field(default_factory=list)  # a subset of SyntheticMotion's classes (empty: the 12)
 
 
 @dataclass

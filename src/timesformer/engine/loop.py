@@ -309,8 +309,8 @@ def build_datasets(cfg: RunConfig, model_cfg, classes: list[str] | None = None):
         kw = dict(
             num_frames=d.num_frames, size=d.synthetic_size, seed=cfg.optim.seed, mean=model_cfg.mean, std=model_cfg.std
         )
-        if classes is not None:
-            kw["classes"] = tuple(classes)
+        if classes is not None or d.synthetic_classes:
+            kw["classes"] = tuple(classes if classes is not None else d.synthetic_classes)
         return (
             SyntheticMotion(d.synthetic_train, split="train", **kw),
             SyntheticMotion(d.synthetic_val, split="val", **kw),

@@ -117,6 +117,26 @@ def plot_schemes(
     plt.close(fig)
 
 
+def plot_transfer(results: dict, out: str | os.PathLike, title: str = ""):
+    """Top-1 and direction accuracy per method, bars side by side (``results[method]`` holds ``top1`` and
+    ``direction``), with the trainable parameters under each method's name."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    names = list(results)
+    x = range(len(names))
+    ax.bar([i - 0.2 for i in x], [100 * r["top1"] for r in results.values()], width=0.4, label="top-1, 6 classes")
+    ax.bar([i + 0.2 for i in x], [100 * r["direction"] for r in results.values()], width=0.4, label="direction")
+    ax.set_xticks(list(x), [f"{n}\n{results[n]['trainable'] / 1e3:.0f}k trained" for n in names], fontsize=7)
+    ax.axhline(50, color="gray", linestyle=":", linewidth=1)
+    ax.set_ylabel("accuracy on held-out clips (%)")
+    ax.set_ylim(0, 102)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, loc="lower right")
+    _save(fig, out)
+    plt.close(fig)
+
+
 def plot_timeline(timeline: dict, out: str | os.PathLike, top: int = 5):
     """Probabilities of the ``top`` classes (by peak probability) along the video."""
     import torch
