@@ -93,3 +93,14 @@ def test_fused_and_per_tensor_optimizers_log_the_same_run(tmp_path, monkeypatch)
         for key in ("loss", "train_loss", "grad_norm"):
             if key in a:
                 assert b[key] == pytest.approx(a[key], rel=1e-4), key
+
+
+def test_a_step_with_no_data_between_log_lines_moves_on(tmp_path):
+    """Every micro-batch of a step unreadable (all its files bad), at a step that writes no log line."""
+    run = loop.build_run(tiny_run(tmp_path, optim=dict(log_every=1000)), distr.Dist(), torch.device("cpu"))
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    loop._optimizer_step(run, loop._Accumulated())
+    assert run.pos.step == 1 and run.pending[-1].losses is None
+    loop._flush(run)
+    assert run.pos.loss_count == 0 and run.pos.skipped == 0
+    assert all(torch.equal(v, run.model.state_dict()[k]) for k, v in before.items())

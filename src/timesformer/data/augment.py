@@ -90,7 +90,7 @@ class ClipAugment:
                 f"augmentation: randaugment_n >= 0, randaugment_m in [0, 30] and erase_prob in [0, 1]; got "
                 f"{randaugment_n}, {randaugment_m}, {erase_prob}"
             )
-        self.sequence = None
+        self.sequence, self._stats = None, {}
         if not (randaugment_n or flip or erase_prob):
             return
         import kornia.augmentation as K
@@ -110,8 +110,10 @@ class ClipAugment:
 
     def normalized(self, clips: torch.Tensor, seed: int, mean, std) -> torch.Tensor:
         """``__call__`` on clips normalised with ``mean``/``std`` (what loaders give), normalised again after."""
-        mean = torch.as_tensor(mean, dtype=clips.dtype, device=clips.device).view(-1, 1, 1)
-        std = torch.as_tensor(std, dtype=clips.dtype, device=clips.device).view(-1, 1, 1)
+        key = (tuple(mean), tuple(std), clips.device, clips.dtype)
+        if key not in self._stats:  # once per device: a copy each batch would wait for the GPU
+            self._stats[key] = [torch.tensor(v, dtype=clips.dtype).view(-1, 1, 1).to(clips.device) for v in key[:2]]
+        mean, std = self._stats[key]
         return (self(clips * std + mean, seed) - mean) / std
 
     def __call__(self, clips: torch.Tensor, seed: int) -> torch.Tensor:

@@ -621,7 +621,7 @@ def _optimizer_step(run: Run, acc: _Accumulated) -> float:
         min_lr=o.min_lr,
         schedule=o.schedule,
     )
-    record = _Step(step=pos.step + 1, epoch=pos.epoch + 1, lr=lr)
+    record, applied = _Step(step=pos.step + 1, epoch=pos.epoch + 1, lr=lr), None
     if acc.contributed:
         record.losses = distr.mean_across(d, torch.stack(acc.losses))
         if d.enabled and not acc.synced:
