@@ -126,7 +126,7 @@ def plot_transfer(results: dict, out: str | os.PathLike, title: str = ""):
     x = range(len(names))
     ax.bar([i - 0.2 for i in x], [100 * r["top1"] for r in results.values()], width=0.4, label="top-1, 6 classes")
     ax.bar([i + 0.2 for i in x], [100 * r["direction"] for r in results.values()], width=0.4, label="direction")
-    ax.set_xticks(list(x), [f"{n}\n{results[n]['trainable'] / 1e3:.0f}k trained" for n in names], fontsize=7)
+    ax.set_xticks(list(x), [f"{n}\n{results[n]['trainable']:,} trained" for n in names], fontsize=7)
     ax.axhline(50, color="gray", linestyle=":", linewidth=1)
     ax.set_ylabel("accuracy on held-out clips (%)")
     ax.set_ylim(0, 102)
