@@ -4,7 +4,7 @@ Both are the training engine's own set-up: the pretrained-shape base model with 
 on qkv, proj, fc1, fc2, temporal_fc; the head in full) or every parameter trained, AdamW over what trains
 (``build_optimizer``), one fp32 step = forward, cross-entropy, backward, optimiser step. Step times come from
 rounds A B A B in one process; peak memory from one process per contestant (its own peak RSS, and the RSS above
-the built model).
+the built model), and the bytes of gradients and AdamW state that training holds for what it trains.
 
     python benchmarks/bench_lora.py [--rounds 4] [--batch 2] [--rank 8] [--threads 2]
 """
@@ -67,7 +67,19 @@ def worker(kind: str, batch: int, rank: int) -> None:
     for _ in range(2):  # the second step holds the optimiser's state too
         step()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(json.dumps({"peak_mib": rss_mib(), "above_built_mib": rss_mib() - built, "trainable": trainable}))
+    tensors = [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+    state = sum(t.numel() * t.element_size() for t in tensors)
+    grads_and_state = (trainable * 4 + state) / 2**20  # what training holds for the trained weights alone
+    print(
+        json.dumps(
+            {
+                "peak_mib": rss_mib(),
+                "above_built_mib": rss_mib() - built,
+                "trainable": trainable,
+                "grads_state_mib": grads_and_state,
+            }
+        )
+    )
 
 
 def main():
@@ -105,6 +117,8 @@ def main():
         f"| RSS above the built model (MiB) | {full['above_built_mib']:.0f} | {lora['above_built_mib']:.0f} | "
         f"{lora['above_built_mib'] / full['above_built_mib']:.2f}x |"
     )
+    a, b = full["grads_state_mib"], lora["grads_state_mib"]
+    print(f"| gradients + AdamW state (MiB) | {a:.0f} | {b:.1f} | {b / a:.4f}x |")
     full_s, lora_s = statistics.median(times["full"]), statistics.median(times["lora"])
     print(
         f"| step (s, median) | {full_s:.2f} | {lora_s:.2f} | {lora_s / full_s:.2f}x "
