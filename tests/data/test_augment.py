@@ -29,12 +29,20 @@ def test_every_frame_of_a_clip_gets_the_same_draw_and_the_seed_decides_it():
     assert torch.equal(again, outs[3])
 
 
-def test_augmenting_leaves_the_global_rng_alone():
+def test_augmenting_leaves_the_global_rng_alone(monkeypatch):
+    """Neither the CPU generator nor the CUDA ones (dropout's on a GPU: torch.manual_seed would reseed them)."""
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(seed))
     clips, small = torch.rand(2, 4, 3, 32, 32), torch.rand(4, 2, 3, 8, 8)
     state = torch.get_rng_state()
     ClipAugment(**RECIPE)(clips, seed=5)
     BatchMix(1.0)(small, soft_targets(torch.arange(4), 4), seed=5)
-    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(torch.get_rng_state(), state) and reseeded == []
+
+
+def test_randaugment_magnitude_is_on_the_recipes_scale_of_10():
+    """PySlowFast's and timm's m 9 is 9/10 of the strongest; Kornia counts to 30."""
+    assert ClipAugment(randaugment_n=2, randaugment_m=9).sequence[0].m == 27
 
 
 def test_per_batch_augmentation_draws_per_clip_on_normalised_clips():
@@ -99,5 +107,7 @@ def test_no_mix_below_its_probability_and_smoothing_as_cross_entropy_does():
 def test_bad_settings_name_themselves():
     with pytest.raises(ValueError, match=r"erase_prob in \[0, 1\]; got 2, 9, 1.5"):
         ClipAugment(randaugment_n=2, erase_prob=1.5)
+    with pytest.raises(ValueError, match=r"randaugment_m in \(0, 10\)"):
+        ClipAugment(randaugment_n=2, randaugment_m=10)
     with pytest.raises(ValueError, match=r"mixup and cutmix_share must be in \[0, 1\]; got 1.2, 0.5"):
         BatchMix(1.2)

@@ -191,10 +191,16 @@ def test_rawframes_lists_read_frame_folders_and_train(tmp_path):
         with av.open(str(src)) as container:
             for i, frame in enumerate(container.decode(video=0), start=1):
                 frame.to_image().save(folder / f"img_{i:05d}.jpg")
+                for axis in "xy":  # optical flow beside the RGB frames, as mmaction2 extracts it
+                    frame.to_image().convert("L").save(folder / f"flow_{axis}_{i:05d}.jpg")
         lines.append(f"clip_{k} 8 {k % 2}")
     (tmp_path / "train_list_rawframes.txt").write_text("\n".join(lines) + "\n")
     items, classes = read_format("rawframes", tmp_path / "train_list_rawframes.txt", root=root)
     assert classes == ["0", "1"] and items[:2] == [(root / "clip_0", 0), (root / "clip_1", 1)]
+    from timesformer.data import open_video
+
+    with open_video(root / "clip_0") as reader:  # the 8 RGB frames, not the 16 flow images beside them
+        assert reader.num_frames == 8
     result, _ = train_on(
         tmp_path, kind="rawframes", train=str(tmp_path / "train_list_rawframes.txt"), root=str(root), val=None
     )

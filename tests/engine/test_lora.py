@@ -56,8 +56,8 @@ def test_only_adapters_and_head_train_and_the_checkpoint_is_the_merged_model(tmp
     with torch.no_grad():
         torch.testing.assert_close(loaded(video), model(video), atol=1e-5, rtol=1e-5)
         assert (loaded.blocks[0].attn.qkv.weight - before["blocks.0.attn.qkv.weight"]).abs().max() > 0
-    adapters = read_state(best / "adapters.safetensors")
-    assert adapters and all("lora_" in k or k.startswith("head.") for k in adapters)
+    adapters = read_state(best / "adapter_model.safetensors")
+    assert adapters and all(k.startswith("base_model.model.") and ("lora_" in k or ".head." in k) for k in adapters)
     config = json.loads((best / "adapter_config.json").read_text())
     assert config["r"] == 4 and config["lora_alpha"] == 8.0 and len(config["target_modules"]) == 12
 
@@ -69,7 +69,7 @@ def test_a_stopped_lora_run_resumes_exactly(tmp_path, base):
     while result["epoch"] < 2:
         result = fit(stopped, resume=True)
     for tag in ("last", "best"):
-        for file in ("model.safetensors", "adapters.safetensors"):
+        for file in ("model.safetensors", "adapter_model.safetensors"):
             a, b = read_state(tmp_path / "straight" / tag / file), read_state(tmp_path / "stopped" / tag / file)
             for k in a:
                 torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=0, msg=f"{tag}/{file}/{k}")
@@ -85,8 +85,8 @@ def test_finetune_lora_from_the_command_line_and_eval_takes_its_checkpoint(tmp_p
     config = write_config(cfg, tmp_path / "cli.yaml")
     argv = ["finetune", "--pretrained", str(base), "--config", str(config), "--lora", "2", "--lora-targets", "qkv,fc2"]
     assert main(argv) == 0
-    adapters = read_state(tmp_path / "cli" / "best" / "adapters.safetensors")
-    assert {k.split(".")[-4] for k in adapters if "lora_" in k} == {"qkv", "fc2"}
+    adapters = read_state(tmp_path / "cli" / "best" / "adapter_model.safetensors")
+    assert {k.split(".")[-3] for k in adapters if "lora_" in k} == {"qkv", "fc2"}
     capsys.readouterr()
     args = ["eval", "--checkpoint", str(tmp_path / "cli" / "best"), "--data", str(root), "--out", str(tmp_path / "e")]
     assert main([*args, "--sampling-rate", "1", "--fps", "8", "--device", "cpu"]) == 0
@@ -105,3 +105,30 @@ def test_lora_needs_pretrained_weights_and_names_unknown_targets(tmp_path, base)
     cfg.lora_targets = ["query"]
     with pytest.raises(RunError, match=r"lora_targets \['query'\]: no nn.Linear of the model is named so"):
         fit(cfg)
+
+
+def test_peft_reads_the_saved_adapters_and_a_changed_base_stops_the_resume(tmp_path, base):
+    """PeftModel.from_pretrained on the pretrained model (with the run's head shape) gives the merged model's logits;
+    a resume whose pretrained weights changed under it is refused, naming them."""
+    import shutil
+
+    import peft
+
+    own = tmp_path / "own_base"  # a copy of the pretrained weights this run starts from, changed below
+    shutil.copytree(base, own)
+    fit(lora_run(tmp_path, own, max_minutes=1e-9))  # stopped after its first step
+    last = tmp_path / "lora" / "last"
+    saved = tf.load_pretrained(last).eval()
+    start = tf.load_pretrained(own)
+    start.reset_classifier(len(saved.config.labels), labels=saved.config.labels)
+    wrapped = peft.PeftModel.from_pretrained(start, str(last)).eval()
+    video = torch.randn(2, 8, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(video), saved(video), atol=1e-5, rtol=1e-5)
+
+    model = tf.load_pretrained(own)
+    with torch.no_grad():
+        model.blocks[0].attn.qkv.weight.add_(0.01)
+    tf.save_pretrained(model, own)  # the same path, other weights
+    with pytest.raises(RunError, match=r"qkv.weight is not the pretrained weights plus the run's adapters"):
+        fit(lora_run(tmp_path, own), resume=True)

@@ -3,9 +3,9 @@
 - ``TrainTransform``: the official scale jitter (short side to a random size in ``scale``) and a random
   ``crop_size`` crop, as one ``crop_and_resize`` of the decoded frames; then, in the loader, ``ClipAugment``; then
   normalisation. ``__call__(uint8 t c H W, generator) -> float t c S S``.
-- ``ClipAugment``: RandAugment (``n`` ops of magnitude ``m``, as PySlowFast's and mmaction2's recipes), horizontal
-  flip and RandomErasing on ``b t c S S`` clips in ``[0, 1]``, one draw per clip for all of its frames: the
-  parameters are drawn for ``b`` images and repeated over each clip's ``t`` frames. In the loader (``b`` = 1) or on
+- ``ClipAugment``: RandAugment (``n`` ops of magnitude ``m`` on timm's and PySlowFast's scale of 10, as their
+  recipes), horizontal flip and RandomErasing on ``b t c S S`` clips in ``[0, 1]``, one draw per clip for all of
+  its frames: the parameters are drawn for one image and repeated over the clip's ``t`` frames. In the loader or on
   the training device, per batch (``data.augment_on``), where ``normalized`` takes the normalised clips the loader
   gives.
 - ``BatchMix``: MixUp or CutMix of a batch (Kornia's ``RandomMixUpV2`` / ``RandomCutMixV2``), one mix for the
@@ -30,9 +30,10 @@ from .transforms import OFFICIAL_MEAN, OFFICIAL_STD, normalize
 
 @contextlib.contextmanager
 def _seeded(seed: int):
-    """The global CPU RNG (where Kornia draws its parameters) starts at ``seed``, and is restored after."""
+    """The global CPU RNG (where Kornia draws its parameters) starts at ``seed``, and is restored after; the CUDA
+    generators (dropout's on a GPU) are not touched (``torch.manual_seed`` would reseed them)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
         yield
 
 
@@ -80,14 +81,14 @@ class TrainTransform:
 
 
 class ClipAugment:
-    """RandAugment (``randaugment_n`` ops at magnitude ``randaugment_m``; 0 ops: none), horizontal flip (``flip``)
-    and RandomErasing (probability ``erase_prob``) on ``b t c S S`` clips in ``[0, 1]``, the same draw for every
-    frame of a clip. ``__call__(clips, seed) -> clips``."""
+    """RandAugment (``randaugment_n`` ops at magnitude ``randaugment_m`` of 10; 0 ops: none), horizontal flip
+    (``flip``) and RandomErasing (probability ``erase_prob``) on ``b t c S S`` clips in ``[0, 1]``: a draw per clip,
+    the same for every frame of it. ``__call__(clips, seed) -> clips``."""
 
     def __init__(self, *, flip: bool = True, randaugment_n: int = 0, randaugment_m: int = 9, erase_prob: float = 0.0):
-        if not 0 <= erase_prob <= 1 or randaugment_n < 0 or not 0 <= randaugment_m <= 30:
+        if not 0 <= erase_prob <= 1 or not 0 <= randaugment_n <= 15 or not 0 < randaugment_m < 10:
             raise UserError(
-                f"augmentation: randaugment_n >= 0, randaugment_m in [0, 30] and erase_prob in [0, 1]; got "
+                f"augmentation: randaugment_n in [0, 15], randaugment_m in (0, 10) and erase_prob in [0, 1]; got "
                 f"{randaugment_n}, {randaugment_m}, {erase_prob}"
             )
         self.sequence, self._stats = None, {}
@@ -97,8 +98,8 @@ class ClipAugment:
         from kornia.augmentation.auto import RandAugment
 
         ops = []
-        if randaugment_n:
-            ops.append(RandAugment(n=randaugment_n, m=randaugment_m))
+        if randaugment_n:  # m on timm's and PySlowFast's scale of 10; Kornia's is 30
+            ops.append(RandAugment(n=randaugment_n, m=3 * randaugment_m))
         if flip:
             ops.append(K.RandomHorizontalFlip())
         if erase_prob:
@@ -120,10 +121,12 @@ class ClipAugment:
         if self.sequence is None:
             return clips
         b, t, c, h, w = clips.shape
-        with _seeded(seed):  # drawn for b images; applied to b * t frames
-            params = self.sequence.forward_parameters(torch.Size([b, c, h, w]))
-            frames = self.sequence(clips.reshape(b * t, c, h, w), params=_per_frame(params, b, t, clips.device))
-        return frames.reshape(b, t, c, h, w)
+        out = []
+        for i, clip in enumerate(clips):  # a draw per clip (RandAugment picks its ops once per call)
+            with _seeded(hash((seed, i)) & (2**62 - 1)):  # drawn for one image; applied to the clip's t frames
+                params = self.sequence.forward_parameters(torch.Size([1, c, h, w]))
+                out.append(self.sequence(clip, params=_per_frame(params, 1, t, clips.device)))
+        return torch.stack(out)
 
 
 def _per_frame(params: list, b: int, t: int, device: torch.device) -> list:

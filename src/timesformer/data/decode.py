@@ -355,12 +355,12 @@ class FrameFolderReader:
     ):
         self.path, self.short_side, self.max_pixels, self.deadline = Path(path), short_side, max_pixels, deadline
         try:
-            self.files = sorted(
-                (p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS),
-                key=lambda p: natural_key(p.name),
-            )
+            images = [p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
         except OSError as err:
             raise DecodeError(f"{self.path}: can't list the frames ({err})") from None
+        # mmaction2's extracted folders: RGB frames img_00001.jpg ... beside optical flow (flow_x_*, flow_y_*)
+        rgb = [p for p in images if p.name.startswith("img_")]
+        self.files = sorted(rgb or images, key=lambda p: natural_key(p.name))
         if not self.files:
             raise DecodeError(f"{self.path}: a folder with no frames ({', '.join(IMAGE_EXTENSIONS)})")
         self.fps, self.partial = fps, None

@@ -25,8 +25,8 @@ def _fsync(path: Path):
 
 
 def save_checkpoint(run_dir: Path, tag: str, model, state: dict, adapters: tuple[dict, dict] | None = None) -> Path:
-    """``adapters``: ``(tensors, peft's adapter config)`` of a LoRA run, written beside the (merged) model as
-    ``adapters.safetensors`` and ``adapter_config.json``."""
+    """``adapters``: ``(tensors, peft's adapter config)`` of a LoRA run, written beside the (merged) model as peft
+    writes them: ``adapter_model.safetensors`` and ``adapter_config.json``."""
     run_dir = Path(run_dir)
     final, tmp, old = run_dir / tag, run_dir / f"{tag}.tmp", run_dir / f"{tag}.old"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -36,7 +36,7 @@ def save_checkpoint(run_dir: Path, tag: str, model, state: dict, adapters: tuple
         from safetensors.torch import save_file
 
         tensors = {k: v.detach().contiguous().cpu() for k, v in adapters[0].items()}
-        write_atomic(tmp / "adapters.safetensors", lambda path: save_file(tensors, path))
+        write_atomic(tmp / "adapter_model.safetensors", lambda path: save_file(tensors, path))
         write_json_atomic(tmp / "adapter_config.json", adapters[1])
     torch.save(state, tmp / "state.pt")
     _fsync(tmp / "state.pt")

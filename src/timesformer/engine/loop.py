@@ -191,7 +191,7 @@ def build_run(
         if cfg.lora:  # the checkpoint holds the merged model: the frozen base again, and the run's adapters on it
             torch.manual_seed(o.seed)
             model = _with_adapters(build_model(cfg, classes, _load_pretrained(cfg) if cfg.pretrained else None), cfg)
-            _load_adapters(model, checkpoint)
+            _load_adapters(model, checkpoint, cfg.pretrained)
     else:
         torch.manual_seed(o.seed)  # the same initial weights on every rank
         loaded = _load_pretrained(cfg) if cfg.pretrained else None  # once: its config shapes the data too
@@ -397,20 +397,26 @@ def _with_adapters(model: TimeSformer, cfg: RunConfig) -> TimeSformer:
     return add_lora(model, cfg.lora, cfg.lora_alpha, cfg.lora_targets)
 
 
-def _load_adapters(model: TimeSformer, checkpoint: Path) -> None:
+def _load_adapters(model: TimeSformer, checkpoint: Path, pretrained: str) -> None:
     """The adapters (and head) a LoRA run's checkpoint saved, onto ``model`` (its base from the pretrained
-    weights); every adapter tensor must be there."""
+    weights); the merged result must be the checkpoint's model, or the pretrained weights changed under the run."""
     from ..pretrained import read_state
-    from .lora import adapter_state
+    from .lora import load_adapter_state, merged
 
-    path = checkpoint / "adapters.safetensors"
+    path = checkpoint / "adapter_model.safetensors"
     if not path.is_file():
-        raise RunError(f"{checkpoint}: no adapters.safetensors, so the LoRA run can't continue (lora is set)")
-    saved, wanted = read_state(path), adapter_state(model)
-    if saved.keys() != wanted.keys():
-        missing = sorted(wanted.keys() - saved.keys()) or sorted(saved.keys() - wanted.keys())
-        raise RunError(f"{path}: its adapters are not this run's (first difference: {missing[0]})")
-    model.load_state_dict(saved, strict=False)
+        raise RunError(f"{checkpoint}: no adapter_model.safetensors, so the LoRA run can't continue (lora is set)")
+    try:
+        load_adapter_state(model, read_state(path))
+    except RunError as err:
+        raise RunError(f"{path}: {err}") from None
+    saved = read_state(checkpoint / "model.safetensors")
+    for name, tensor in merged(model).state_dict().items():
+        if name in saved and not torch.allclose(tensor, saved[name], atol=1e-5, rtol=1e-4):
+            raise RunError(
+                f"{checkpoint}: its {name} is not the pretrained weights plus the run's adapters: the pretrained "
+                f"weights ({pretrained}) changed since the run began"
+            )
 
 
 def _freeze_backbone(model: TimeSformer):

@@ -4,8 +4,9 @@
 The model stays a ``TimeSformer`` (peft's ``inject_adapter_in_model`` swaps the targeted linears for its LoRA
 layers in place), so the training loop, the EMA and the checkpoints treat it as any model. A checkpoint holds the
 merged model -- a native one, which ``predict``, ``eval`` and ``export`` load as they load any -- and beside it the
-adapters (``adapters.safetensors``, with the head, and peft's ``adapter_config.json``), from which a resumed run
-continues: the frozen base comes again from the run's pretrained weights.
+adapters in peft's own files (``adapter_model.safetensors``, with the head, and ``adapter_config.json``: peft's
+``PeftModel.from_pretrained`` reads them), from which a resumed run continues: the frozen base comes again from the
+run's pretrained weights, checked against the saved merged model.
 """
 
 from __future__ import annotations
@@ -62,20 +63,45 @@ def merged(model: nn.Module) -> nn.Module:
     return out
 
 
+PEFT_PREFIX = "base_model.model."  # how peft's saved adapters name a module of the model they wrap
+
+
 def adapter_state(model: nn.Module) -> dict:
-    """The trained tensors: every adapter's and the head's."""
-    return {k: v for k, v in model.state_dict().items() if "lora_" in k or k.startswith("head.")}
+    """The trained tensors -- every adapter's and the head's -- named as peft's ``adapter_model.safetensors``
+    names them (``PeftModel.from_pretrained`` reads the folder)."""
+    return {_peft_name(k): v for k, v in model.state_dict().items() if _trained(k)}
+
+
+def _trained(name: str) -> bool:
+    return "lora_" in name or name.startswith("head.")
+
+
+def _peft_name(name: str) -> str:
+    return PEFT_PREFIX + name.replace(".default.", ".")
+
+
+def load_adapter_state(model: nn.Module, state: dict) -> None:
+    """``adapter_state``'s tensors back onto ``model`` (adapters already added); every one must be there."""
+    mine = {_peft_name(k): k for k in model.state_dict() if _trained(k)}
+    if state.keys() != mine.keys():
+        first = sorted(mine.keys() ^ state.keys())[0]
+        raise RunError(f"the saved adapters are not this run's (first difference: {first})")
+    model.load_state_dict({mine[k]: v for k, v in state.items()}, strict=False)
 
 
 def adapter_config(model: nn.Module) -> dict:
-    """peft's ``adapter_config.json`` for the adapters ``model`` has (rank, alpha, the adapted linears)."""
+    """peft's ``adapter_config.json`` for the adapters ``model`` has (rank, alpha, the adapted linears, the head)."""
     names = [name for name, m in model.named_modules() if hasattr(m, "lora_A") and "default" in m.lora_A]
     layer = model.get_submodule(names[0])
-    return {
-        "peft_type": "LORA",
-        "r": layer.r["default"],
-        "lora_alpha": layer.lora_alpha["default"],
-        "target_modules": names,
-        "lora_dropout": 0.0,
-        "modules_to_save": ["head"],
-    }
+    config = (
+        _peft()
+        .LoraConfig(
+            r=layer.r["default"],
+            lora_alpha=layer.lora_alpha["default"],
+            target_modules=names,
+            lora_dropout=0.0,
+            modules_to_save=["head"],
+        )
+        .to_dict()
+    )
+    return {k: sorted(v) if isinstance(v, set) else getattr(v, "value", v) for k, v in config.items()}
