@@ -87,7 +87,7 @@ def cmd_train(args) -> int:
             "--auto-resume continues the run if it has a checkpoint and starts it otherwise; it goes "
             "with neither --resume nor --overwrite"
         )
-    overrides = list(args.overrides)
+    overrides = list(args.overrides) + ([f"data.split={args.split}"] if getattr(args, "split", None) else [])
     if getattr(args, "lora", None):
         overrides += [f"lora={args.lora}", f"lora_alpha={args.lora_alpha}"]
         if args.lora_targets:
@@ -122,11 +122,11 @@ def cmd_data_check(args) -> int:
     from .engine.config import run_config_for
     from .engine.datacheck import check_data, format_report
 
-    cfg, _ = run_config_for(args.config, args.overrides)
+    cfg, _ = run_config_for(args.config, list(args.overrides) + ([f"data.split={args.split}"] if args.split else []))
     bar = progress_bar(1, "opening videos", delay=0.5)
-    report = check_data(cfg, progress=lambda done, total: bar.advance(done, total, ""))
+    report = check_data(cfg, progress=lambda done, total: bar.advance(done, total, ""), workers=args.workers)
     bar.close()
-    print(format_report(report))
+    print(format_report(report, limit=args.show))
     if args.json:
         from .files import write_json_atomic
 
@@ -690,6 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model from a YAML config (torchrun for several processes)")
     train.add_argument("--config", help="YAML run config (see configs/)")
+    train.add_argument("--split", type=_positive_int, metavar="N", help="ucf101/hmdb51: the official split")
     train.add_argument("overrides", nargs="*", help="section.key=value, e.g. optim.lr=3e-4 model_args.attention=space")
     train.add_argument(
         "--resume",
@@ -714,6 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fine.add_argument("--pretrained", required=True, help="anything load_pretrained reads")
     fine.add_argument("--config", help="YAML run config")
+    fine.add_argument("--split", type=_positive_int, metavar="N", help="ucf101/hmdb51: the official split")
     fine.add_argument("overrides", nargs="*", help="section.key=value")
     fine.add_argument("--freeze-backbone", action="store_true", help="train the new head only")
     fine.add_argument(
@@ -899,7 +901,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--config", help="YAML run config")
     check.add_argument("overrides", nargs="*", help="section.key=value, e.g. data.kind=ucf101 data.split=2")
-    check.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    check.add_argument("--json", metavar="FILE", help="also write the report as JSON (every bad file)")
+    check.add_argument(
+        "--split", type=_positive_int, metavar="N", help="ucf101/hmdb51: the official split (data.split)"
+    )
+    check.add_argument("--workers", type=_positive_int, default=8, help="files opened at once (default 8)")
+    check.add_argument("--show", type=_positive_int, default=20, help="bad files printed per kind (default 20)")
     check.set_defaults(func=cmd_data_check)
 
     synth = sub.add_parser(

@@ -66,6 +66,10 @@ def test_ssv2_reads_templates_against_labels_json_and_trains(ssv2, tmp_path):
     assert records[-1]["train_loss"] > 0
 
     rows = json.loads((ssv2 / "labels" / "train.json").read_text())
+    rows[3]["template"] = 7
+    (ssv2 / "labels" / "train.json").write_text(json.dumps(rows))
+    with pytest.raises(UserError, match=r"train.json: entry 4 \(id 78683\): template must be text; got 7"):
+        read_format("ssv2", ssv2 / "labels" / "train.json", root=videos)
     rows[3]["template"] = "Pulling [something] from left to right"
     (ssv2 / "labels" / "train.json").write_text(json.dumps(rows))
     with pytest.raises(UserError, match=r"train.json: entry 4 \(id 78683\): template 'Pulling something from left "):
@@ -147,7 +151,7 @@ def test_data_check_counts_each_class_and_names_missing_and_unreadable_files(ucf
     assert f"  {videos / 'ApplyEyeMakeup/v_ApplyEyeMakeup_g03_c01.avi'}: not a readable video" in out
     saved = json.loads(report.read_text())
     assert saved["splits"]["train"]["per_class"] == {"ApplyEyeMakeup": 2, "Archery": 2}
-    assert main(["data", "check", "data.kind=ucf101", f"data.train={lists}", "data.split=7"]) == 2
+    assert main(["data", "check", "data.kind=ucf101", f"data.train={lists}", "--split", "7"]) == 2
     assert "no split 7 (trainlist07.txt); the splits there: 1, 2" in capsys.readouterr().err
 
 
@@ -205,6 +209,10 @@ def test_rawframes_lists_read_frame_folders_and_train(tmp_path):
         tmp_path, kind="rawframes", train=str(tmp_path / "train_list_rawframes.txt"), root=str(root), val=None
     )
     assert result["step"] == 2
+    (tmp_path / "names.txt").write_text("left\nright\n")
+    (tmp_path / "three.txt").write_text("clip_0 8 0\nclip_1 8 2\nclip_2 8 1\n")
+    with pytest.raises(UserError, match=r"three.txt:2: label 2 is past the 2 class names of .*names.txt"):
+        read_format("rawframes", tmp_path / "three.txt", root=root, labels=tmp_path / "names.txt")
     (tmp_path / "bad.txt").write_text("clip_0 8 0\nclip_1 eight 1\n")
     with pytest.raises(UserError, match=r"bad.txt:2: expected '<frame folder> <total frames> <label>'"):
         read_format("rawframes", tmp_path / "bad.txt", root=root)

@@ -123,6 +123,11 @@ def test_mid_epoch_resume_with_loader_workers_and_augmentation_is_exact(tmp_path
     fit(cfg("stopped", max_minutes=1e-9))  # after step 1 of 6
     fit(cfg("stopped"), resume=True)
     assert_same_weights(tmp_path / "straight", tmp_path / "stopped", tags=("last",))
+    if recipe:  # and the recipe did something: without it the run ends elsewhere
+        data.update(randaugment_n=0, erase_prob=0.0, mixup=0.0)
+        fit(cfg("plain"))
+        a, b = (read_state(tmp_path / name / "last" / "model.safetensors") for name in ("straight", "plain"))
+        assert max(float((a[k] - b[k]).abs().max()) for k in a) > 1e-3
 
 
 def test_a_resumed_run_records_its_own_sampling_protocol(tmp_path):

@@ -3,8 +3,11 @@ LoRA its adapters and the head), and the table, results and plot are written; th
 
 import json
 
+import torch
+
 from timesformer.cli import main
 from timesformer.engine.transfer import METHODS, run_transfer
+from timesformer.pretrained import read_state
 
 
 def test_transfer_runs_every_method_at_equal_steps_and_reuses_the_pretrained_model(tmp_path, capsys):
@@ -20,6 +23,7 @@ def test_transfer_runs_every_method_at_equal_steps_and_reuses_the_pretrained_mod
     assert (tmp_path / "transfer" / "transfer.png").stat().st_size > 0
     assert "| linear probe |" in (tmp_path / "transfer" / "table.md").read_text()
 
+    first = read_state(tmp_path / "transfer" / "full_fine-tune" / "last" / "model.safetensors")
     pretrained = tmp_path / "pretrain_0_2" / "last" / "model.safetensors"
     stamp = pretrained.stat().st_mtime_ns
     argv = ["demo", "--transfer", "--steps", "2", "--shots", "2", "--transfer-steps", "3", "--out", str(tmp_path)]
@@ -27,6 +31,8 @@ def test_transfer_runs_every_method_at_equal_steps_and_reuses_the_pretrained_mod
     assert pretrained.stat().st_mtime_ns == stamp  # reused, not trained again
     out = capsys.readouterr().out
     assert "| full fine-tune + recipe |" in out and "chance: top-1 16.7 %" in out
+    second = read_state(tmp_path / "transfer" / "full_fine-tune" / "last" / "model.safetensors")
+    assert all(torch.equal(first[k], second[k]) for k in first)  # the same seed: the same weights
     again = json.loads((tmp_path / "transfer" / "results.json").read_text())["methods"]
     for method in METHODS:  # the same seed: the same table
         assert (again[method]["top1"], again[method]["direction"]) == (

@@ -110,6 +110,10 @@ def _ssv2(annotations: Path, root: Path, *, split: str, fold: int, labels) -> tu
     for n, entry in enumerate(entries, start=1):
         if not isinstance(entry, dict) or "id" not in entry or "template" not in entry:
             raise UserError(f"{annotations}: entry {n}: expected {{id, template, ...}}; got {str(entry)[:120]}")
+        if not isinstance(entry["template"], str):
+            raise UserError(
+                f"{annotations}: entry {n} (id {entry['id']}): template must be text; got {entry['template']!r}"
+            )
         template = entry["template"].replace("[", "").replace("]", "")
         if template not in index:
             raise UserError(f"{annotations}: entry {n} (id {entry['id']}): template {template!r} is not in labels.json")
@@ -199,27 +203,22 @@ def _hmdb51(annotations: Path, root: Path, *, split: str, fold: int, labels) -> 
 def _rawframes(annotations: Path, root: Path, *, split: str, fold: int, labels) -> tuple[list, list[str]]:
     """``<folder> <total_frames> <label>`` lines (label an index, or ``3,17`` multi-label); the folders hold
     ``img_00001.jpg`` ... and are read as frame folders."""
-    items, top = [], -1
+    items, top, top_line = [], -1, 0
     for n, line in _read_lines(annotations):
         parts = line.split()
         ok = len(parts) == 3 and parts[1].isdigit() and all(x.isdigit() for x in parts[2].split(","))
         if not ok:
             raise UserError(f"{annotations}:{n}: expected '<frame folder> <total frames> <label>'; got {line!r}")
         ids = tuple(int(x) for x in parts[2].split(","))
-        top = max(top, *ids)
+        if max(ids) > top:
+            top, top_line = max(ids), n
         items.append((root / parts[0], ids if len(ids) > 1 else ids[0]))
-    classes = _class_names(labels, top + 1, annotations)
-    return items, classes
-
-
-def _class_names(labels, count: int, where: Path) -> list[str]:
-    """Names from a class list file (one per line, or ``<index> <name>``), else the indices as names."""
     if labels is None:
-        return [str(i) for i in range(count)]
+        return items, [str(i) for i in range(top + 1)]
     names = [line.split(maxsplit=1)[-1] for _, line in _read_lines(Path(labels))]
-    if len(names) < count:
-        raise UserError(f"{labels}: {len(names)} class names, but {where} uses label {count - 1}")
-    return names
+    if len(names) <= top:
+        raise UserError(f"{annotations}:{top_line}: label {top} is past the {len(names)} class names of {labels}")
+    return items, names
 
 
 # --- Charades -------------------------------------------------------------------------------------------------
@@ -236,7 +235,7 @@ def _charades(annotations: Path, root: Path, *, split: str, fold: int, labels) -
             if "id" not in header or "actions" not in header:
                 raise UserError(f"{annotations}:1: expected a CSV header with 'id' and 'actions'; got {header}")
             id_col, actions_col = header.index("id"), header.index("actions")
-            parsed, top = [], -1
+            parsed, top, top_line = [], -1, 0
             for row in reader:
                 if not any(field.strip() for field in row):
                     continue
@@ -251,7 +250,8 @@ def _charades(annotations: Path, root: Path, *, split: str, fold: int, labels) -
                             f"{annotations}:{n}: action {action!r}: expected 'c<3 digits> <start s> <end s>'"
                         )
                     codes.append(int(found.group(1)))
-                top = max([top, *codes])
+                if codes and max(codes) > top:
+                    top, top_line = max(codes), n
                 parsed.append((root / f"{row[id_col].strip()}.mp4", tuple(sorted(set(codes)))))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise UserError(f"{annotations}: cannot read it as CSV ({err})") from None
@@ -265,5 +265,7 @@ def _charades(annotations: Path, root: Path, *, split: str, fold: int, labels) -
             raise UserError(f"{class_file}:{n}: expected 'c{len(classes):03d} <name>'; got {line!r}")
         classes.append(name.strip() or code)
     if len(classes) <= top:
-        raise UserError(f"{class_file}: {len(classes)} classes, but {annotations} uses c{top:03d}")
+        raise UserError(
+            f"{annotations}:{top_line}: action c{top:03d} is past the {len(classes)} classes of {class_file}"
+        )
     return parsed, classes
