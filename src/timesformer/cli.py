@@ -17,6 +17,7 @@ def cmd_demo(args) -> int:
 
     if args.transfer:
         return _demo_transfer(args)
+    args.val_clips = args.val_clips or 1200
 
     schemes = check_demo(
         SCHEMES if args.schemes == "all" else [s for s in args.schemes.split(",") if s], args.steps, args.val_clips
@@ -56,8 +57,11 @@ def _demo_transfer(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.shots < 1 or args.transfer_steps < 1:
-        raise UserError(f"--shots and --transfer-steps must be >= 1; got {args.shots}, {args.transfer_steps}")
+    if args.shots < 1 or args.transfer_steps < 1 or (args.val_clips is not None and args.val_clips < 6):
+        raise UserError(
+            f"--shots and --transfer-steps must be >= 1 and --val-clips >= 6 (one per class); got {args.shots}, "
+            f"{args.transfer_steps}, {args.val_clips}"
+        )
     started = time.perf_counter()
     print(
         f"Pretraining the demo's divided model ({args.steps} steps, seed {args.seed}; reused if done), then six new "
@@ -70,6 +74,7 @@ def _demo_transfer(args) -> int:
         shots=args.shots,
         steps=args.transfer_steps,
         pretrain_steps=args.steps,
+        **({"val_clips": args.val_clips} if args.val_clips else {}),
         progress_factory=lambda name, i, n: progress_bar(1, f"{name:24s} [{i + 1}/{n}]"),
     )
     minutes, seconds = divmod(round(time.perf_counter() - started), 60)
@@ -674,7 +679,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(default divided,space)",
     )
     demo.add_argument("--steps", type=int, default=1000, help="optimiser steps per model (default 1000)")
-    demo.add_argument("--val-clips", type=int, default=1200, help="held-out clips each model is scored on")
+    demo.add_argument(
+        "--val-clips", type=int, help="held-out clips each model is scored on (default 1200; --transfer: 600)"
+    )
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")

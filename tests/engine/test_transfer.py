@@ -11,13 +11,13 @@ from timesformer.pretrained import read_state
 
 
 def test_transfer_runs_every_method_at_equal_steps_and_reuses_the_pretrained_model(tmp_path, capsys):
-    results = run_transfer(str(tmp_path), seed=0, shots=2, steps=3, pretrain_steps=2)
+    results = run_transfer(str(tmp_path), seed=0, shots=2, steps=3, pretrain_steps=2, val_clips=60)
     assert list(results) == list(METHODS)
     assert {r["steps"] for r in results.values()} == {3}
     trainable = {m: r["trainable"] for m, r in results.items()}
     assert trainable["linear probe"] < trainable["LoRA (rank 8)"] < trainable["full fine-tune"]
     assert trainable["full fine-tune"] == trainable["scratch"] == trainable["full fine-tune + recipe"]
-    assert all(r["videos"] == 600 and 0 <= r["top1"] <= 1 for r in results.values())
+    assert all(r["videos"] == 60 and 0 <= r["top1"] <= 1 for r in results.values())
     saved = json.loads((tmp_path / "transfer" / "results.json").read_text())
     assert saved["methods"]["linear probe"]["top1"] == results["linear probe"]["top1"]
     assert (tmp_path / "transfer" / "transfer.png").stat().st_size > 0
@@ -26,7 +26,8 @@ def test_transfer_runs_every_method_at_equal_steps_and_reuses_the_pretrained_mod
     first = read_state(tmp_path / "transfer" / "full_fine-tune" / "last" / "model.safetensors")
     pretrained = tmp_path / "pretrain_0_2" / "last" / "model.safetensors"
     stamp = pretrained.stat().st_mtime_ns
-    argv = ["demo", "--transfer", "--steps", "2", "--shots", "2", "--transfer-steps", "3", "--out", str(tmp_path)]
+    argv = ["demo", "--transfer", "--steps", "2", "--shots", "2", "--transfer-steps", "3", "--val-clips", "60"]
+    argv += ["--out", str(tmp_path)]
     assert main(argv) == 0
     assert pretrained.stat().st_mtime_ns == stamp  # reused, not trained again
     out = capsys.readouterr().out

@@ -45,7 +45,9 @@ def pretrain(out: str, *, seed: int, steps: int, progress=None) -> Path:
     return Path(out) / cfg.name / "last"
 
 
-def transfer_config(method: str, *, out: str, pretrained: Path, seed: int, shots: int, steps: int) -> RunConfig:
+def transfer_config(
+    method: str, *, out: str, pretrained: Path, seed: int, shots: int, steps: int, val_clips: int = VAL_CLIPS
+) -> RunConfig:
     """One method's run: ``shots`` clips per new class, ``steps`` optimiser steps in whole epochs."""
     from_pretrained, settings, optim = METHODS[method]
     clips = shots * len(TRANSFER_CLASSES)
@@ -54,7 +56,7 @@ def transfer_config(method: str, *, out: str, pretrained: Path, seed: int, shots
         kind="synthetic",
         num_frames=8,
         synthetic_train=clips,
-        synthetic_val=VAL_CLIPS,
+        synthetic_val=val_clips,
         synthetic_size=32,
         synthetic_classes=list(TRANSFER_CLASSES),
         **settings.get("data", {}),
@@ -109,6 +111,7 @@ def run_transfer(
     shots: int = SHOTS,
     steps: int = STEPS,
     pretrain_steps: int = PRETRAIN_STEPS,
+    val_clips: int = VAL_CLIPS,
     progress_factory=None,
 ) -> dict:
     """Pretrain (or reuse), then every method of ``METHODS``; writes ``transfer/results.json``, ``table.md`` and
@@ -120,7 +123,9 @@ def run_transfer(
         bar.close()
     results = {}
     for index, method in enumerate(METHODS):
-        cfg = transfer_config(method, out=str(folder), pretrained=pretrained, seed=seed, shots=shots, steps=steps)
+        cfg = transfer_config(
+            method, out=str(folder), pretrained=pretrained, seed=seed, shots=shots, steps=steps, val_clips=val_clips
+        )
         bar = progress_factory(method, index + 1, len(METHODS) + 1) if progress_factory else None
         started = time.perf_counter()
         run = fit(cfg, overwrite=True, progress=bar.advance if bar else None, validate_epochs=False)
