@@ -139,6 +139,48 @@ def cmd_data_check(args) -> int:
     return 0
 
 
+def cmd_prepare(args) -> int:
+    from .data.prepare import Settings, estimate, prepare_videos
+
+    codecs = {"h264": "libx264", "hevc": "libx265"}
+    settings = Settings(short_side=args.short_side, fps=args.fps, gop=args.gop, codec=codecs[args.codec], crf=args.crf)
+    if args.dry_run:
+        e = estimate(args.src, settings=settings, root=args.root)
+        hours = e["seconds"] / max(args.workers, 1) / 3600
+        print(
+            f"{e['videos']} videos, {e['bytes_in'] / 2**30:.2f} GiB: about {e['bytes_out'] / 2**30:.2f} GiB prepared "
+            f"({e['bytes_out'] / max(e['bytes_in'], 1):.2f}x), about {hours:.2f} h with {max(args.workers, 1)} "
+            f"worker(s) (from {min(3, e['videos'])} files prepared now)"
+        )
+        return 0
+    shard = None
+    if args.shard:
+        i, _, n = args.shard.partition("/")
+        if not (i.isdigit() and n.isdigit()):
+            raise UserError(f"--shard takes i/N (e.g. 0/4); got {args.shard!r}")
+        shard = (int(i), int(n))
+    bar = progress_bar(1, "prepare", delay=0.5)
+    report = prepare_videos(
+        args.src,
+        args.out,
+        settings=settings,
+        root=args.root,
+        workers=args.workers,
+        shard=shard,
+        progress=lambda done, total: bar.advance(done, total),
+    )
+    bar.close()
+    ratio = report["bytes_out"] / max(report["bytes_in"], 1)
+    print(
+        f"{args.out}: {len(report['done'])} prepared ({len(report['partial'])} partial), {report['skipped']} already "
+        f"there, {len(report['bad'])} bad; {report['bytes_in'] / 2**20:.1f} MiB -> {report['bytes_out'] / 2**20:.1f} "
+        f"MiB ({ratio:.2f}x) in {report['seconds']:.1f} s"
+    )
+    for path, why in report["bad"].items():
+        print(f"  bad: {path}: {why}", file=sys.stderr)
+    return 0
+
+
 def _first_rank() -> bool:
     """Not one of torchrun's other processes (they print nothing of their own)."""
     import os
@@ -915,6 +957,23 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--workers", type=_positive_int, default=8, help="files opened at once (default 8)")
     check.add_argument("--show", type=_positive_int, default=20, help="bad files printed per kind (default 20)")
     check.set_defaults(func=cmd_data_check)
+
+    prep = sub.add_parser(
+        "prepare",
+        help="re-encode videos for training once: short side 320, a keyframe every 16 frames (resumable, sharded)",
+    )
+    prep.add_argument("src", help="a folder of videos (its layout kept) or a list file (rewritten beside them)")
+    prep.add_argument("--out", required=True)
+    prep.add_argument("--root", help="a list's video root (default: the list's folder)")
+    prep.add_argument("--short-side", type=_positive_int, default=320, help="never scaled up (default 320)")
+    prep.add_argument("--fps", type=float, help="resample to this rate (default: keep the source's timestamps)")
+    prep.add_argument("--gop", type=_positive_int, default=16, help="frames between keyframes (default 16)")
+    prep.add_argument("--codec", choices=("h264", "hevc"), default="h264")
+    prep.add_argument("--crf", type=int, default=23, help="x264/x265 quality (default 23)")
+    prep.add_argument("--workers", type=int, default=0, help="encoding processes (default: this one)")
+    prep.add_argument("--shard", metavar="i/N", help="do every N-th file from the i-th (torchrun: its rank)")
+    prep.add_argument("--dry-run", action="store_true", help="estimate the output size and time, write nothing")
+    prep.set_defaults(func=cmd_prepare)
 
     synth = sub.add_parser(
         "synth",
