@@ -72,7 +72,7 @@ def test_prepare_keeps_the_layout_and_the_frames_and_reports_bad_files(tmp_path)
     assert ours.shape[-2:] == (320, 320) and ours.shape == theirs.shape
     assert psnr(ours, theirs) >= 35
     assert keyframe_gaps(out / "b" / "v0.mp4") <= 16 < keyframe_gaps(src / "b" / "v0.mp4")
-    assert report["bytes_out"] > 0 and report["bytes_in"] > 0  # the space saved is a benchmark's figure, not these tiny files'
+    assert report["bytes_out"] > 0 and report["bytes_in"] > 0  # space saved: a benchmark's figure, not these files
 
 
 def test_a_rerun_after_a_kill_does_only_what_is_left_and_other_settings_are_refused(tmp_path):
