@@ -336,15 +336,18 @@ def test_frames_that_grow_mid_stream_stay_within_the_bound(tmp_path):
     small = tmp_path / "small.mp4"
     write_video(small, 30, size=64)
     setup = (
-        "from timesformer.data import open_video\n"
+        "from timesformer.data import DecodeError, open_video\n"
         "def run(p):\n"
-        "    with open_video(p, short_side=224) as r:\n"
-        "        frames, valid = r.frames_at([0.0, 0.5, 1.0, 1.04])\n"
-        "        return [valid.tolist(), r.partial]"
+        "    try:\n"
+        "        with open_video(p, short_side=224) as r:\n"
+        "            frames, valid = r.frames_at([0.0, 0.5, 1.0, 1.04])\n"
+        "            return [valid.tolist(), r.partial]\n"
+        "    except DecodeError as err:  # one core: a thread's share admits the big frames; the clip is refused\n"
+        "        return ['bad', str(err)]"
     )
     found = _added_peak(setup, path, small)
     assert found["added"] < BOUND_MIB * MIB, f"+{found['added'] / MIB:.0f} MiB"
-    if (os.cpu_count() or 1) >= 2:
+    if len(os.sched_getaffinity(0)) >= 2:  # the cores the decoder counts threads by
         assert found["out"].startswith("[[True, True, True, False], ") and "decoding stopped at 1.00 s" in found["out"]
 
 

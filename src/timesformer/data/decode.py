@@ -79,6 +79,11 @@ class DecodeTimeout(Exception):
     """Decoding passed its ``deadline`` (``time.monotonic()`` seconds): not a bad file, a request out of time."""
 
 
+def _cores() -> int:
+    """The cores this process may run on (its affinity: taskset, a container's cpuset), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 @functools.cache
 def _malloc_trim():
     import ctypes
@@ -121,7 +126,7 @@ def limit_decoder(stream, path, max_pixels: int):
     and ``max_pixels``."""
     ctx = stream.codec_context
     check_frame(path, ctx.width, ctx.height, max_pixels)
-    threads = (os.cpu_count() or 1) + 1
+    threads = _cores() + 1
     per_thread = THREAD_BYTES * 2 // (3 * threads)  # pixels of a yuv420 frame per frame thread
     if (ctx.width + 64) * (ctx.height + 64) <= per_thread:  # FFmpeg aligns the width it checks to 64
         stream.thread_type, limit = "AUTO", min(per_thread, max_pixels)
