@@ -123,3 +123,18 @@ def test_the_command_prints_a_summary_and_a_dry_run_writes_nothing(tmp_path, cap
     captured = capsys.readouterr()
     assert "3 prepared (1 partial), 0 already there, 1 bad" in captured.out
     assert "notes.mp4" in captured.err
+
+
+def test_under_torchrun_each_process_prepares_its_shard(tmp_path):
+    """Two processes (torchrun sets RANK and WORLD_SIZE): every file once, a report per shard, the list once."""
+    from ..engine.helpers import run, torchrun
+
+    src = tmp_path / "src"
+    for i in range(5):
+        video(src / "d" / f"v{i}.mp4", 20, size=48)
+    proc = run(torchrun(2, "prepare", str(src), "--out", str(tmp_path / "out")), timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reports = [json.loads((tmp_path / "out" / f"prepare-report-{i}-of-2.json").read_text()) for i in range(2)]
+    done = [d for r in reports for d in r["done"]]
+    assert sorted(done) == sorted(str(tmp_path / "out" / "d" / f"v{i}.mp4") for i in range(5))
+    assert [len(r["done"]) for r in reports] == [3, 2]
