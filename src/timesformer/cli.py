@@ -92,7 +92,7 @@ def cmd_train(args) -> int:
             "--auto-resume continues the run if it has a checkpoint and starts it otherwise; it goes "
             "with neither --resume nor --overwrite"
         )
-    overrides = list(args.overrides) + ([f"data.split={args.split}"] if getattr(args, "split", None) else [])
+    overrides = _overrides(args)
     if getattr(args, "lora", None):
         overrides += [f"lora={args.lora}", f"lora_alpha={args.lora_alpha}"]
         if args.lora_targets:
@@ -127,7 +127,7 @@ def cmd_data_check(args) -> int:
     from .engine.config import run_config_for
     from .engine.datacheck import check_data, format_report
 
-    cfg, _ = run_config_for(args.config, list(args.overrides) + ([f"data.split={args.split}"] if args.split else []))
+    cfg, _ = run_config_for(args.config, _overrides(args))
     bar = progress_bar(1, "opening videos", delay=0.5)
     report = check_data(cfg, progress=lambda done, total: bar.advance(done, total, ""), workers=args.workers)
     bar.close()
@@ -179,6 +179,11 @@ def cmd_prepare(args) -> int:
     for path, why in report["bad"].items():
         print(f"  bad: {path}: {why}", file=sys.stderr)
     return 0
+
+
+def _overrides(args) -> list[str]:
+    """The command line's ``key=value`` overrides, with ``--split N`` as ``data.split=N``."""
+    return list(args.overrides) + ([f"data.split={args.split}"] if getattr(args, "split", None) else [])
 
 
 def _first_rank() -> bool:

@@ -78,38 +78,44 @@ def demo_config(
     )
 
 
-def evaluate_demo(model, cfg: RunConfig) -> dict:
-    """Top-1, top-1 on the reversed pairs, direction accuracy (overall and per pair) and the confusion matrix on
-    held-out clips, computed wherever the model is (the CPU, or the GPU it was trained on)."""
+def held_out_scores(model, cfg: RunConfig, classes=CLASSES) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits: n classes, labels: n)`` of the run's held-out SyntheticMotion clips of ``classes``, computed
+    wherever the model is (the CPU, or the GPU it was trained on)."""
     from ..data import SyntheticMotion
 
-    device = next(model.parameters()).device
     val = SyntheticMotion(
         cfg.data.synthetic_val,
         num_frames=cfg.data.num_frames,
         size=cfg.data.synthetic_size,
         seed=cfg.optim.seed,
         split="val",
+        classes=classes,
         mean=model.config.mean,
         std=model.config.std,
     )
     loader = DataLoader(val, batch_size=100, collate_fn=collate)
-    logits, labels, _ = predict_views(model, loader, device, cfg.optim.precision)
+    logits, labels, _ = predict_views(model, loader, next(model.parameters()).device, cfg.optim.precision)
     keys = sorted(logits)
-    scores, y = torch.stack([logits[k] for k in keys]), torch.tensor([int(labels[k]) for k in keys])
+    return torch.stack([logits[k] for k in keys]), torch.tensor([int(labels[k]) for k in keys])
+
+
+def evaluate_demo(model, cfg: RunConfig) -> dict:
+    """Top-1, top-1 on the reversed pairs, direction accuracy (overall and per pair) and the confusion matrix on
+    held-out clips."""
+    scores, y = held_out_scores(model, cfg)
     twins = {c for p in REVERSED_PAIRS for c in p}
     paired = torch.tensor([int(v) in twins for v in y])
     pairs = {}
     for a, b in REVERSED_PAIRS:
         rows = (y == a) | (y == b)
-        pairs[f"{val.classes[a]}/{val.classes[b]}"] = direction_accuracy(scores[rows], y[rows], REVERSED_PAIRS)
+        pairs[f"{CLASSES[a]}/{CLASSES[b]}"] = direction_accuracy(scores[rows], y[rows], REVERSED_PAIRS)
     return {
         "top1": topk_accuracy(scores, y),
         "top1_pairs": topk_accuracy(scores[paired], y[paired]),
         "direction": direction_accuracy(scores, y, REVERSED_PAIRS),
         "pairs": pairs,
         "confusion": confusion_matrix(scores.argmax(1), y, scores.shape[1]).tolist(),
-        "videos": len(keys),
+        "videos": len(y),
     }
 
 

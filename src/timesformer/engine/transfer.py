@@ -13,15 +13,10 @@ import math
 import time
 from pathlib import Path
 
-import torch
-from torch.utils.data import DataLoader
-
-from ..data import collate
-from ..data.synthetic import TRANSFER_CLASSES, SyntheticMotion
+from ..data.synthetic import TRANSFER_CLASSES
 from ..files import write_json_atomic, write_text_atomic
 from .config import DataConfig, OptimConfig, RunConfig
-from .demo import MODEL_ARGS, demo_config
-from .evaluate import predict_views
+from .demo import MODEL_ARGS, demo_config, held_out_scores
 from .loop import fit
 from .metrics import direction_accuracy, topk_accuracy
 
@@ -87,21 +82,8 @@ def transfer_config(
 
 def evaluate_transfer(model, cfg: RunConfig) -> dict:
     """Top-1 and direction accuracy on held-out clips of the new task."""
-    val = SyntheticMotion(
-        cfg.data.synthetic_val,
-        num_frames=cfg.data.num_frames,
-        size=cfg.data.synthetic_size,
-        seed=cfg.optim.seed,
-        split="val",
-        classes=TRANSFER_CLASSES,
-        mean=model.config.mean,
-        std=model.config.std,
-    )
-    loader = DataLoader(val, batch_size=100, collate_fn=collate)
-    logits, labels, _ = predict_views(model, loader, next(model.parameters()).device, cfg.optim.precision)
-    keys = sorted(logits)
-    scores, y = torch.stack([logits[k] for k in keys]), torch.tensor([int(labels[k]) for k in keys])
-    return {"top1": topk_accuracy(scores, y), "direction": direction_accuracy(scores, y, PAIRS), "videos": len(keys)}
+    scores, y = held_out_scores(model, cfg, TRANSFER_CLASSES)
+    return {"top1": topk_accuracy(scores, y), "direction": direction_accuracy(scores, y, PAIRS), "videos": len(y)}
 
 
 def run_transfer(
