@@ -42,6 +42,20 @@ def test_variable_frame_rate_uses_timestamps(tmp_path):
     assert naive != expected
 
 
+@pytest.mark.parametrize("gop", [30, None])  # None: x264's 250, one keyframe in the file
+def test_a_seek_that_lands_past_its_target_backs_off(tmp_path, gop):
+    # MPEG-TS seeks by timestamps read from the stream and lands past the keyframe before the target: the first frame
+    # decoded after it is later than the time asked for (it was passed off as that time's frame), or none decodes
+    path = tmp_path / "v.ts"
+    stamps = write_video(path, 150, fps=30, gop=gop)
+    times = [0.0, 0.5, 1.0, 3.0, 4.9, 0.2]
+    with VideoReader(path) as reader:
+        frames, valid = reader.frames_at(times)
+        assert reader.partial is None
+    assert [read_index(f) for f in frames] == [frame_at(stamps, s) for s in times] == [0, 15, 30, 90, 147, 6]
+    assert valid.all()
+
+
 def test_seeking_decodes_only_what_the_clip_needs(tmp_path):
     path = tmp_path / "long.mp4"
     stamps = write_video(path, 600, fps=30, gop=30)  # 20 s, a keyframe every second

@@ -249,9 +249,15 @@ class VideoReader:
     def _time(self, frame) -> float:
         return float((frame.pts - self.start_pts) * self.time_base) if frame.pts is not None else 0.0
 
-    def _seek(self, seconds: float):
+    def _seek(self, seconds: float) -> float | None:
+        """Seek to the keyframe at or before ``seconds``; at or before 0, to the file's beginning. Returns the time
+        sought, None for the beginning (nothing lies before it)."""
+        if seconds <= 0:  # by the container's clock: MPEG-TS seeking to its own first timestamp lands past it
+            self.container.seek(0, backward=True, any_frame=False)
+            return None
         target = min(int(seconds / self.time_base), 2**62) + self.start_pts  # a lying duration: no int64 overflow
-        self.container.seek(max(target, self.start_pts), stream=self.stream, backward=True, any_frame=False)
+        self.container.seek(target, stream=self.stream, backward=True, any_frame=False)
+        return seconds
 
     def frames_at(self, times) -> tuple[torch.Tensor, torch.Tensor]:
         """Frames on screen at ``times`` (seconds, any order): ``(uint8 t c H W, bool t)``.
@@ -291,8 +297,19 @@ class VideoReader:
         ctx = self.stream.codec_context
         reorder = 16 / self.fps  # decoding runs ahead of display by the B-frame reorder depth: stay clear of it
         j, prev, last, seeked = 0, None, None, 0
+        # a seek may land past the keyframe before its target (MPEG-TS seeks by the timestamps it reads): when the
+        # first frame after it is later than the target, or none decodes, seek again further back, 1 s, 4 s, 16 s
+        # ..., then from the beginning
+        sought = landing = self._seek(times[order[0]])  # landing: the target until a frame after the seek decodes
+        back = 1.0
+
+        def further_back():
+            nonlocal sought, landing, back
+            sought, back = self._seek(sought - back), back * 4
+            if sought is None:  # from the beginning: nothing lies before it
+                landing = None
+
         try:
-            self._seek(times[order[0]])
             while j < len(order):
                 restart = False
                 for packet in self.container.demux(self.stream):
@@ -301,6 +318,11 @@ class VideoReader:
                     for frame in packet.decode():
                         self.frames_decoded += 1
                         now = self._time(frame)
+                        if landing is not None and now > landing + _EPS:  # overshot the target
+                            further_back()
+                            prev, restart = None, True
+                            break
+                        landing = None
                         while j < len(order) and times[order[j]] + _EPS < now:
                             picked[order[j]] = rgb(prev if prev is not None else frame)  # before the first: first
                             j += 1
@@ -310,13 +332,17 @@ class VideoReader:
                         gap = times[order[j]] - now
                         ctx.skip_frame = "NONREF" if gap > reorder else "DEFAULT"
                         if gap > self.SEEK_GAP and seeked != j:  # once per target: a seek may land behind us
-                            self._seek(times[order[j]])
+                            sought = landing = self._seek(times[order[j]])
+                            back = 1.0
                             # decode everything after a seek until a frame tells us how far the target is
                             ctx.skip_frame = "DEFAULT"
                             seeked, prev, restart = j, None, True
                             break
                     if j == len(order) or restart:
                         break
+                if not restart and landing is not None:  # the stream ended before a frame after the seek decoded
+                    further_back()
+                    prev, restart = None, True
                 if not restart:
                     break  # end of stream
         except (_av().error.FFmpegError, *_DECODE_ERRORS) as err:  # damaged data: what decoded before it stands
