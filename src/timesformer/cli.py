@@ -618,7 +618,14 @@ def _dataset_options(parser):
     )
 
 
-def _sampling_options(parser):
+def _sampling_options(parser, decoder: bool = True):
+    if decoder:
+        parser.add_argument(
+            "--decoder",
+            choices=("pyav", "torchcodec"),
+            default="pyav",
+            help="video files' decoder: pyav (default) or torchcodec (optional: pip install torchcodec, with FFmpeg)",
+        )
     parser.add_argument(
         "--sampling",
         choices=("dense", "segment"),
@@ -708,8 +715,9 @@ def _fast_options(parser):
 
 
 def _sampling(args) -> dict:
-    """The clip sampling the command line sets (None: what the checkpoint records)."""
-    return dict(sampling=args.sampling, sampling_rate=args.sampling_rate, fps=args.fps)
+    """The clip sampling the command line sets (None: what the checkpoint records), and the decoder where it has one."""
+    decoder = {"decoder": args.decoder} if getattr(args, "decoder", None) else {}
+    return dict(sampling=args.sampling, sampling_rate=args.sampling_rate, fps=args.fps, **decoder)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -932,7 +940,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="pace a file to its frame rate; windows due while the model is busy are dropped and counted",
     )
     st.add_argument("--json", action="store_true", help="JSON lines {time, topk, latency_ms}")
-    _sampling_options(st)
+    _sampling_options(st, decoder=False)  # a live source is read as it arrives, by PyAV
     _fast_options(st)
     st.add_argument("--device", default="auto")
     st.set_defaults(func=cmd_stream)

@@ -26,9 +26,9 @@ def corpus(tmp_path_factory):
     return write_corpus(tmp_path_factory.mktemp("damaged"))
 
 
-def _decode(path, queue):
+def _decode(path, queue, decoder):
     try:
-        with open_video(path) as reader:
+        with open_video(path, decoder=decoder) as reader:
             frames, valid = reader.frames_at(TIMES)
             queue.put(("ok", [read_index(f) for f in frames], valid.tolist(), reader.partial))
     except DecodeError as err:
@@ -37,11 +37,11 @@ def _decode(path, queue):
         queue.put(("other", f"{type(err).__name__}: {err}"))
 
 
-def decode_in_child(path, timeout=30.0):
+def decode_in_child(path, timeout=30.0, decoder="pyav"):
     """Decode in a forked process, so that a hang is a result, not a stuck test."""
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
-    child = ctx.Process(target=_decode, args=(path, queue))
+    child = ctx.Process(target=_decode, args=(path, queue, decoder))
     child.start()
     child.join(timeout)
     if child.is_alive():

@@ -25,6 +25,7 @@ def test_yaml_and_overrides(tmp_path):
         (["data.flip=maybe"], r"config key data.flip: expected bool; got 'maybe'"),
         (["optim.optimizer=adam"], r"optim.optimizer must be 'adamw' or 'sgd'; got 'adam'"),
         (["optim.schedule=linear"], r"optim.schedule must be 'cosine' or 'constant'; got 'linear'"),
+        (["data.decoder=decord"], r"data.decoder must be 'pyav' or 'torchcodec'; got 'decord'"),
     ],
 )
 def test_bad_keys_and_types(override, match):

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from ..errors import UserError
 from .augment import ClipAugment, TrainTransform
-from .decode import IMAGE_EXTENSIONS, MAX_PIXELS, VIDEO_EXTENSIONS, DecodeError, natural_key, open_video
+from .decode import DECODERS, IMAGE_EXTENSIONS, MAX_PIXELS, VIDEO_EXTENSIONS, DecodeError, natural_key, open_video
 from .sampling import dense_clip_times, segment_times
 from .transforms import OFFICIAL_MEAN, OFFICIAL_STD, EvalTransform
 
@@ -63,6 +63,7 @@ class ClipSpec:
     erase_prob: float = 0.0
     augment_in_loader: bool = True
     max_pixels: int = MAX_PIXELS  # a frame larger than this (width x height) is a DecodeError, before it is decoded
+    decoder: str = "pyav"  # a video file's decoder: pyav | torchcodec (optional; see decode_torchcodec)
 
     @classmethod
     def from_config(
@@ -95,6 +96,8 @@ class ClipSpec:
             raise UserError(f"sampling must be 'dense' or 'segment'; got {self.sampling!r}")
         if self.max_pixels < 1:
             raise UserError(f"max_pixels must be a positive pixel count; got {self.max_pixels}")
+        if self.decoder not in DECODERS:
+            raise UserError(f"decoder must be one of {', '.join(DECODERS)}; got {self.decoder!r}")
 
     def open(self, path, *, train: bool, deadline: float | None = None):
         """A reader for ``path`` (``open_video``) that decodes frames no larger than this spec's clips need: short
@@ -106,6 +109,7 @@ class ClipSpec:
             short_side=self.decode_side(train),
             max_pixels=self.max_pixels,
             deadline=deadline,
+            decoder=self.decoder,
         )
 
     def clip_augment(self) -> ClipAugment:

@@ -31,6 +31,7 @@ from .transforms import short_side_size
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".ogv", ".flv", ".3gp")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MAX_PIXELS = 8192 * 8192  # default largest frame (width x height) a reader decodes
+DECODERS = ("pyav", "torchcodec")  # a video file's decoders: PyAV (the default), torchcodec (optional)
 _EPS = 1e-4  # seconds: a requested time within this of a frame's timestamp counts as that frame
 
 
@@ -58,16 +59,26 @@ def open_video(
     short_side: int | None = None,
     max_pixels: int = MAX_PIXELS,
     deadline: float | None = None,
+    decoder: str = "pyav",
 ) -> VideoReader | FrameFolderReader:
     """A reader for a video file, or for a folder of extracted frames (shown at ``frames_fps``); see the readers for
-    ``short_side``, ``max_pixels`` and ``deadline``."""
+    ``short_side``, ``max_pixels`` and ``deadline``. ``decoder``: a video file's, ``"pyav"`` (``VideoReader``) or
+    ``"torchcodec"`` (``TorchCodecReader``, optional)."""
     path = Path(path)
     try:
         folder = path.is_dir()
     except OSError as err:
         raise DecodeError(f"{path}: can't read it ({err})") from None
     limits = dict(short_side=short_side, max_pixels=max_pixels, deadline=deadline)
-    return FrameFolderReader(path, fps=frames_fps, **limits) if folder else VideoReader(path, **limits)
+    if folder:
+        return FrameFolderReader(path, fps=frames_fps, **limits)
+    if decoder == "torchcodec":
+        from .decode_torchcodec import TorchCodecReader
+
+        return TorchCodecReader(path, **limits)
+    if decoder != "pyav":
+        raise UserError(f"decoder must be one of {', '.join(DECODERS)}; got {decoder!r}")
+    return VideoReader(path, **limits)
 
 
 TRIM_PIXELS = 4096 * 2160  # closing a video with larger frames gives the freed heap back (``trim_heap``)

@@ -56,6 +56,7 @@ class DataConfig:
     num_crops: int = 1
     workers: int = 0  # DataLoader processes decoding in parallel
     max_pixels: int = 8192 * 8192  # a video whose frames are larger (width x height) is a bad file, never decoded
+    decoder: str = "pyav"  # pyav | torchcodec (optional: pip install torchcodec, with FFmpeg's libraries)
     synthetic_train: int = 4800  # SyntheticMotion clips per epoch (kind=synthetic)
     synthetic_val: int = 600
     synthetic_size: int = 32
@@ -209,6 +210,7 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -
     check_choice("optim.optimizer", cfg.optim.optimizer, OPTIMIZERS)
     check_choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
     check_choice("data.augment_on", cfg.data.augment_on, ("loader", "device"))
+    check_choice("data.decoder", cfg.data.decoder, ("pyav", "torchcodec"))  # data.decode.DECODERS, without torch
     if cfg.lora < 0:
         raise RunError(f"lora must be a rank >= 1 (0 = off); got {cfg.lora}")
     if cfg.lora and not cfg.pretrained:

@@ -4,6 +4,7 @@ metrics they give (top-1/top-5, per-class accuracy and confusion, or mAP for mul
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -73,6 +74,7 @@ def evaluate_checkpoint(
     sampling: str | None = None,
     sampling_rate: int | None = None,
     fps: float | None = None,
+    decoder: str = "pyav",
     batch_size: int = 8,
     workers: int = 0,
     precision: str = "fp32",
@@ -90,6 +92,7 @@ def evaluate_checkpoint(
             checkpoint's by name when the checkpoint names them.
         clips, crops: test views per video (the paper: 1 x 3); their logits are averaged.
         sampling, sampling_rate, fps: the clip sampling; by default the protocol the checkpoint records.
+        decoder: the video files' decoder, ``"pyav"`` or ``"torchcodec"`` (optional).
         precision, compile, device: the fast path (``timesformer.optimize``); int8 runs on the cpu, and with
             ``compile`` (static int8) sets its scales from the first ``calibration_clips`` clips of the data.
 
@@ -108,6 +111,7 @@ def evaluate_checkpoint(
     model = load_pretrained(checkpoint)
     cfg = model.config
     spec = ClipSpec.from_config(cfg, clips=clips, crops=crops, sampling=sampling, sampling_rate=sampling_rate, fps=fps)
+    spec = dataclasses.replace(spec, decoder=decoder)
     labels = list(cfg.labels) if cfg.labels else None  # the checkpoint's class order: the data is labelled by name
     dataset = (
         VideoFolder(data, spec=spec, train=False, classes=labels)

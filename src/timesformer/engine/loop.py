@@ -361,6 +361,7 @@ def clip_spec(cfg: RunConfig, model_cfg) -> ClipSpec:
         mean=tuple(model_cfg.mean),
         std=tuple(model_cfg.std),
         max_pixels=d.max_pixels,
+        decoder=d.decoder,
         randaugment_n=d.randaugment_n,
         randaugment_m=d.randaugment_m,
         erase_prob=d.erase_prob,

@@ -11,6 +11,7 @@ A file that can't be decoded raises ``DecodeError`` before anything of it is wri
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -173,10 +174,12 @@ def explain_file(
     sampling: str | None = None,
     sampling_rate: int | None = None,
     fps: float | None = None,
+    decoder: str = "pyav",
 ) -> dict:
     """The attention rollout of one video (``explain_video``, its centre clip sampled as the model's config says
-    unless ``sampling``/``sampling_rate``/``fps`` are given) into ``out``: ``<name>.explain.png`` (frames, overlays,
-    frame importance), ``.explain.gif`` and ``.explain.json`` (the maps, importance, prediction and ``source``).
+    unless ``sampling``/``sampling_rate``/``fps`` are given; decoded by ``decoder``) into ``out``:
+    ``<name>.explain.png`` (frames, overlays, frame importance), ``.explain.gif`` and ``.explain.json`` (the maps,
+    importance, prediction and ``source``).
     Returns ``{"predicted", "png", "gif", "json"}``."""
     from ..viz import plot_explanation
     from .explain import explain_video
@@ -184,7 +187,7 @@ def explain_file(
     base = output_bases([path], out)[str(path)]
     target = output_path(base, ".explain.json", path, lambda f: json.loads(f.read_text())["source"])
     spec = ClipSpec.from_config(model.config, sampling=sampling, sampling_rate=sampling_rate, fps=fps)
-    result = explain_video(model, path, spec)
+    result = explain_video(model, path, dataclasses.replace(spec, decoder=decoder))
     png, gif = output_path(base, ".explain.png"), output_path(base, ".explain.gif")
     plot_explanation(
         result["frames"],

@@ -109,6 +109,7 @@ class Predictor:
         sampling: ``"dense"`` or ``"segment"`` (one frame per segment of the whole video).
         The three default to the protocol the checkpoint records (``model.config``).
         max_pixels: the largest frame (width x height) decoded; a larger one is a ``DecodeError`` that costs nothing.
+        decoder: a video file's decoder, ``"pyav"`` or ``"torchcodec"`` (optional; ``data.decode_torchcodec``).
         precision, compile: the fast path (``timesformer.optimize``): fp32, bf16 (weights cast once, not
             autocast) or int8 (CPU only), compiled with inductor when ``compile``. The predictor holds that
             copy of the model: later changes to ``model``'s weights don't reach it.
@@ -127,6 +128,7 @@ class Predictor:
         precision: str = "fp32",
         compile: bool = False,
         max_pixels: int = MAX_PIXELS,
+        decoder: str = "pyav",
     ):
         cfg = model.config
         self.model = optimize(model, precision=precision, compile=compile, device=device)
@@ -134,7 +136,7 @@ class Predictor:
         spec = ClipSpec.from_config(
             cfg, clips=clips, crops=crops, sampling=sampling, sampling_rate=sampling_rate, fps=fps
         )
-        self.spec = dataclasses.replace(spec, max_pixels=max_pixels)
+        self.spec = dataclasses.replace(spec, max_pixels=max_pixels, decoder=decoder)
         self.decoder = ViewDecoder(self.spec)
         self.labels = list(cfg.labels) if cfg.labels else None
         self.partial = {}  # path -> why decoding stopped early, for files that decoded only partly

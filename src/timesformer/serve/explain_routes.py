@@ -51,7 +51,7 @@ def explain_file(state: ServerState, path: str, tmp: str, deadline: float | None
     spec = ClipSpec.from_config(
         model.config, sampling=served.sampling, sampling_rate=served.sampling_rate, fps=served.fps
     )
-    spec = dataclasses.replace(spec, max_pixels=served.max_pixels)
+    spec = dataclasses.replace(spec, max_pixels=served.max_pixels, decoder=served.decoder)
     video_duration(path, spec, deadline)  # a 400 naming why, before any work, for a file that is no video
     try:
         result = explain_video(model, path, spec, deadline=deadline)
