@@ -470,16 +470,17 @@ def cmd_stream(args) -> int:
     model = _load_for_inference(args)
     predictor = _predictor(args, model)
     for out in predictor.stream(
-        args.source, every=args.every, smooth=args.smooth, topk=args.topk, realtime=args.realtime
+        args.source, every=args.every, smooth=args.smooth, topk=args.topk, realtime=args.realtime, warmup=args.warmup
     ):
         out.pop("logits")
         if args.json:
-            line = {"time": out["time"], "topk": out["top"], "latency_ms": out["latency_ms"]}
+            line = {k: out[k] for k in ("time", "top", "coverage", "latency_ms")}
             print(json.dumps({**line, **({"dropped": out["dropped"]} if "dropped" in out else {})}), flush=True)
         else:
             best = "  ".join(f"{t['class']} {t['prob']:.0%}" for t in out["top"])
+            seen = f"  (saw {out['coverage']:.0%} of the window)" if out["coverage"] < 1 else ""
             dropped = f"  (dropped {out['dropped']})" if out.get("dropped") else ""
-            print(f"{out['time']:8.2f} s  {best}{dropped}", flush=True)
+            print(f"{out['time']:8.2f} s  {best}{seen}{dropped}", flush=True)
     return 0
 
 
@@ -933,6 +934,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--source", required=True, help="FILE | URL | - (e.g. MPEG-TS piped from ffmpeg) | /dev/videoN")
     st.add_argument("--every", type=_positive_int, default=8, help="predict every N input frames (default 8)")
     st.add_argument("--smooth", type=_positive_int, default=1, help="average the last N predictions (default 1)")
+    st.add_argument(
+        "--warmup",
+        choices=("masked", "full"),
+        default="masked",
+        help="before one window has arrived: predict on the frames seen, the rest masked (default), or wait (full)",
+    )
     st.add_argument("--topk", type=_positive_int, default=5)
     st.add_argument(
         "--realtime",

@@ -168,7 +168,9 @@ class Predictor:
         other.partial = {}
         return other
 
-    def stream(self, frames, *, every: int = 8, smooth: int = 1, topk: int = 5, realtime: bool = False):
+    def stream(
+        self, frames, *, every: int = 8, smooth: int = 1, topk: int = 5, realtime: bool = False, warmup: str = "masked"
+    ):
         """Predictions on frames as they arrive: ``frames`` is a source (a file, a URL, ``-``, ``/dev/videoN``: its
         frames scaled as ``views`` scales them) or yields ``(seconds, uint8 c H W)``; see
         ``inference.stream.stream_predictions``."""
@@ -177,7 +179,7 @@ class Predictor:
         if isinstance(frames, str | os.PathLike):
             frames = frames_from(str(frames), short_side=self.spec.decode_side(False), max_pixels=self.spec.max_pixels)
 
-        return stream_predictions(self, frames, every=every, smooth=smooth, topk=topk, realtime=realtime)
+        return stream_predictions(self, frames, every=every, smooth=smooth, topk=topk, realtime=realtime, warmup=warmup)
 
     def class_name(self, index: int) -> str:
         return self.labels[index] if self.labels else str(index)

@@ -4,7 +4,8 @@
 MPEG-TS from ffmpeg) or a capture device (``/dev/videoN``), scaled in the decoder as ``predict``'s frames are.
 ``stream_predictions(predictor, frames)`` keeps the last clip's worth of frames (``num_frames * sampling_rate / fps``
 seconds, each resized and cropped as the model sees it) in a ring buffer and predicts every ``every`` input frames on
-the clip ending now, sampled as ``predict`` samples.
+the clip ending now, sampled as ``predict`` samples; before one clip's worth has arrived, on the frames seen so far
+with the rest masked (``warmup="masked"``).
 """
 
 from __future__ import annotations
@@ -70,15 +71,21 @@ def stream_predictions(
     smooth: int = 1,
     topk: int = 5,
     realtime: bool = False,
+    warmup: str = "masked",
 ) -> Iterator[dict]:
-    """``{"time", "top", "logits", "window", "frames", "latency_ms"}`` per prediction.
+    """``{"time", "top", "coverage", "logits", "window", "frames", "latency_ms"}`` per prediction.
 
     The window is the clip the model was trained on, ending now: ``span = num_frames * sampling_rate / fps`` seconds,
     sampled as ``predict`` samples a video of that length (``ClipSpec.times``), each time taking the frame on screen
     then. So a prediction's logits are ``predict``'s on ``Predictor.views(path, start=window[0], window=span)``.
     ``time`` is the stream's time when it was made, ``frames`` the sampled times, ``logits`` this window's (before
-    smoothing); ``smooth`` averages the probabilities of the last N predictions. A stream that ends before one span
-    gets one prediction, its missing frames masked.
+    smoothing); ``smooth`` averages the probabilities of the last N predictions.
+
+    Before one span has arrived, ``warmup="masked"`` predicts anyway, every ``every`` frames from the first: the
+    window starts at the first frame, as ``predict`` places it on a video that short, and its sampled times not yet
+    reached are masked; ``coverage`` is the share of the window's frames seen (1.0 once it is full). ``"full"``
+    waits for a whole window. A stream that ends before one span, on a frame not yet predicted, gets a prediction
+    then.
 
     ``realtime``: pace the frames to their timestamps (a file plays as if live). A prediction due while the model
     is still busy with an earlier one is dropped; ``"dropped"`` counts them so far.
@@ -87,12 +94,14 @@ def stream_predictions(
 
     if every < 1 or smooth < 1:
         raise UserError(f"every and smooth must be >= 1; got {every}, {smooth}")
+    if warmup not in ("masked", "full"):
+        raise UserError(f"warmup must be 'masked' or 'full'; got {warmup!r}")
     spec, size = predictor.spec, predictor.spec.crop_size
     span = spec.num_frames * spec.sampling_rate / spec.fps
     offsets = [float(t) for t in spec.times(span, train=False)]
     buffer: collections.deque = collections.deque()  # (time, frame resized and centre-cropped, as the model sees it)
     recent: collections.deque = collections.deque(maxlen=smooth)
-    start_wall, busy_until, dropped, seen, now = None, 0.0, 0, 0, 0.0
+    start_wall, busy_until, dropped, seen, now, predicted = None, 0.0, 0, 0, 0.0, 0
     for now, frame in frames:
         if realtime:
             start_wall = time.monotonic() - now if start_wall is None else start_wall
@@ -101,14 +110,16 @@ def stream_predictions(
         while len(buffer) > 1 and buffer[1][0] <= now - span:  # the frame on screen at the window's start stays
             buffer.popleft()
         seen += 1
-        if now - buffer[0][0] < offsets[-1] - 1e-6 or seen % every:
-            continue  # less than one window seen yet, or not due
+        full = now - buffer[0][0] >= offsets[-1] - 1e-6
+        if seen % every or not (full or warmup == "masked"):
+            continue  # not due, or less than one window seen yet
         if realtime and start_wall + now < busy_until:  # this frame came while the model was busy
             dropped += 1
             continue
-        yield _predict(predictor, now, now - offsets[-1], offsets, buffer, recent, topk, dropped if realtime else None)
-        busy_until = time.monotonic()
-    if buffer and now - buffer[0][0] < offsets[-1] - 1e-6:  # a stream shorter than one window
+        start = now - offsets[-1] if full else buffer[0][0]  # a window not yet full starts at the first frame
+        yield _predict(predictor, now, start, offsets, buffer, recent, topk, dropped if realtime else None)
+        busy_until, predicted = time.monotonic(), seen
+    if buffer and not full and predicted != seen:  # a stream shorter than one window, its last frame unpredicted
         yield _predict(predictor, now, buffer[0][0], offsets, buffer, recent, topk, dropped if realtime else None)
 
 
@@ -126,6 +137,7 @@ def _predict(predictor, now: float, start: float, offsets, buffer, recent, topk:
     out = {
         "time": round(now, 4),
         "top": predictor.top(torch.stack(list(recent)).mean(0), topk),
+        "coverage": round(sum(valid) / len(valid), 4),
         "window": [round(start, 4), round(start + offsets[-1], 4)],
         "frames": [round(start + o, 4) for o in offsets],
         "logits": logits,
