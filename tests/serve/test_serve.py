@@ -19,6 +19,18 @@ from fastapi.testclient import TestClient
 from timesformer.serve import Batcher, QueueFull, create_app
 
 
+def metric(text: str, name: str, **labels) -> float | None:
+    """The value of the sample ``name{labels}`` in a ``/metrics`` page, read by prometheus_client's own parser (None:
+    no such sample)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return None
+
+
 def post(client, path, **fields):
     files = {"file": (Path(path).name, Path(path).read_bytes(), "video/mp4")} if path else None
     return client.post("/v1/predict", files=files, data={k: str(v) for k, v in fields.items()})
@@ -94,7 +106,9 @@ def test_bad_input_is_a_4xx_naming_it_and_the_server_keeps_serving(
         assert response.status_code == status and message in response.json()["error"]
         assert "upload-" not in response.text and str(uploads) not in response.text  # no server-side path
         assert post(client, videos / "a.mp4").status_code == 200
-        assert f'code="{status}"' in client.get("/metrics").text
+        text = client.get("/metrics").text
+        assert metric(text, "timesformer_errors_total", code=str(status)) == 1
+        assert metric(text, "timesformer_requests_total", path="/v1/predict", code=str(status)) == 1
 
 
 def test_explain_returns_the_rollout_with_png_and_gif(model, videos, uploads):
@@ -141,12 +155,35 @@ def test_the_api_key_guards_everything_but_healthz(model, videos, uploads):
             == 200
         )
         assert client.get("/").status_code == 200  # the page holds no data; its calls carry the key
-        assert (
-            'timesformer_requests_total{path="/v1/predict",code="401"} 1'
-            in client.get("/metrics", headers={"X-API-Key": "s3cret"}).text
-        )
+        text = client.get("/metrics", headers={"X-API-Key": "s3cret"}).text
+        assert metric(text, "timesformer_requests_total", path="/v1/predict", code="401") == 1
         assert client.get("/no/such/%22path").status_code == 401
-        assert 'path="other"' in client.get("/metrics", headers={"X-API-Key": "s3cret"}).text  # labels stay few
+        text = client.get("/metrics", headers={"X-API-Key": "s3cret"}).text
+        assert metric(text, "timesformer_requests_total", path="other", code="401") == 1  # labels stay few
+
+
+def test_metrics_keep_their_names_types_and_labels(model, videos, uploads):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with TestClient(create_app(Predictor(model), max_batch=2)) as client:
+        assert post(client, videos / "a.mp4").status_code == 200
+        assert post(client, None).status_code == 422
+        response = client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    assert {name: f.type for name, f in families.items()} == {
+        "timesformer_requests": "counter",
+        "timesformer_errors": "counter",
+        "timesformer_request_seconds": "histogram",
+        "timesformer_batch_clips": "histogram",
+        "timesformer_queue_depth": "gauge",
+        "timesformer_upload_slots_taken": "gauge",
+    }
+    requests = {(s.labels["path"], s.labels["code"]): s.value for s in families["timesformer_requests"].samples}
+    assert requests == {("/v1/predict", "200"): 1, ("/v1/predict", "422"): 1}  # _created samples: none kept
+    assert [s.labels for s in families["timesformer_errors"].samples if s.name.endswith("_total")] == [{"code": "422"}]
+    buckets = [s.labels["le"] for s in families["timesformer_batch_clips"].samples if s.name.endswith("_bucket")]
+    assert buckets == ["1.0", "2.0", "+Inf"]
 
 
 def test_concurrent_requests_are_batched(model, videos, uploads):
@@ -155,11 +192,12 @@ def test_concurrent_requests_are_batched(model, videos, uploads):
             codes = list(pool.map(lambda _: post(client, videos / "a.mp4").status_code, range(6)))
         assert codes == [200] * 6
         text = client.get("/metrics").text
-    counts = {
-        line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("timesformer_batch")
-    }
-    assert counts["timesformer_batch_clips_count"] < 7  # 6 requests (+ the warm-up) in fewer model calls
-    assert counts['timesformer_batch_clips_bucket{le="1"}'] < counts["timesformer_batch_clips_count"]
+    calls = metric(text, "timesformer_batch_clips_count")
+    assert calls < 7  # 6 requests (+ the warm-up) in fewer model calls
+    assert metric(text, "timesformer_batch_clips_bucket", le="1.0") < calls
+    assert metric(text, "timesformer_batch_clips_bucket", le="+Inf") == calls
+    assert metric(text, "timesformer_batch_clips_sum") == 6 + 8  # every clip counted once: the warm-up is a full batch
+    assert metric(text, "timesformer_request_seconds_count") == 6  # the predicts (this /metrics counts once answered)
 
 
 class Gate:
@@ -211,7 +249,7 @@ def test_a_full_queue_is_503_with_retry_after(model, videos, uploads):
             assert entered.wait(120), "the first request never reached the model"
             queued = pool.submit(post, client, videos / "a.mp4")
             deadline = time.monotonic() + 120
-            while "timesformer_queue_depth 1" not in client.get("/metrics").text:
+            while metric(client.get("/metrics").text, "timesformer_queue_depth") != 1:
                 assert time.monotonic() < deadline, "the second request never reached the queue"
                 time.sleep(0.05)
             response = post(client, videos / "a.mp4")

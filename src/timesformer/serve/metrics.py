@@ -1,94 +1,64 @@
-"""Counters and histograms in Prometheus' text format (what ``GET /metrics`` serves), thread-safe."""
+"""What ``GET /metrics`` serves, through ``prometheus_client``: each server's own registry (two servers in one
+process never share counts), exposed in Prometheus' text format."""
 
 from __future__ import annotations
 
-import bisect
-import threading
-from collections import Counter
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)  # seconds
-
-
-class Histogram:
-    def __init__(self, buckets):
-        self.buckets = tuple(buckets)
-        self.counts = [0] * (len(self.buckets) + 1)  # the last: above every bucket (+Inf only)
-        self.total, self.count = 0.0, 0
-
-    def observe(self, value: float):
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.total += value
-        self.count += 1
-
-    def lines(self, name: str) -> list[str]:
-        out, running = [], 0
-        for bound, n in zip(self.buckets, self.counts):
-            running += n
-            out.append(f'{name}_bucket{{le="{bound:g}"}} {running}')
-        out += [
-            f'{name}_bucket{{le="+Inf"}} {self.count}',
-            f"{name}_sum {self.total:.6f}",
-            f"{name}_count {self.count}",
-        ]
-        return out
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes
 
 
 class Metrics:
-    """Requests and errors by endpoint and status code, request latency, batch sizes, queue depth and upload slots
-    taken."""
+    """Requests by endpoint and status code, errors (4xx and 5xx) by code, request latency, clips per model call,
+    queue depth and upload slots taken. ``queue_depth`` and ``uploads`` are read at each scrape."""
 
     def __init__(self, max_batch: int):
-        self._lock = threading.Lock()
-        self.requests: Counter = Counter()  # (path, status code) -> n
-        self.latency = Histogram(LATENCY_BUCKETS)
-        self.batch = Histogram(range(1, max_batch + 1))
-        self.queue_depth = lambda: 0
-        self.uploads = lambda: 0
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.queue_depth: Callable[[], int] = lambda: 0
+        self.uploads: Callable[[], int] = lambda: 0
+        r = self.registry
+        self.requests = Counter(
+            "timesformer_requests", "Requests by endpoint and status code.", ["path", "code"], registry=r
+        )
+        self.errors = Counter("timesformer_errors", "Requests answered with a 4xx or 5xx status.", ["code"], registry=r)
+        self.latency = Histogram("timesformer_request_seconds", "Request latency.", buckets=LATENCY_BUCKETS, registry=r)
+        self.batch = Histogram(
+            "timesformer_batch_clips", "Clips per model call.", buckets=range(1, max_batch + 1), registry=r
+        )
+        Gauge("timesformer_queue_depth", "Requests waiting for the model.", registry=r).set_function(
+            lambda: self.queue_depth()
+        )
+        Gauge(
+            "timesformer_upload_slots_taken",
+            "Uploads in flight, their threads' unfinished work included.",
+            registry=r,
+        ).set_function(lambda: self.uploads())
 
     def request(self, path: str, status: int, seconds: float):
-        with self._lock:
-            self.requests[(path, status)] += 1
-            self.latency.observe(seconds)
+        self.requests.labels(path=path, code=str(status)).inc()
+        if status >= 400:
+            self.errors.labels(code=str(status)).inc()
+        self.latency.observe(seconds)
 
     def batch_size(self, clips: int):
-        with self._lock:
-            self.batch.observe(clips)
+        self.batch.observe(clips)
 
     def render(self) -> str:
-        with self._lock:
-            lines = [
-                "# HELP timesformer_requests_total Requests by endpoint and status code.",
-                "# TYPE timesformer_requests_total counter",
-            ]
-            lines += [
-                f'timesformer_requests_total{{path="{p}",code="{c}"}} {n}'
-                for (p, c), n in sorted(self.requests.items())
-            ]
-            lines += [
-                "# HELP timesformer_errors_total Requests answered with a 4xx or 5xx status.",
-                "# TYPE timesformer_errors_total counter",
-            ]
-            errors = Counter()
-            for (_, code), n in self.requests.items():
-                if code >= 400:
-                    errors[code] += n
-            lines += [f'timesformer_errors_total{{code="{c}"}} {n}' for c, n in sorted(errors.items())]
-            lines += [
-                "# HELP timesformer_request_seconds Request latency.",
-                "# TYPE timesformer_request_seconds histogram",
-                *self.latency.lines("timesformer_request_seconds"),
-            ]
-            lines += [
-                "# HELP timesformer_batch_clips Clips per model call.",
-                "# TYPE timesformer_batch_clips histogram",
-                *self.batch.lines("timesformer_batch_clips"),
-            ]
-            lines += [
-                "# HELP timesformer_queue_depth Requests waiting for the model.",
-                "# TYPE timesformer_queue_depth gauge",
-                f"timesformer_queue_depth {self.queue_depth()}",
-                "# HELP timesformer_upload_slots_taken Uploads in flight, their threads' unfinished work included.",
-                "# TYPE timesformer_upload_slots_taken gauge",
-                f"timesformer_upload_slots_taken {self.uploads()}",
-            ]
-        return "\n".join(lines) + "\n"
+        return generate_latest(_WithoutCreated(self.registry)).decode()
+
+
+class _WithoutCreated:
+    """A registry's metrics without the ``*_created`` timestamps prometheus_client adds to counters and histograms
+    (the service's names stay what they were; ``disable_created_metrics()`` would change every registry in the
+    process)."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.registry = registry
+
+    def collect(self):
+        for family in self.registry.collect():
+            family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+            yield family

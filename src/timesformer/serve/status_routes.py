@@ -7,6 +7,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
+from .metrics import CONTENT_TYPE
 from .state import Server
 
 router = APIRouter()
@@ -34,4 +35,4 @@ async def labels(state: Server):
 
 @router.get("/metrics")
 async def prometheus(state: Server):
-    return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4")
+    return PlainTextResponse(state.metrics.render(), media_type=CONTENT_TYPE)
