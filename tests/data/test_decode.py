@@ -73,6 +73,19 @@ def test_seeking_decodes_only_what_the_clip_needs(tmp_path):
     assert [read_index(f) for f in frames] == [frame_at(stamps, s) for s in spread]
 
 
+def test_short_keyframe_intervals_are_crossed_by_seeking(tmp_path):
+    # a keyframe every 16 frames (what prepare writes), a clip of 8 frames 32 apart: once two keyframes in a row
+    # show the interval, each gap is crossed by a seek, not by decoding the reference frames in between
+    path = tmp_path / "gop16.mp4"
+    stamps = write_video(path, 300, fps=30, gop=16)
+    times = [0.3 + k * 32 / 30 for k in range(8)]
+    with VideoReader(path) as reader:
+        frames, _ = reader.frames_at(times)
+        assert reader.key_interval == pytest.approx(16 / 30)
+        assert reader.frames_decoded <= 100, reader.frames_decoded  # 179 when decoding through
+    assert [read_index(f) for f in frames] == [frame_at(stamps, s) for s in times]
+
+
 def test_times_past_the_end_repeat_the_last_frame(tmp_path):
     path = tmp_path / "short.mp4"
     write_video(path, 10, fps=10)
