@@ -38,3 +38,23 @@ def labelled_tiny_model() -> tf.TimeSformer:
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def trained_motion():
+    """A model that learned four SyntheticMotion classes, 480 held-out clips, and 8 training clips to calibrate on."""
+    from torch.utils.data import DataLoader
+
+    from timesformer.data import SyntheticMotion, collate
+
+    classes = ("move_left", "move_up", "still_disc", "still_cross")
+    torch.manual_seed(0)
+    model = tf.create_model("timesformer_tiny", dim=64, depth=2, heads=2, dim_head=32, num_classes=4)
+    train = SyntheticMotion(40 * 32, classes=classes, seed=1, mean=model.config.mean, std=model.config.std)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    for batch in DataLoader(train, batch_size=32, shuffle=True, collate_fn=collate):
+        torch.nn.functional.cross_entropy(model(batch["video"]), batch["label"]).backward()
+        opt.step()
+        opt.zero_grad()
+    test = SyntheticMotion(480, classes=classes, split="test", mean=model.config.mean, std=model.config.std)
+    return model.eval(), test, collate([train[i] for i in range(8)])["video"]

@@ -493,6 +493,10 @@ def cmd_export(args) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it")
+    if args.format == "openvino":
+        return _export_openvino(args, out)
+    if args.precision != "f32" or args.calibration:
+        raise UserError("--precision and --calibration apply to --format openvino")
     model = load_pretrained(args.checkpoint)
     found = export_checked(model, out, format=args.format, opset=args.opset, quantize=args.quantize)
     if args.format == "torch":
@@ -508,6 +512,28 @@ def cmd_export(args) -> int:
             f"onnxruntime int8 vs PyTorch fp32 on a batch of 3 random clips: max |logit diff| {found['drift']:.1%} "
             f"of the largest logit, same top-1 on {found['same_top1']}/3"
         )
+    return 0
+
+
+def _export_openvino(args, out) -> int:
+    from .inference import Predictor, expand_inputs
+    from .inference.export_openvino import export_openvino
+    from .pretrained import load_pretrained
+
+    model = load_pretrained(args.checkpoint)
+    calibration = None
+    if args.calibration:
+        calibration = Predictor(model).calibration_clips(expand_inputs(args.calibration), args.calibration_clips)
+        if not len(calibration):
+            raise UserError(f"none of the --calibration videos could be decoded ({len(args.calibration)} given)")
+    found = export_openvino(
+        model, out, precision=args.precision, quantize=args.quantize, calibration=calibration, overwrite=args.overwrite
+    )
+    kind = f"int8 (NNCF, {found['calibration_clips']} calibration clips)" if args.quantize else args.precision
+    print(
+        f"wrote {out}/ (OpenVINO IR, {kind}, dynamic batch); against PyTorch fp32 on {found['clips']} clips: max "
+        f"|logit diff| {found['drift']:.2%} of the largest logit, same top-1 on {found['same_top1']}/{found['clips']}"
+    )
     return 0
 
 
@@ -952,12 +978,25 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--device", default="auto")
     st.set_defaults(func=cmd_stream)
 
-    xp = sub.add_parser("export", help="ONNX (checked against onnxruntime) or torch.export")
+    xp = sub.add_parser("export", help="ONNX (checked against onnxruntime), OpenVINO IR (checked) or torch.export")
     xp.add_argument("--checkpoint", required=True)
-    xp.add_argument("--format", choices=("onnx", "torch"), default="onnx")
-    xp.add_argument("--out", required=True)
+    xp.add_argument("--format", choices=("onnx", "openvino", "torch"), default="onnx")
+    xp.add_argument("--out", required=True, help="a file (onnx, torch) or a folder (openvino)")
     xp.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17; default 18)")
-    xp.add_argument("--quantize", choices=("int8",), help="ONNX: write the int8 variant (dynamic quantization)")
+    xp.add_argument(
+        "--quantize",
+        choices=("int8",),
+        help="ONNX: the int8 variant (dynamic quantization); OpenVINO: NNCF int8, ranges from --calibration",
+    )
+    xp.add_argument(
+        "--precision", choices=("f32", "bf16"), default="f32", help="OpenVINO: the run-time precision (default f32)"
+    )
+    xp.add_argument(
+        "--calibration", nargs="+", metavar="VIDEO", help="OpenVINO int8: videos (files, folders, globs) to set ranges"
+    )
+    xp.add_argument(
+        "--calibration-clips", type=_positive_int, default=64, metavar="N", help="OpenVINO int8: clips (default 64)"
+    )
     xp.add_argument("--overwrite", action="store_true")
     xp.set_defaults(func=cmd_export)
 

@@ -129,28 +129,8 @@ def test_compiled_model_matches_eager(precision):
     torch.testing.assert_close(fast(VIDEO), eager(VIDEO), atol=2 * TOLERANCE[precision] + 1e-5, rtol=1e-2)
 
 
-@pytest.fixture(scope="module")
-def trained():
-    """A model that learned four SyntheticMotion classes, 480 held-out clips, and 8 training clips to calibrate on."""
-    from torch.utils.data import DataLoader
-
-    from timesformer.data import SyntheticMotion, collate
-
-    classes = ("move_left", "move_up", "still_disc", "still_cross")
-    torch.manual_seed(0)
-    model = tf.create_model("timesformer_tiny", dim=64, depth=2, heads=2, dim_head=32, num_classes=4)
-    train = SyntheticMotion(40 * 32, classes=classes, seed=1, mean=model.config.mean, std=model.config.std)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    for batch in DataLoader(train, batch_size=32, shuffle=True, collate_fn=collate):
-        torch.nn.functional.cross_entropy(model(batch["video"]), batch["label"]).backward()
-        opt.step()
-        opt.zero_grad()
-    test = SyntheticMotion(480, classes=classes, split="test", mean=model.config.mean, std=model.config.std)
-    return model.eval(), test, collate([train[i] for i in range(8)])["video"]
-
-
 @pytest.mark.parametrize("compile", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["dynamic", "static"])
-def test_int8_agrees_with_fp32_on_a_trained_model(trained, compile):
+def test_int8_agrees_with_fp32_on_a_trained_model(trained_motion, compile):
     """int8 names the same class as fp32 on >= 99 % of 480 held-out clips, and moves the logits by under 5 % of
     their mean magnitude: dynamic (eager), and static (calibrated on 8 training clips, compiled)."""
     from torch.utils.data import DataLoader
@@ -159,7 +139,7 @@ def test_int8_agrees_with_fp32_on_a_trained_model(trained, compile):
 
     if compile:
         pytest.importorskip("torchao")
-    model, test, calibration = trained
+    model, test, calibration = trained_motion
     fast = tf.optimize(model, precision="int8", compile=compile, calibration=calibration)
     assert fast.method == ("int8-static" if compile else "int8-dynamic")
     ref, low, labels = [], [], []

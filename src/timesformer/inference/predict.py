@@ -142,9 +142,17 @@ class Predictor:
         self.partial = {}  # path -> why decoding stopped early, for files that decoded only partly
 
     def calibrate(self, paths, clips: int = 8) -> int:
-        """For int8 with ``compile`` (static quantization): set the int8 scales from views of the first ``clips``
-        files of ``paths`` that decode, one view per file in turn (a file's other views only when there are fewer
-        files than clips). Returns the number of clips used."""
+        """For int8 with ``compile`` (static quantization): set the int8 scales from ``calibration_clips(paths,
+        clips)``. Returns the number of clips used."""
+        order = self.calibration_clips(paths, clips)
+        if len(order):
+            self.model.calibrate(order)
+        return len(order)
+
+    def calibration_clips(self, paths, clips: int = 8) -> torch.Tensor:
+        """Views of the first ``clips`` files of ``paths`` that decode, one view per file in turn (a file's other
+        views only when there are fewer files than clips): ``n t c S S`` float, as the model takes them (n may be
+        fewer than ``clips``, 0 when none decodes)."""
         per_file = []
         for path in paths:
             if len(per_file) >= clips:
@@ -156,9 +164,7 @@ class Predictor:
         order = [
             views[i] for i in range(max((len(v) for v in per_file), default=0)) for views in per_file if i < len(views)
         ][:clips]
-        if order:
-            self.model.calibrate(torch.stack(order))
-        return len(order)
+        return torch.stack(order) if order else torch.empty(0)
 
     def with_views(self, clips: int, crops: int) -> Predictor:
         """A predictor that shares this one's model but takes ``clips`` x ``crops`` test views."""

@@ -1,0 +1,169 @@
+"""OpenVINO export: an IR folder (``model.xml``, ``model.bin``, ``export.json``) in f32, bf16 or int8, checked
+against PyTorch fp32 before anything is written.
+
+- f32 and bf16 are the same IR: the precision is a run-time hint stored in it (``runtime_options``), so the CPU
+  plugin runs what was checked (left to itself it picks bf16 wherever the CPU has it).
+- int8 is NNCF's post-training quantization of that IR, its activation ranges set from calibration clips (the
+  ``predict`` views of real videos; the transformer preset keeps softmax and the norms in float).
+- The check runs the compiled IR on the calibration clips and on random ones, and the folder is written (one
+  rename) only when the logits stay within ``TOLERANCE`` of PyTorch's.
+
+``pip install 'timesformer[openvino]'`` (``openvino``, ``nncf``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from ..model import TimeSformer
+from .export import _Logits
+
+PRECISIONS = ("f32", "bf16")
+# the largest logit difference from PyTorch fp32, over the largest logit, an export may have
+TOLERANCE = {"f32": 1e-3, "bf16": 0.1, "int8": 0.1}
+
+
+def _openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise UserError("--format openvino needs OpenVINO: pip install 'timesformer[openvino]'") from None
+    return openvino
+
+
+def convert_openvino(model: TimeSformer):
+    """``model`` as an ``openvino.Model`` with a dynamic batch (frames and size: the config's)."""
+    ov = _openvino()
+    cfg = model.config
+    shape = (cfg.num_frames, cfg.channels, cfg.image_size, cfg.image_size)
+    batch = torch.export.Dim("batch", min=1, max=1024)  # torch.export, as the ONNX export: no tracer baking sizes
+    with torch.no_grad():
+        program = torch.export.export(_Logits(model.eval()), (torch.randn(2, *shape),), dynamic_shapes=({0: batch},))
+    converted = ov.convert_model(program)
+    converted.reshape({0: ov.PartialShape([-1, *shape])})  # only the batch stays dynamic
+    converted.inputs[0].get_tensor().set_names({"video"})
+    converted.outputs[0].get_tensor().set_names({"logits"})
+    return converted
+
+
+def quantize_openvino(converted, clips: torch.Tensor):
+    """NNCF post-training int8 of ``converted`` (an ``openvino.Model``), its ranges from ``clips`` (``n t c H W``
+    float, normalised as the model takes them), one at a time."""
+    try:
+        import nncf
+    except ImportError:
+        raise UserError("--quantize int8 needs NNCF: pip install 'timesformer[openvino]'") from None
+    data = nncf.Dataset([clip[None].numpy() for clip in clips])
+    return nncf.quantize(converted, data, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(clips))
+
+
+class OpenVINOModel:
+    """A compiled IR as a callable: ``video: b t c H W float -> logits: b classes`` (torch tensors). ``path``: an
+    export folder (or its ``model.xml``), or an ``openvino.Model``; ``precision`` overrides the hint stored in it;
+    ``threads``: the CPU plugin's inference threads (default: its own choice)."""
+
+    def __init__(self, path, *, precision: str | None = None, threads: int | None = None):
+        ov = _openvino()
+        core = ov.Core()
+        if isinstance(path, str | os.PathLike):
+            path = Path(path)
+            path = path / "model.xml" if path.is_dir() else path
+            if not path.is_file():
+                raise UserError(f"{path}: no OpenVINO IR there (an export folder holds model.xml and model.bin)")
+            path = core.read_model(str(path))
+        config = {}
+        if precision is not None:
+            config["INFERENCE_PRECISION_HINT"] = _hint(precision)
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.compiled = core.compile_model(path, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+
+    def __call__(self, video: torch.Tensor) -> torch.Tensor:
+        result = self.request.infer({0: video.detach().float().contiguous().numpy()})
+        return torch.from_numpy(result[self.compiled.output(0)].copy())
+
+
+def _hint(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    return precision
+
+
+def export_openvino(
+    model: TimeSformer,
+    out: str | os.PathLike,
+    *,
+    precision: str = "f32",
+    quantize: str | None = None,
+    calibration: torch.Tensor | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Write ``out/`` (``model.xml``, ``model.bin``, ``export.json``): ``model`` converted, at ``precision`` (the
+    run-time hint: ``f32`` or ``bf16``), int8 when ``quantize="int8"`` (NNCF, ranges from ``calibration``: ``n t c
+    H W`` clips, required). Checked first on ``calibration`` (else 3 random clips) against PyTorch fp32; a drift over
+    ``TOLERANCE`` is a ``UserError`` and nothing is written. Returns ``export.json``'s content: ``{"precision",
+    "quantize", "drift", "same_top1", "clips", ...}``."""
+    _hint(precision)
+    if quantize not in (None, "int8"):
+        raise UserError(f"quantize must be None or 'int8'; got {quantize!r}")
+    if quantize and (calibration is None or len(calibration) == 0):
+        raise UserError("--quantize int8 sets its ranges from real clips: pass --calibration VIDEO [VIDEO ...]")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} exists; pass --overwrite to replace it")
+    ov = _openvino()
+    cfg = model.config
+    shape = (cfg.num_frames, cfg.channels, cfg.image_size, cfg.image_size)
+    converted = convert_openvino(model)
+    if quantize:
+        converted = quantize_openvino(converted, calibration)
+    converted.set_rt_info(precision, ["runtime_options", "INFERENCE_PRECISION_HINT"])
+    # the clips it will see: the calibration clips where given (int8 ranges fit real video, not noise), else random
+    check = calibration.float() if calibration is not None else torch.randn(3, *shape, generator=torch.Generator())
+    with torch.no_grad():
+        ref = torch.cat([model.eval()(clip[None]) for clip in check])
+    ours = torch.cat([OpenVINOModel(converted)(clip[None]) for clip in check])
+    drift = float((ours - ref).abs().max() / ref.abs().max())
+    kind = quantize or precision
+    if not drift <= TOLERANCE[kind]:  # NaN too
+        raise UserError(
+            f"OpenVINO {kind} logits differ from PyTorch fp32 by {drift:.1%} of the largest logit "
+            f"(> {TOLERANCE[kind]:.1%}); {out} not written"
+        )
+    report = {
+        "format": "openvino",
+        "openvino": ov.__version__,
+        "precision": precision,
+        "quantize": quantize,
+        "input": {"name": "video", "shape": ["batch", *shape], "mean": list(cfg.mean), "std": list(cfg.std)},
+        "labels": list(cfg.labels) if cfg.labels else None,
+        "drift": drift,
+        "same_top1": int((ours.argmax(1) == ref.argmax(1)).sum()),
+        "clips": len(check),
+        "calibration_clips": 0 if calibration is None else len(calibration),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))  # beside out: one rename
+    try:
+        ov.save_model(converted, str(tmp / "model.xml"), compress_to_fp16=False)
+        (tmp / "export.json").write_text(json.dumps(report, indent=2) + "\n")
+        if out.exists():  # --overwrite: the old folder goes only once the new one is whole
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return report

@@ -1,0 +1,117 @@
+"""timesformer export --format openvino: an IR folder whose logits equal PyTorch's, its int8 variant calibrated on real
+videos, and nothing written (nor anything already there lost) when the check fails."""
+
+import json
+
+import pytest
+import torch
+
+import timesformer as tf
+from timesformer.cli import main
+from timesformer.errors import UserError
+
+from ..conftest import labelled_tiny_model
+from ..data.videos import write_video
+
+pytest.importorskip("openvino")
+pytest.importorskip("av")
+
+from timesformer.inference import export_openvino as ov_export
+from timesformer.inference.export_openvino import OpenVINOModel
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ov")
+    tf.save_pretrained(labelled_tiny_model(), root / "ckpt")
+    (root / "videos").mkdir()
+    for i in range(3):
+        write_video(root / "videos" / f"v{i}.mp4", 40 + 20 * i, size=64)
+    return root
+
+
+def test_the_f32_ir_gives_pytorchs_logits_at_any_batch(ckpt, capsys):
+    out = ckpt / "f32"
+    assert main(["export", "--checkpoint", str(ckpt / "ckpt"), "--format", "openvino", "--out", str(out)]) == 0
+    assert "same top-1 on 3/3" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.bin", "model.xml"]
+    report = json.loads((out / "export.json").read_text())
+    assert report["precision"] == "f32" and report["labels"] == ["cat", "dog", "eel"] and report["drift"] < 1e-5
+    compiled = OpenVINOModel(out, threads=1)
+    assert compiled.precision == "<Type: 'float32'>"  # the hint stored in the IR, not the CPU's choice
+    model = tf.load_pretrained(ckpt / "ckpt").eval()
+    for batch in (1, 3):
+        video = torch.randn(batch, 4, 3, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(video), model(video), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow  # 40 s; the command-line test below runs int8 in the default set
+def test_int8_names_fp32s_class_on_a_trained_model(trained_motion, tmp_path):
+    """NNCF int8 calibrated on 32 training clips names the same class as PyTorch fp32 on >= 99 % of 480 held-out
+    clips (8 clips: 98.96 %), and moves the logits by under 5 % of their mean magnitude (torch int8's bound)."""
+    from torch.utils.data import DataLoader
+
+    from timesformer.data import SyntheticMotion, collate
+
+    model, test, _ = trained_motion
+    train = SyntheticMotion(64, classes=test.classes, seed=1, mean=model.config.mean, std=model.config.std)
+    calibration = collate([train[i] for i in range(32)])["video"]
+    report = ov_export.export_openvino(model, tmp_path / "int8", quantize="int8", calibration=calibration)
+    assert report["quantize"] == "int8" and report["calibration_clips"] == 32
+    compiled = OpenVINOModel(tmp_path / "int8", threads=1)
+    assert runtime_precisions(tmp_path / "int8")["i8"] > 0  # int8 kernels run
+    ref, low = [], []
+    with torch.no_grad():
+        for batch in DataLoader(test, batch_size=60, collate_fn=collate):
+            ref.append(model(batch["video"]))
+            low.append(compiled(batch["video"]))
+    ref, low = torch.cat(ref), torch.cat(low)
+    agreement = (ref.argmax(1) == low.argmax(1)).float().mean().item()
+    assert agreement >= 0.99, agreement
+    assert (low - ref).abs().mean() <= 0.05 * ref.abs().mean()
+
+
+def test_int8_from_the_command_line_takes_its_ranges_from_videos(trained_motion, tmp_path, capsys):
+    from timesformer.data import write_synthetic
+
+    tf.save_pretrained(trained_motion[0], tmp_path / "ckpt")
+    videos = write_synthetic(tmp_path / "videos", 4, size=32)
+    out = tmp_path / "int8"
+    args = ["export", "--checkpoint", str(tmp_path / "ckpt"), "--format", "openvino", "--out", str(out)]
+    assert main([*args, "--quantize", "int8"]) == 2  # no calibration videos: a UserError, nothing written
+    assert "--calibration VIDEO" in capsys.readouterr().err and not out.exists()
+    assert main([*args, "--quantize", "int8", "--calibration", str(videos), "--calibration-clips", "3"]) == 0
+    assert "int8 (NNCF, 3 calibration clips)" in capsys.readouterr().out
+    report = json.loads((out / "export.json").read_text())
+    assert report["quantize"] == "int8" and report["clips"] == 3 and report["drift"] <= ov_export.TOLERANCE["int8"]
+    assert runtime_precisions(out)["i8"] > 0
+
+
+def runtime_precisions(folder) -> dict:
+    """How many ops of the compiled IR run in each precision (the CPU plugin's own account)."""
+    ops = OpenVINOModel(folder).compiled.get_runtime_model().get_ops()
+    counts: dict = {}
+    for op in ops:
+        kind = op.get_rt_info()["runtimePrecision"].astype(str)
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def test_an_export_outside_its_bound_writes_nothing_and_keeps_the_old_folder(ckpt, monkeypatch):
+    model = tf.load_pretrained(ckpt / "ckpt")
+    out = ckpt / "f32"  # written by the first test
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(UserError, match="exists; pass --overwrite"):
+        ov_export.export_openvino(model, out)
+    monkeypatch.setitem(ov_export.TOLERANCE, "f32", -1.0)  # any drift is over it
+    with pytest.raises(UserError, match=r"differ from PyTorch fp32 by .* not written"):
+        ov_export.export_openvino(model, out, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in ckpt.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
+
+
+def test_openvino_options_are_refused_for_other_formats(ckpt, capsys):
+    args = ["export", "--checkpoint", str(ckpt / "ckpt"), "--out", str(ckpt / "m.onnx")]
+    assert main([*args, "--precision", "bf16"]) == 2
+    assert "--precision and --calibration apply to --format openvino" in capsys.readouterr().err
