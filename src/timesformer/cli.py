@@ -950,7 +950,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="VIDEO",
         help="--precision int8 --compile: videos (files, folders, globs) whose clips set the int8 scales",
     )
-    _sampling_options(srv)
+    _sampling_options(srv, decoder=False)  # untrusted uploads: PyAV, whose decoder refuses frames before allocating
     _fast_options(srv)
     srv.add_argument("--device", default="auto")
     srv.set_defaults(func=cmd_serve)

@@ -86,6 +86,27 @@ def test_short_keyframe_intervals_are_crossed_by_seeking(tmp_path):
     assert [read_index(f) for f in frames] == [frame_at(stamps, s) for s in times]
 
 
+def test_keyframe_intervals_that_vary_stop_the_seeking_by_them(tmp_path):
+    # keyframes at frames 0 and 6, then 256: the first interval (0.2 s) says nothing of the next; a seek by it lands
+    # on frame 6 again and again (513 frames decoded for 8 times 1.1 s apart); once one skips nothing, they stop
+    path = tmp_path / "k06.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width = stream.height = 64
+        stream.options = {"crf": "18", "forced-idr": "1"}
+        for i in range(300):
+            frame = av.VideoFrame.from_ndarray(index_frame(i), format="rgb24")
+            if i == 6:
+                frame.pict_type = av.video.frame.PictureType.I
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    times = [1.1 * k for k in range(8)]
+    with VideoReader(path) as reader:
+        frames, _ = reader.frames_at(times)
+        assert reader.frames_decoded <= 200, reader.frames_decoded
+    assert [read_index(f) for f in frames] == [frame_at([i / 30 for i in range(300)], s) for s in times]
+
+
 def test_times_past_the_end_repeat_the_last_frame(tmp_path):
     path = tmp_path / "short.mp4"
     write_video(path, 10, fps=10)

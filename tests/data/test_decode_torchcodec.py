@@ -91,6 +91,45 @@ def test_variable_frame_rate_and_a_start_offset(torchcodec, tmp_path):
     assert [read_index(f) for f in theirs] == [read_index(f) for f in ours] == [0, 15, 57]
 
 
+@pytest.mark.parametrize("gop", [30, None])
+def test_where_torchcodec_picks_other_frames_pyav_answers(torchcodec, tmp_path, gop):
+    # MPEG-TS: torchcodec's seek lands past the keyframe before its target (frames 30, 30, 60, 120 for times 0,
+    # 0.5, 1, 3), or with one keyframe nothing decodes; every frame it returns is checked against its time
+    path = tmp_path / "v.ts"
+    stamps = write_video(path, 150, fps=30, gop=gop)
+    times = [0.0, 0.5, 1.0, 3.0, 4.9, 0.2]
+    with open_video(path, decoder="torchcodec") as reader:
+        frames, valid = reader.frames_at(times)
+        assert reader.fallbacks == 1 and reader.partial is None
+    assert [read_index(f) for f in frames] == [frame_at(stamps, s) for s in times] and valid.all()
+
+
+def test_a_stream_that_switches_resolution_is_refused_as_pyav_refuses_it(torchcodec, tmp_path):
+    path = tmp_path / "switch.ts"
+    parts = []
+    for size, first in ((64, 0), (128, 30)):  # two MPEG-TS segments, the second twice the size: a broadcast switch
+        part = tmp_path / f"{size}.ts"
+        with av.open(str(part), "w") as container:
+            stream = container.add_stream("libx264", rate=30)
+            stream.width = stream.height = size
+            for i in range(first, first + 30):
+                frame = av.VideoFrame.from_ndarray(index_frame(i, size), format="rgb24")
+                frame.pts = i
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
+        parts.append(part.read_bytes())
+    path.write_bytes(b"".join(parts))
+    outcomes = {}
+    for decoder in ("pyav", "torchcodec"):
+        try:
+            with open_video(path, decoder=decoder) as reader:
+                reader.frames_at([0.5, 1.5])
+                outcomes[decoder] = "ok"
+        except DecodeError as err:
+            outcomes[decoder] = str(err).split(": ", 1)[1]
+    assert outcomes["torchcodec"] == outcomes["pyav"]
+
+
 def test_frames_scaled_down_match_pyavs_to_within_resampling(torchcodec, tmp_path):
     path = tmp_path / "wide.mp4"
     with av.open(str(path), "w") as container:  # 320 x 192 smooth gradients moving right
@@ -135,41 +174,38 @@ def test_a_dataset_reads_clips_through_torchcodec(torchcodec, tmp_path):
     assert (clips["torchcodec"] - clips["pyav"]).abs().max() < 0.1  # normalised units: resampling only
 
 
-def test_a_missing_ffmpeg_is_an_error_naming_the_apt_package(monkeypatch, tmp_path):
-    real_import = builtins.__import__
+@pytest.mark.parametrize(
+    "raised,ffmpeg,message",
+    [
+        (ImportError("No module named 'torchcodec'", name="torchcodec"), "libavutil.so.58", r"pip install torchcodec"),
+        (
+            OSError("libavutil.so.58: cannot open shared object file"),
+            None,
+            r"apt-get install ffmpeg.*libavutil\.so\.58",
+        ),
+        (RuntimeError("Could not load libtorchcodec ... FFmpeg ..."), "libavutil.so.58", r"another torch.*whl/cpu"),
+    ],
+    ids=["no-torchcodec", "no-ffmpeg", "build-mismatch"],
+)
+def test_a_torchcodec_that_cant_load_says_what_to_install(monkeypatch, tmp_path, raised, ffmpeg, message):
+    import ctypes.util
+
+    real_import, real_find = builtins.__import__, ctypes.util.find_library
 
     def failing(name, *args, **kwargs):
         if name.startswith("torchcodec"):
-            raise OSError("libavutil.so.58: cannot open shared object file: No such file or directory")
+            raise raised
         return real_import(name, *args, **kwargs)
 
     write_video(tmp_path / "v.mp4", 10)
     monkeypatch.setattr(builtins, "__import__", failing)
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: ffmpeg if name == "avutil" else real_find(name))
     decode_torchcodec._torchcodec.cache_clear()
-    with pytest.raises(UserError, match=r"apt-get install ffmpeg.*libavutil\.so\.58"):
-        open_video(tmp_path / "v.mp4", decoder="torchcodec")
-    decode_torchcodec._torchcodec.cache_clear()
-
-
-def test_a_missing_torchcodec_or_a_mismatched_build_says_what_to_install(monkeypatch, tmp_path):
-    real_import = builtins.__import__
-    error = ImportError("No module named 'torchcodec'", name="torchcodec")
-
-    def failing(name, *args, **kwargs):
-        if name.startswith("torchcodec"):
-            raise error
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", failing)
-    for raised, message in [
-        (ImportError("No module named 'torchcodec'", name="torchcodec"), r"pip install torchcodec"),
-        (OSError("libnvrtc.so.13: cannot open shared object file"), r"built for another torch.*whl/cpu"),
-    ]:
-        error = raised
-        decode_torchcodec._torchcodec.cache_clear()
+    try:
         with pytest.raises(UserError, match=message):
-            open_video(tmp_path / "missing.mp4", decoder="torchcodec")
-    decode_torchcodec._torchcodec.cache_clear()
+            open_video(tmp_path / "v.mp4", decoder="torchcodec")
+    finally:
+        decode_torchcodec._torchcodec.cache_clear()
 
 
 def test_an_unknown_decoder_is_refused_by_name(tmp_path):

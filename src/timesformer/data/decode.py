@@ -217,7 +217,9 @@ class VideoReader:
             self.container.close()
             raise DecodeError(f"{self.path}: {err}") from None
         self.frames_decoded = 0  # how many frames the decoder produced so far (tests and benchmarks read it)
-        self.key_interval = None  # seconds: the longest seen between consecutive keyframes decoded in a row
+        # seconds: the longest seen between consecutive keyframes decoded in a row (inf once a seek by it skipped
+        # nothing: the intervals vary, and seeking by them stops)
+        self.key_interval = None
         self.partial = None  # why decoding stopped before the end of the video, once it has
 
     def _open_stream(self):
@@ -310,7 +312,7 @@ class VideoReader:
 
         ctx = self.stream.codec_context
         reorder = 16 / self.fps  # decoding runs ahead of display by the B-frame reorder depth: stay clear of it
-        j, prev, last, seeked, last_key = 0, None, None, 0, None
+        j, prev, last, seeked, last_key, skipped_from = 0, None, None, 0, None, None
         # a seek may land past the keyframe before its target (MPEG-TS seeks by the timestamps it reads): when the
         # first frame after it is later than the target, or none decodes, seek again further back, 1 s, 4 s, 16 s
         # ..., then from the beginning
@@ -337,6 +339,10 @@ class VideoReader:
                             prev, restart = None, True
                             break
                         landing = None
+                        if skipped_from is not None:  # the first frame after a seek by the keyframe interval
+                            if now <= skipped_from + _EPS:  # it skipped nothing: keyframes are further apart here
+                                self.key_interval = math.inf
+                            skipped_from = None
                         if frame.key_frame:
                             if last_key is not None and now > last_key:
                                 self.key_interval = max(self.key_interval or 0.0, now - last_key)
@@ -353,6 +359,7 @@ class VideoReader:
                         keyframe_ahead = self.key_interval is not None and gap > self.key_interval + 4 / self.fps
                         far = gap > self.SEEK_GAP or keyframe_ahead
                         if far and seeked != j:  # once per target: a seek may land behind us
+                            skipped_from = now if gap <= self.SEEK_GAP else None
                             sought = landing = self._seek(times[order[j]])
                             last_key = None  # keyframes after a seek: not consecutive with those before
                             back = 1.0

@@ -198,6 +198,9 @@ class ShardedJob:
                 "fps": spec.fps,
             },
             "precision": predictor.precision,
+            # the decoder picks the same frames, but not the same pixels: a resumed job keeps it (pyav: unstated,
+            # so jobs written before the choice existed resume)
+            **({"decoder": spec.decoder} if spec.decoder != "pyav" else {}),
             **identity,
         }
         self.shards = [videos[k : k + shard_size] for k in range(0, len(videos), shard_size)]
