@@ -6,7 +6,10 @@ files by PyAV, then decoded, resized and normalised by ``Predictor`` as ``timesf
     python benchmarks/bench_agreement.py --checkpoint runs/demo/divided/best   # the demo's trained model
     python benchmarks/bench_agreement.py                                       # trains a short synthetic run first
 
-Static int8 is calibrated on 16 training clips (never the held-out ones).
+Beside ``optimize``'s paths, the exported files: ONNX int8 (onnxruntime, dynamic quantization), OpenVINO f32, bf16
+(where the CPU has it) and int8 (NNCF); ``--no-exports`` leaves them out.
+
+Static int8 (ours and OpenVINO's) is calibrated on 16 training clips (never the held-out ones).
 """
 
 from __future__ import annotations
@@ -40,6 +43,34 @@ def short_run(steps: int = 300) -> tf.TimeSformer:
     return model.eval()
 
 
+def exported(model, calibration: torch.Tensor, folder: Path) -> dict:
+    """name -> callable(video b t c H W) -> logits, for each exported file this machine can run."""
+    out = {}
+    try:
+        from timesformer.inference.export import export_onnx, onnx_logits, quantize_onnx
+
+        int8 = quantize_onnx(export_onnx(model, folder / "fp32.onnx"), folder / "int8.onnx")
+        out["ONNX int8 (onnxruntime, dynamic)"] = lambda video: onnx_logits(int8, video)
+    except ImportError as err:
+        print(f"skipped ONNX: {err}")
+    try:
+        import openvino as ov
+
+        from timesformer.inference.export_openvino import OpenVINOModel, export_openvino
+    except ImportError as err:
+        print(f"skipped OpenVINO: {err}")
+        return out
+    bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    for name, precision, quantize in (("f32", "f32", None), ("bf16", "bf16", None), ("int8 (NNCF)", "f32", "int8")):
+        if precision == "bf16" and not bf16:
+            print("skipped OpenVINO bf16: this CPU has no bf16")
+            continue
+        path = folder / f"ov-{precision}-{quantize}"
+        export_openvino(model, path, precision=precision, quantize=quantize, calibration=calibration)
+        out[f"OpenVINO {name}"] = OpenVINOModel(path)
+    return out
+
+
 def row(name: str, ref: torch.Tensor, low: torch.Tensor, labels: torch.Tensor, seconds: float) -> str:
     delta = (low - ref).abs()
     return (
@@ -55,6 +86,7 @@ def main():
     ap.add_argument("--clips", type=int, default=600, help="held-out clips (default 600)")
     ap.add_argument("--videos", type=int, default=120, help="encoded videos (default 120)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-exports", action="store_true", help="leave out ONNX and OpenVINO")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = tf.load_pretrained(args.checkpoint) if args.checkpoint else short_run()
@@ -84,6 +116,12 @@ def main():
             row(f"{fast.method}{' + compile' if compile else ''}", ref, low, labels, time.perf_counter() - start),
             flush=True,
         )
+    exports_dir = Path(tempfile.mkdtemp(prefix="bench_agreement_"))
+    files_out = {} if args.no_exports else exported(model, calibration, exports_dir)
+    for name, run in files_out.items():
+        start = time.perf_counter()
+        low = torch.cat([run(b["video"]) for b in batches])
+        print(row(name, ref, low, labels, time.perf_counter() - start), flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         root = write_synthetic(tmp, args.videos, split="test", seed=4, num_frames=cfg.num_frames)
@@ -112,6 +150,12 @@ def main():
                 ),
                 flush=True,
             )
+        for name, run in files_out.items():  # the exported graphs take the same views (every frame real here)
+            start = time.perf_counter()
+            views = [base.views(f) for f in files]
+            assert all(bool(m.all()) for _, m in views), "a clip with masked frames: the exports take no mask"
+            low = torch.stack([run(v).mean(0) for v, _ in views])
+            print(row(name, ref, low, truth, time.perf_counter() - start), flush=True)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,13 @@ spread, with the CPU's model and flags. ``--baseline REF`` adds the model packag
     python benchmarks/bench_model.py --memory  # each model alone in a subprocess: peak RSS (and the seed, too)
     python benchmarks/bench_model.py --fast    # the inference fast path (timesformer.optimize) against HF
     python benchmarks/bench_model.py --train   # train steps at batch 2 and 4, fp32 and bf16, and compiled
+    python benchmarks/bench_model.py --fast --openvino  # ours against OpenVINO f32 / bf16 / int8, interleaved
 
 ``--fast`` prints the CPU, oneDNN's ISA and this machine's fp32 / bf16 / int8 matmul peaks, then batch-1
 inference of every path: seconds per clip, the ratio to HF eager bf16 autocast, and achieved GFLOP/s.
+``--fast --openvino`` runs our fast paths and OpenVINO's (``timesformer export --format openvino``: f32, bf16, NNCF
+int8) in one process, A B A B, each pair at the same precision, and prints each pair's per-round ratio. A precision
+the CPU lacks (bf16 without AVX-512 BF16 or AMX) is a skipped row, saying so.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import sys
+from pathlib import Path
 
 from timing import cpu_flags, interleaved, machine, median_seconds, ratio_stats, run_worker
 
@@ -297,6 +303,88 @@ def fast_table(threads: int, quick: bool):
         )
 
 
+OPENVINO_PAIRS = {  # name -> ((our precision, compile), OpenVINO's (precision, int8))
+    "fp32": (("fp32", True), ("f32", False)),
+    "bf16": (("bf16", True), ("bf16", False)),
+    "int8-static": (("int8", True), ("f32", True)),
+    "int8-dynamic": (("int8", False), ("f32", True)),
+}
+
+
+def openvino_table(threads: int, pairs: int, which: list[str], calibration_clips: int = 16):
+    """Ours (``optimize``, compiled) against OpenVINO's IR at each precision, batch 1, interleaved in this process.
+    Calibration for both int8 paths: the same random clips (a random-init model)."""
+    import tempfile
+    import time
+
+    import openvino as ov
+    import torch
+
+    import timesformer
+    from timesformer.inference.export_openvino import OpenVINOModel, export_openvino
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = build("ours").eval()
+    x = torch.randn(1, 8, 3, 224, 224)
+    calibration = torch.randn(calibration_clips, 8, 3, 224, 224)
+    with torch.no_grad():
+        ref = model(x)
+    bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    tmp = Path(tempfile.mkdtemp(prefix="bench_openvino_"))
+    contestants, info, skipped = {}, {}, []
+    for key in which:
+        (precision, compile), (ov_precision, ov_int8) = OPENVINO_PAIRS[key]
+        if precision == "bf16" and not bf16:
+            skipped.append("bf16: this CPU has no bf16 (OpenVINO's CPU capabilities lack BF16)")
+            continue
+        start = time.perf_counter()
+        fast = timesformer.optimize(
+            model,
+            precision=precision,
+            compile=compile,
+            example=x,
+            calibration=calibration if precision == "int8" else None,
+        )
+        ours_name = f"ours {fast.method}{' + compile' if compile else ''}"
+        info[ours_name] = {"prepare_s": time.perf_counter() - start, "compiled": fast.compiled}
+        start = time.perf_counter()
+        folder = tmp / key
+        export_openvino(
+            model,
+            folder,
+            precision=ov_precision,
+            quantize="int8" if ov_int8 else None,
+            calibration=calibration if ov_int8 else None,
+        )
+        ov_model = OpenVINOModel(folder, threads=threads)
+        ov_name = f"OpenVINO {'int8 (NNCF)' if ov_int8 else ov_precision}"
+        info[ov_name] = {"prepare_s": time.perf_counter() - start, "compiled": ov_model.precision}
+        for name, fn in ((ours_name, lambda fast=fast: fast(x)), (ov_name, lambda m=ov_model: m(x))):
+            info[name]["drift"] = float((fn().float() - ref).abs().max() / ref.abs().max())
+            contestants[name] = fn
+        print(f"# {ours_name} / {ov_name}: {info[ours_name]} {info[ov_name]}", file=sys.stderr, flush=True)
+    times = interleaved(contestants, pairs)
+    print(f"\ntorch {torch.__version__}, OpenVINO {ov.__version__}, {threads} CPU threads; {machine()}")
+    print(f"flags: {cpu_flags()}")
+    print(f"TimeSformer-B 8x224, batch 1, random init; {pairs} interleaved rounds\n")
+    print("| path | s per clip (median) | min | spread | ours / OpenVINO speed (per round: median, min-max) | drift |")
+    print("|---|---|---|---|---|---|")
+    names = list(times)
+    for k, name in enumerate(names):
+        t = sorted(times[name])
+        ratio = ""
+        if name.startswith("ours"):
+            r = ratio_stats(times[names[k + 1]], times[name])  # OpenVINO s / ours s: > 1, ours faster
+            ratio = f"{r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f})"
+        print(
+            f"| {name} | {statistics.median(t):.3f} | {t[0]:.3f} | {t[-1] - t[0]:.3f} | {ratio} | "
+            f"{info[name]['drift']:.4f} |"
+        )
+    for why in skipped:
+        print(f"\nskipped: {why}")
+
+
 CELLS = ("infer_b1_fp32", "infer_b1_bf16", "infer_b4_fp32", "infer_b4_bf16", "train_b2_fp32", "train_b2_bf16")
 
 
@@ -443,6 +531,8 @@ def main():
         action="store_true",
         help="train steps vs HF at batch 2 and 4, fp32 and bf16, and ours compiled (optim.compile)",
     )
+    ap.add_argument("--openvino", action="store_true", help="with --fast: ours against OpenVINO, interleaved")
+    ap.add_argument("--openvino-paths", default=",".join(OPENVINO_PAIRS), help="which of " + ",".join(OPENVINO_PAIRS))
     ap.add_argument("--memory", action="store_true", help="each model alone in a subprocess: peak RSS")
     ap.add_argument("--pairs", type=int, default=5, help="interleaved rounds per cell (default mode)")
     ap.add_argument("--cells", default=",".join(CELLS), help="which of " + ",".join(CELLS))
@@ -462,6 +552,9 @@ def main():
             print(json.dumps(train_worker(name, precision, int(batch), bool(int(compile)), quick=args.quick)))
         else:
             print(json.dumps(worker(*args.worker, quick=args.quick, device=args.device)))
+        return
+    if args.fast and args.openvino:
+        openvino_table(args.threads, args.pairs, args.openvino_paths.split(","))
         return
     if args.fast:
         fast_table(args.threads, args.quick)
