@@ -47,10 +47,13 @@ def exported(model, calibration: torch.Tensor, folder: Path) -> dict:
     """name -> callable(video b t c H W) -> logits, for each exported file this machine can run."""
     out = {}
     try:
-        from timesformer.inference.export import export_onnx, onnx_logits, quantize_onnx
+        from timesformer.inference.export import export_onnx, onnx_session, quantize_onnx
 
         int8 = quantize_onnx(export_onnx(model, folder / "fp32.onnx"), folder / "int8.onnx")
-        out["ONNX int8 (onnxruntime, dynamic)"] = lambda video: onnx_logits(int8, video)
+        session = onnx_session(int8, threads=torch.get_num_threads())  # one session for every batch
+        out["ONNX int8 (onnxruntime, dynamic)"] = lambda video: torch.from_numpy(
+            session.run(["logits"], {"video": video.numpy()})[0]
+        )
     except ImportError as err:
         print(f"skipped ONNX: {err}")
     try:
@@ -67,7 +70,7 @@ def exported(model, calibration: torch.Tensor, folder: Path) -> dict:
             continue
         path = folder / f"ov-{precision}-{quantize}"
         export_openvino(model, path, precision=precision, quantize=quantize, calibration=calibration)
-        out[f"OpenVINO {name}"] = OpenVINOModel(path)
+        out[f"OpenVINO {name}"] = OpenVINOModel(path, threads=torch.get_num_threads())
     return out
 
 
@@ -116,8 +119,8 @@ def main():
             row(f"{fast.method}{' + compile' if compile else ''}", ref, low, labels, time.perf_counter() - start),
             flush=True,
         )
-    exports_dir = Path(tempfile.mkdtemp(prefix="bench_agreement_"))
-    files_out = {} if args.no_exports else exported(model, calibration, exports_dir)
+    exports_dir = tempfile.TemporaryDirectory(prefix="bench_agreement_")
+    files_out = {} if args.no_exports else exported(model, calibration, Path(exports_dir.name))
     for name, run in files_out.items():
         start = time.perf_counter()
         low = torch.cat([run(b["video"]) for b in batches])

@@ -531,8 +531,9 @@ def _export_openvino(args, out) -> int:
     )
     kind = f"int8 (NNCF, {found['calibration_clips']} calibration clips)" if args.quantize else args.precision
     print(
-        f"wrote {out}/ (OpenVINO IR, {kind}, dynamic batch); against PyTorch fp32 on {found['clips']} clips: max "
-        f"|logit diff| {found['drift']:.2%} of the largest logit, same top-1 on {found['same_top1']}/{found['clips']}"
+        f"wrote {out}/ (OpenVINO IR, {kind}, dynamic batch); against PyTorch fp32 on {found['clips']} "
+        f"{found['check']}: max |logit diff| {found['drift']:.2%} of the largest logit, same top-1 on "
+        f"{found['same_top1']}/{found['clips']}"
     )
     return 0
 

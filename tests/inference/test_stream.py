@@ -74,12 +74,14 @@ def test_a_live_feed_predicts_from_its_first_frames_with_the_rest_masked(model, 
         assert o["window"][0] == 0.0 and o["frames"] == pytest.approx([0.0, 0.1, 7 / 30, 11 / 30], abs=1e-3)
         masks = torch.tensor([[t <= o["time"] + 1e-6 for t in o["frames"]]])
         torch.testing.assert_close(o["logits"], predictor.clip_logits(views, masks)[0], atol=1e-5, rtol=1e-5)
-    full = list(predictor.stream(clip / "a.mp4", every=4, topk=2, warmup="full"))
-    later = out[len(early) :]
-    assert [o["time"] for o in later] == [o["time"] for o in full] and len(full) == 13
-    for a, b in zip(later, full):
-        assert a["coverage"] == b["coverage"] == 1.0 and a["frames"] == b["frames"]
-        torch.testing.assert_close(a["logits"], b["logits"], atol=0, rtol=0)
+    for smooth in (1, 3):  # smoothing, too, starts again at the first full window
+        out = list(predictor.stream(clip / "a.mp4", every=4, topk=3, smooth=smooth))
+        full = list(predictor.stream(clip / "a.mp4", every=4, topk=3, smooth=smooth, warmup="full"))
+        later = out[len(early) :]
+        assert [o["time"] for o in later] == [o["time"] for o in full] and len(full) == 13
+        for a, b in zip(later, full):
+            assert a["coverage"] == b["coverage"] == 1.0 and a["frames"] == b["frames"] and a["top"] == b["top"]
+            torch.testing.assert_close(a["logits"], b["logits"], atol=0, rtol=0)
 
 
 def test_stdin_pipe_from_the_command_line(model, clip, tmp_path):

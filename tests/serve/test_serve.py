@@ -183,7 +183,9 @@ def test_metrics_keep_their_names_types_and_labels(model, videos, uploads):
     assert requests == {("/v1/predict", "200"): 1, ("/v1/predict", "422"): 1}  # _created samples: none kept
     assert [s.labels for s in families["timesformer_errors"].samples if s.name.endswith("_total")] == [{"code": "422"}]
     buckets = [s.labels["le"] for s in families["timesformer_batch_clips"].samples if s.name.endswith("_bucket")]
-    assert buckets == ["1.0", "2.0", "+Inf"]
+    assert buckets == ["1", "2", "+Inf"]  # as the hand-written exposition wrote them (the library: "1.0")
+    latency = [s.labels["le"] for s in families["timesformer_request_seconds"].samples if s.name.endswith("_bucket")]
+    assert latency == ["0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "+Inf"]
 
 
 def test_concurrent_requests_are_batched(model, videos, uploads):
@@ -194,7 +196,7 @@ def test_concurrent_requests_are_batched(model, videos, uploads):
         text = client.get("/metrics").text
     calls = metric(text, "timesformer_batch_clips_count")
     assert calls < 7  # 6 requests (+ the warm-up) in fewer model calls
-    assert metric(text, "timesformer_batch_clips_bucket", le="1.0") < calls
+    assert metric(text, "timesformer_batch_clips_bucket", le="1") < calls
     assert metric(text, "timesformer_batch_clips_bucket", le="+Inf") == calls
     assert metric(text, "timesformer_batch_clips_sum") == 6 + 8  # every clip counted once: the warm-up is a full batch
     assert metric(text, "timesformer_request_seconds_count") == 6  # the predicts (this /metrics counts once answered)

@@ -83,7 +83,9 @@ def stream_predictions(
 
     Before one span has arrived, ``warmup="masked"`` predicts anyway, every ``every`` frames from the first: the
     window starts at the first frame, as ``predict`` places it on a video that short, and its sampled times not yet
-    reached are masked; ``coverage`` is the share of the window's frames seen (1.0 once it is full). ``"full"``
+    reached are masked; ``coverage`` is the share of the window's frames seen (1.0 once it is full), and ``smooth``
+    averages only within the warm-up, then only full windows, so from the first full window on every prediction is
+    ``"full"``'s (with ``realtime``, which frames are dropped may differ: the model was busy earlier). ``"full"``
     waits for a whole window. A stream that ends before one span, on a frame not yet predicted, gets a prediction
     then.
 
@@ -101,7 +103,7 @@ def stream_predictions(
     offsets = [float(t) for t in spec.times(span, train=False)]
     buffer: collections.deque = collections.deque()  # (time, frame resized and centre-cropped, as the model sees it)
     recent: collections.deque = collections.deque(maxlen=smooth)
-    start_wall, busy_until, dropped, seen, now, predicted = None, 0.0, 0, 0, 0.0, 0
+    start_wall, busy_until, dropped, seen, now, predicted, was_full = None, 0.0, 0, 0, 0.0, 0, False
     for now, frame in frames:
         if realtime:
             start_wall = time.monotonic() - now if start_wall is None else start_wall
@@ -117,6 +119,9 @@ def stream_predictions(
             dropped += 1
             continue
         start = now - offsets[-1] if full else buffer[0][0]  # a window not yet full starts at the first frame
+        if full and not was_full:  # smoothing starts again: from here on, what --warmup full gives
+            recent.clear()
+            was_full = True
         yield _predict(predictor, now, start, offsets, buffer, recent, topk, dropped if realtime else None)
         busy_until, predicted = time.monotonic(), seen
     if buffer and not full and predicted != seen:  # a stream shorter than one window, its last frame unpredicted

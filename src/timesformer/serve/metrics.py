@@ -51,14 +51,22 @@ class Metrics:
 
 
 class _WithoutCreated:
-    """A registry's metrics without the ``*_created`` timestamps prometheus_client adds to counters and histograms
-    (the service's names stay what they were; ``disable_created_metrics()`` would change every registry in the
-    process)."""
+    """A registry's metrics as the service always wrote them: without the ``*_created`` timestamps prometheus_client
+    adds to counters and histograms (``disable_created_metrics()`` would change every registry in the process), and
+    with bucket bounds written ``le="1"``, not the library's ``le="1.0"`` (another label value: another series)."""
 
     def __init__(self, registry: CollectorRegistry):
         self.registry = registry
 
     def collect(self):
         for family in self.registry.collect():
-            family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+            family.samples = [
+                s._replace(labels={**s.labels, "le": _bound(s.labels["le"])}) if "le" in s.labels else s
+                for s in family.samples
+                if not s.name.endswith("_created")
+            ]
             yield family
+
+
+def _bound(le: str) -> str:
+    return le if le == "+Inf" else f"{float(le):g}"
