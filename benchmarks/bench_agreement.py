@@ -27,8 +27,6 @@ from timesformer.data import SyntheticMotion, collate, write_synthetic
 from timesformer.inference import Predictor
 from timesformer.inference.predict import expand_inputs
 
-PATHS = (("bf16", False), ("bf16", True), ("int8", False), ("int8", True))
-
 
 def short_run(steps: int = 300) -> tf.TimeSformer:
     """The demo's divided model (dim 96), trained for ``steps`` steps of 32 clips: a model that learned."""
@@ -90,7 +88,13 @@ def main():
     ap.add_argument("--videos", type=int, default=120, help="encoded videos (default 120)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-exports", action="store_true", help="leave out ONNX and OpenVINO")
+    ap.add_argument(
+        "--paths",
+        default="bf16,bf16+compile,int8,int8+compile",
+        help="optimize's paths to run (default all; int8+compile is torchao's static int8)",
+    )
     args = ap.parse_args()
+    paths = [(p.split("+")[0], p.endswith("+compile")) for p in args.paths.split(",") if p]
     torch.set_num_threads(args.threads)
     model = tf.load_pretrained(args.checkpoint) if args.checkpoint else short_run()
     cfg = model.config
@@ -110,7 +114,7 @@ def main():
     print(f"\n{source}; torch {torch.__version__}, {args.threads} threads\n")
     print(f"Held-out clips (tensors): fp32 top-1 {(ref.argmax(1) == labels).float().mean():.2%}\n")
     print(header)
-    for precision, compile in PATHS:
+    for precision, compile in paths:
         start = time.perf_counter()
         fast = tf.optimize(model, precision=precision, compile=compile, calibration=calibration)
         with torch.no_grad():
@@ -138,7 +142,7 @@ def main():
             f"{(ref.argmax(1) == truth).float().mean():.2%}\n"
         )
         print(header)
-        for precision, compile in PATHS:
+        for precision, compile in paths:
             start = time.perf_counter()
             pred = Predictor(model, sampling="segment", precision=precision, compile=compile)
             pred.model.calibrate(calibration)
