@@ -28,7 +28,8 @@ from torch.utils.data import Dataset
 
 from ..errors import UserError
 from .augment import ClipAugment, TrainTransform
-from .decode import DECODERS, IMAGE_EXTENSIONS, MAX_PIXELS, VIDEO_EXTENSIONS, DecodeError, natural_key, open_video
+from .decode import DECODERS, IMAGE_EXTENSIONS, MAX_PIXELS, VIDEO_EXTENSIONS, DecodeError, natural_key
+from .readers import open_video
 from .sampling import dense_clip_times, segment_times
 from .transforms import OFFICIAL_MEAN, OFFICIAL_STD, EvalTransform
 

@@ -52,35 +52,6 @@ def natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def open_video(
-    path: str | os.PathLike,
-    *,
-    frames_fps: float = 30.0,
-    short_side: int | None = None,
-    max_pixels: int = MAX_PIXELS,
-    deadline: float | None = None,
-    decoder: str = "pyav",
-) -> VideoReader | FrameFolderReader:
-    """A reader for a video file, or for a folder of extracted frames (shown at ``frames_fps``); see the readers for
-    ``short_side``, ``max_pixels`` and ``deadline``. ``decoder``: a video file's, ``"pyav"`` (``VideoReader``) or
-    ``"torchcodec"`` (``TorchCodecReader``, optional)."""
-    path = Path(path)
-    try:
-        folder = path.is_dir()
-    except OSError as err:
-        raise DecodeError(f"{path}: can't read it ({err})") from None
-    limits = dict(short_side=short_side, max_pixels=max_pixels, deadline=deadline)
-    if folder:
-        return FrameFolderReader(path, fps=frames_fps, **limits)
-    if decoder == "torchcodec":
-        from .decode_torchcodec import TorchCodecReader
-
-        return TorchCodecReader(path, **limits)
-    if decoder != "pyav":
-        raise UserError(f"decoder must be one of {', '.join(DECODERS)}; got {decoder!r}")
-    return VideoReader(path, **limits)
-
-
 TRIM_PIXELS = 4096 * 2160  # closing a video with larger frames gives the freed heap back (``trim_heap``)
 MAX_ASPECT = 10  # a frame's long side over its short side, at most: a clip's resize scales the long side too
 THREAD_BYTES = 256 * 2**20  # frame threads hold a frame each: past this many bytes in flight, slice threads

@@ -23,7 +23,8 @@ from fractions import Fraction
 from pathlib import Path
 
 from ..errors import UserError
-from .decode import IMAGE_EXTENSIONS, MAX_PIXELS, VIDEO_EXTENSIONS, DecodeError, natural_key, open_video
+from .decode import IMAGE_EXTENSIONS, MAX_PIXELS, VIDEO_EXTENSIONS, DecodeError, natural_key
+from .readers import open_video
 from .transforms import short_side_size
 
 SETTINGS_FILE = "prepare.json"
