@@ -17,11 +17,10 @@ import logging
 import os
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import UserError
 from .decode import _EPS, MAX_PIXELS, VideoReader, _cores, check_deadline, check_frame
-from .transforms import short_side_size
+from .transforms import resize_short_side
 
 log = logging.getLogger(__name__)
 
@@ -158,13 +157,6 @@ class TorchCodecReader(VideoReader):
         check_frame(self.path, width, height, self.max_pixels)
         if self.short_side is None or min(height, width) <= self.short_side:
             return video
-        size = short_side_size(height, width, self.short_side)
         return torch.stack(
-            [
-                F.interpolate(frame[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)
-                .round_()
-                .clamp_(0, 255)
-                .to(torch.uint8)[0]
-                for frame in video
-            ]
+            [resize_short_side(f[None], self.short_side).round_().clamp_(0, 255).to(torch.uint8)[0] for f in video]
         )
