@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from timesformer.model.embeddings import apply_rotary, rotary_angles
+from timesformer.model.embeddings import apply_rotary, rotary_angles, rotate_qk
 
 
 def rotated(x, axes, sizes, pos):
@@ -48,3 +48,41 @@ def test_seed_temporal_rotary_is_not_a_rotation():
     q = torch.randn(1, 16, 64)
     q_rot, _ = apply_rot_emb(q.clone(), q.clone(), (sin, cos))
     assert not torch.allclose(q_rot.norm(dim=-1), q.norm(dim=-1), atol=1e-3)
+
+
+def reference_qk(qkv, cos, sin, heads):
+    q, k, v = qkv.unflatten(-1, (3, heads, -1)).unbind(-3)
+    return torch.stack([apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v], dim=-3).flatten(-3)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_rotate_qk_turns_queries_and_keys_and_passes_values(grad):
+    """The fused rotation (an autograd function in training, plain ops otherwise) is ``apply_rotary`` on q and k:
+    values, gradients, and the values' slice untouched."""
+    heads, e = 3, 8
+    qkv = torch.randn(2, 4, 3, 5, 3 * heads * e, dtype=torch.float64, requires_grad=grad)
+    angles = rotary_angles("tyx", (4, 3, 5), e).to(torch.float64).unsqueeze(-2)  # t h w 1 (e/2)
+    cos, sin = angles.cos(), angles.sin()
+    got, want = rotate_qk(qkv, cos, sin, heads), reference_qk(qkv, cos, sin, heads)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    assert torch.equal(got[..., 2 * heads * e :], qkv[..., 2 * heads * e :])
+    assert not torch.allclose(got[..., : heads * e], qkv[..., : heads * e])  # the queries did turn
+    if grad:
+        g = torch.randn_like(want)
+        (got_grad,) = torch.autograd.grad(got, qkv, g.transpose(0, 1).contiguous().transpose(0, 1))  # strided
+        (want_grad,) = torch.autograd.grad(want, qkv, g)
+        torch.testing.assert_close(got_grad, want_grad, rtol=0, atol=1e-12)
+        small = torch.randn(1, 2, 1, 2, 3 * 1 * 4, dtype=torch.float64, requires_grad=True)
+        turn = rotary_angles("tx", (2, 1, 2), 4).to(torch.float64).unsqueeze(-2)
+        assert torch.autograd.gradcheck(lambda x: rotate_qk(x, turn.cos(), turn.sin(), 1), (small,))
+
+
+def test_rotate_qk_keeps_the_promoted_dtype():
+    """bf16 activations against fp32 tables come out fp32, as ``apply_rotary`` does; their gradient is bf16."""
+    qkv = torch.randn(2, 4, 3 * 2 * 8, dtype=torch.bfloat16, requires_grad=True)
+    angles = rotary_angles("t", (4, 1, 1), 8).view(4, 1, 4)
+    out = rotate_qk(qkv, angles.cos(), angles.sin(), 2)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, reference_qk(qkv, angles.cos(), angles.sin(), 2))
+    out.sum().backward()
+    assert qkv.grad.dtype == torch.bfloat16

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embeddings import apply_rotary
+from .embeddings import rotate_qk
 from .partition import Partition
 
 IMPLS = ("sdpa", "math")
@@ -123,9 +123,7 @@ class Attention(nn.Module):
         b, t, h, w, _ = x.shape
         qkv = self.qkv(x)  # b t h w (3 k e)
         if ctx.rope is not None:  # rotate patch queries and keys by their position (the cls token is not rotated)
-            cos, sin = ctx.rope[part.axes]
-            q, k, v = qkv.unflatten(-1, (3, self.heads, self.dim_head)).unbind(-3)
-            qkv = torch.stack([apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v], dim=-3).flatten(-3)
+            qkv = rotate_qk(qkv, *ctx.rope[part.axes], self.heads)
         groups = part.group(qkv)  # (b G) L (3 k e)
         G = groups.shape[0] // b
         real = part.real_slots(ctx.valid, (b, t, h, w), x.device)  # (b G) L or None: slots holding a real token

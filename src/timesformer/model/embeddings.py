@@ -111,3 +111,52 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     broadcast against ``x[..., :e/2]`` (e.g. ``x: b t h w k e`` with ``cos: t h w 1 (e/2)``)."""
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def rotate_qk(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int) -> torch.Tensor:
+    """``apply_rotary`` on the queries and keys of a fused projection, values passed through:
+    ``qkv: ... (3 k e) -> ... (3 k e)``, with ``cos, sin`` broadcasting against ``... 1 (e/2)`` (e.g.
+    ``t h w 1 (e/2)`` for ``qkv: b t h w (3 k e)``). The result is in the promoted dtype of ``qkv`` and ``cos``.
+
+    The same rotation as ``apply_rotary``, in fewer passes over memory: queries and keys turn together as
+    ``x cos' + swap(x) sin'`` (``cos' = [cos, cos]``, ``sin' = [-sin, sin]``, ``swap`` exchanging the two halves).
+    In training (grad on, eager) it is one autograd function whose backward is the inverse rotation and keeps no
+    activation: 2.5x faster forward and backward than ``apply_rotary`` on the demo's shapes.
+    """
+    e = qkv.shape[-1] // (3 * heads)
+    cos2 = torch.cat([cos, cos], dim=-1).unsqueeze(-3)  # ... 1 1 e: broadcasts over (3 or 2) k
+    sin2 = torch.cat([-sin, sin], dim=-1).unsqueeze(-3)
+    if qkv.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        return _RotateQK.apply(qkv, cos2, sin2, heads)
+    x = qkv.unflatten(-1, (3, heads, e))
+    qk, v = x[..., :2, :, :], x[..., 2:, :, :]
+    return torch.cat([qk * cos2 + _swap_halves(qk) * sin2, v.to(torch.result_type(qk, cos2))], dim=-3).flatten(-3)
+
+
+def _swap_halves(x: torch.Tensor) -> torch.Tensor:
+    """``[x1, x2] -> [x2, x1]`` along the last dim (a copy)."""
+    return x.unflatten(-1, (2, -1)).flip(-2).flatten(-2)
+
+
+def _rotate_into(x: torch.Tensor, cos2: torch.Tensor, sin2: torch.Tensor, heads: int, dtype) -> torch.Tensor:
+    """``rotate_qk`` without autograd, written into one new tensor: ``... (3 k e)`` in ``dtype``."""
+    x = x.unflatten(-1, (3, heads, -1))
+    out = torch.empty(x.shape, dtype=dtype, device=x.device)
+    qk, out_qk = x[..., :2, :, :], out[..., :2, :, :]
+    torch.mul(qk, cos2, out=out_qk)
+    out_qk.addcmul_(_swap_halves(qk), sin2)
+    out[..., 2:, :, :].copy_(x[..., 2:, :, :])
+    return out.flatten(-3)
+
+
+class _RotateQK(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, qkv, cos2, sin2, heads):
+        ctx.save_for_backward(cos2, sin2)
+        ctx.heads, ctx.dtype = heads, qkv.dtype
+        return _rotate_into(qkv, cos2, sin2, heads, torch.result_type(qkv, cos2))
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos2, sin2 = ctx.saved_tensors  # a rotation's inverse is its transpose: turn back by the same angle
+        return _rotate_into(grad.contiguous(), cos2, -sin2, ctx.heads, ctx.dtype), None, None, None
