@@ -13,7 +13,16 @@ from .errors import UserError
 def cmd_demo(args) -> int:
     import torch
 
-    from .engine.demo import MODEL_ARGS, NAMES, SCHEMES, check_demo, format_tables, run_demo
+    from .engine.demo import (
+        MODEL_ARGS,
+        NAMES,
+        SCHEMES,
+        check_demo,
+        format_seed_tables,
+        format_tables,
+        run_demo,
+        run_seeds,
+    )
 
     if args.transfer:
         return _demo_transfer(args)
@@ -22,26 +31,32 @@ def cmd_demo(args) -> int:
     schemes = check_demo(
         SCHEMES if args.schemes == "all" else [s for s in args.schemes.split(",") if s], args.steps, args.val_clips
     )
+    seeds = args.seeds or [args.seed]
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
     size = ", ".join(f"{k} {v}" for k, v in MODEL_ARGS.items())
+    embeddings = f", {args.pos_emb} embeddings" if args.pos_emb else ""
     print(
-        f"Training timesformer_tiny ({size}) on SyntheticMotion once per scheme "
+        f"Training timesformer_tiny ({size}{embeddings}) on SyntheticMotion once per scheme "
         f"({', '.join(NAMES[s] for s in schemes)}): the same clips in the same order, {args.steps} steps each, "
-        f"seed {args.seed}.",
+        f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}.",
         flush=True,
     )
-    results = run_demo(
+    common = dict(
         out=args.out,
         schemes=schemes,
         steps=args.steps,
-        seed=args.seed,
         val_clips=args.val_clips,
         progress_factory=lambda name, i, n: progress_bar(args.steps, f"{name:8s} [{i + 1}/{n}]"),
+        pos_emb=args.pos_emb,
     )
+    if args.seeds:  # even one: the sweep's layout (out/seed<S>) and its mean ± s.d. table
+        tables = format_seed_tables(run_seeds(seeds=seeds, **common))
+    else:
+        tables = format_tables(run_demo(seed=args.seed, **common))
     print()
-    print(format_tables(results))
+    print(tables)
     minutes, seconds = divmod(round(time.perf_counter() - started), 60)
     print(
         f"\nchance: top-1 8.3 %, direction 50 %. Took {minutes} min {seconds:02d} s. Tables, loss curves and "
@@ -699,6 +714,16 @@ def _count(text: str) -> int:
     return value
 
 
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"must be distinct whole numbers separated by commas (0,1,2); got {text!r}")
+    return seeds
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -767,6 +792,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--seeds",
+        type=_seed_list,
+        help="a comma list, e.g. 0,1,2: one run per seed into OUT/seed<S> (a finished seed is read, not retrained), "
+        "then Table 1 as mean ± s.d.",
+    )
+    demo.add_argument(
+        "--pos-emb",
+        choices=("rotary", "learned"),
+        help="position embeddings (default: the preset's rotary; learned: the paper's space and time tables)",
+    )
     demo.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     demo.add_argument(
         "--transfer",

@@ -1,6 +1,7 @@
 """The demo as a reproduction: equal steps on the same clips, a table that is a function of the seed, the
 paper's Table 1 beside ours, and the task preview."""
 
+import dataclasses
 import json
 
 import pytest
@@ -32,12 +33,19 @@ def _losses(run_folder) -> list:
 
 def test_every_scheme_trains_the_same_steps_on_the_same_clips_in_the_same_order(tmp_path, monkeypatch):
     seen = _seen_clips(monkeypatch)
+    config = demo.demo_config  # clips drawn in this process, where the recorder sees them
+
+    def in_process(*args, **kwargs):
+        cfg = config(*args, **kwargs)
+        return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, workers=0))
+
+    monkeypatch.setattr(demo, "demo_config", in_process)
     results = demo.run_demo(str(tmp_path), schemes=("divided", "space"), steps=3, val_clips=24)
     assert [r["steps"] for r in results.values()] == [3, 3]
     divided, space = seen[: len(seen) // 2], seen[len(seen) // 2 :]
     assert len(divided) == 3 * 32 and divided == space and len(set(divided)) == len(divided)
     # the two runs' settings differ in the attention scheme alone
-    configs = [demo.demo_config(a, out="x").__dict__ for a in ("divided", "space")]
+    configs = [config(a, out="x").__dict__ for a in ("divided", "space")]
     differing = {k for k in configs[0] if configs[0][k] != configs[1][k]}
     assert differing == {"name", "model_args"}
     assert configs[0]["model_args"] == dict(demo.MODEL_ARGS, attention="divided")
@@ -83,6 +91,53 @@ def test_schemes_all_puts_the_papers_table_1_beside_ours(tmp_path, capsys):
     assert flops["space"] < flops["joint"] < flops["divided"] < flops["sparse"] < flops["axial"]
     params = {s: saved[s]["params_m"] for s in saved}
     assert params["space"] == params["joint"] < params["divided"] == params["sparse"] < params["axial"]
+
+
+def test_seeds_sweep_gives_mean_and_sd_and_reads_finished_seeds(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "sweep"
+    argv = ["demo", "--seeds", "0,1", "--steps", "2", "--val-clips", "24", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "direction, seeds 0/1" in printed and "| divided space-time (T+S) |" in printed and " ± " in printed
+    saved = json.loads((out / "results.json").read_text())
+    per_seed = [json.loads((out / f"seed{s}" / "results.json").read_text())["schemes"] for s in (0, 1)]
+    assert saved["per_seed"] == {"0": per_seed[0], "1": per_seed[1]}
+    for scheme in ("divided", "space"):
+        values = torch.tensor([r[scheme]["direction"] for r in per_seed], dtype=torch.float64)
+        got = saved["mean_sd"][scheme]["direction"]
+        assert got["mean"] == pytest.approx(values.mean().item()) and got["sd"] == pytest.approx(values.std().item())
+        pair = saved["mean_sd"][scheme]["pairs"]["rotate_cw/rotate_ccw"]
+        assert pair["mean"] == pytest.approx(sum(r[scheme]["pairs"]["rotate_cw/rotate_ccw"] for r in per_seed) / 2)
+    assert (out / "table.md").read_text().startswith("| scheme | params |")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished seed was trained again")
+
+    monkeypatch.setattr(demo, "fit", no_training)
+    assert main(argv) == 0  # both seeds are read back
+    assert json.loads((out / "results.json").read_text()) == saved
+    with pytest.raises(AssertionError, match="trained again"):  # other settings: not the same runs
+        demo.run_seeds(str(out), schemes=("divided", "space"), steps=3, seeds=(0,), val_clips=24)
+
+
+def test_pos_emb_learned_trains_the_papers_space_and_time_tables(tmp_path):
+    cfg = demo.demo_config("joint", out=str(tmp_path), pos_emb="learned")
+    assert cfg.model_args == dict(demo.MODEL_ARGS, attention="joint", pos_emb="learned")
+    results = demo.run_demo(str(tmp_path), schemes=("joint",), steps=2, val_clips=24, pos_emb="learned")
+    assert results["joint"]["steps"] == 2
+    assert json.loads((tmp_path / "results.json").read_text())["pos_emb"] == "learned"
+    from safetensors.torch import load_file
+
+    assert json.loads((tmp_path / "joint" / "last" / "config.json").read_text())["config"]["pos_emb"] == "learned"
+    weights = load_file(tmp_path / "joint" / "last" / "model.safetensors")
+    assert weights["time_embed"].shape == (1, 8, demo.MODEL_ARGS["dim"])
+
+
+@pytest.mark.parametrize("bad", ["0,0", "a,b", ","])
+def test_demo_rejects_bad_seed_lists(bad, capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--seeds", bad])
+    assert "--seeds: must be distinct whole numbers separated by commas" in capsys.readouterr().err
 
 
 @pytest.mark.slow
