@@ -1009,7 +1009,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="pace a file to its frame rate; windows due while the model is busy are dropped and counted",
     )
-    st.add_argument("--json", action="store_true", help="JSON lines {time, topk, latency_ms}")
+    st.add_argument("--json", action="store_true", help="JSON lines {time, top, coverage, latency_ms}")
     _sampling_options(st, decoder=False)  # a live source is read as it arrives, by PyAV
     _fast_options(st)
     st.add_argument("--device", default="auto")
