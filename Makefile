@@ -5,13 +5,14 @@ PIP := $(PY) -m pip
 
 # Idempotent: create the venv once, install the CPU torch wheel only if torch is missing,
 # then the package with its dev extra. timesformer-pytorch is installed --no-deps so that
-# it can never pull a CUDA torch build.
+# it can never pull a CUDA torch build. --no-compile: Python compiles what is imported when it
+# is first imported, instead of pip compiling every module of every package up front.
 setup:
 	@test -x $(PY) || python3 -m venv .venv
-	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q --no-compile torch==2.13.0
 	@$(PY) -c "import timesformer, pytest, transformers, einops, safetensors, av, matplotlib, onnxruntime, yaml, torchao, fastapi, uvicorn, multipart, httpx, playwright, ruff, peft, kornia, tensorboard, \
-		timesformer_pytorch" \
-		2>/dev/null || ( $(PIP) install -q -e '.[dev]' && $(PIP) install -q --no-deps timesformer-pytorch==0.4.1 )
+		openvino, nncf, prometheus_client, timesformer_pytorch" \
+		2>/dev/null || ( $(PIP) install -q --no-compile -e '.[dev]' && $(PIP) install -q --no-compile --no-deps timesformer-pytorch==0.4.1 )
 
 lint: setup
 	$(PY) -m ruff check src tests benchmarks hubconf.py

@@ -69,3 +69,17 @@ def test_a_reversed_clip_scores_differently_unless_the_time_table_is_zero(pos_em
     with torch.no_grad():
         gap = (model(video) - model(video.flip(1))).abs().max()
     assert gap < 1e-12 if pos_emb.endswith("zero time table") else gap > 1e-6
+
+
+def test_joint_rotary_gives_time_fewer_turning_frequencies_than_a_temporal_stage():
+    """Where a joint head's sense of frame order comes from with rotary embeddings: of its 16 frequency pairs
+    (``dim_head`` 32, the demo's), time gets 6, and at base 10000 only 2 of them turn by 0.1 rad or more per frame;
+    a temporal stage (divided, axial) gives all 16 to time, 5 of them turning that much."""
+    from timesformer.model.embeddings import rotary_angles
+
+    def turning(axes: str, base: float) -> int:
+        angles = rotary_angles(axes, (8, 4, 4), 32, base=base)  # t h w pairs
+        return int(((angles[1, 0, 0] - angles[0, 0, 0]).abs() >= 0.1).sum())
+
+    assert (turning("tyx", 1e4), turning("t", 1e4)) == (2, 5)
+    assert (turning("tyx", 100.0), turning("t", 100.0)) == (4, 9)

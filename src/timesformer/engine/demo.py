@@ -56,17 +56,19 @@ def demo_config(
     seed: int = 0,
     val_clips: int = VAL_CLIPS,
     pos_emb: str | None = None,
+    model_args: dict | None = None,
 ) -> RunConfig:
     """The demo's run: identical for every scheme apart from ``attention``. One epoch of fresh clips, so every
     clip is seen once; warmup then cosine decay. fp32: at this size it is faster than bf16 autocast on CPUs, and
     its results move less from one machine to another. ``pos_emb`` replaces the preset's rotary embeddings
-    (``"learned"``: the paper's space and time tables)."""
+    (``"learned"``: the paper's space and time tables); ``model_args`` overrides more of the preset (studies)."""
     batch = 32
+    overrides = {**({"pos_emb": pos_emb} if pos_emb else {}), **(model_args or {})}
     return RunConfig(
         name=attention,
         out=out,
         model="timesformer_tiny",
-        model_args=dict(MODEL_ARGS, attention=attention, **({"pos_emb": pos_emb} if pos_emb else {})),
+        model_args={**MODEL_ARGS, "attention": attention, **overrides},
         data=DataConfig(
             kind="synthetic",
             num_frames=8,
@@ -169,6 +171,7 @@ def run_demo(
     val_clips: int = VAL_CLIPS,
     progress_factory=None,
     pos_emb: str | None = None,
+    model_args: dict | None = None,
 ) -> dict:
     """Train and evaluate one model per scheme; writes ``results.json``, ``table.md``, loss curves, confusion
     matrices and, for several schemes, accuracy against GFLOPs to ``out``.
@@ -182,7 +185,9 @@ def run_demo(
     schemes = check_demo(schemes, steps, val_clips)
     results = {}
     for index, attention in enumerate(schemes):
-        cfg = demo_config(attention, out=out, steps=steps, seed=seed, val_clips=val_clips, pos_emb=pos_emb)
+        cfg = demo_config(
+            attention, out=out, steps=steps, seed=seed, val_clips=val_clips, pos_emb=pos_emb, model_args=model_args
+        )
         bar = progress_factory(attention, index, len(schemes)) if progress_factory else None
         stamps = []  # the time of every optimiser step: seconds per step without set-up or evaluation
 
@@ -218,6 +223,8 @@ def run_demo(
         plot_schemes(results, NAMES, Path(out) / "schemes.png")
     summary = {a: {k: v for k, v in r.items() if k != "confusion"} for a, r in results.items()}
     record = {"seed": seed, "steps": steps, "val_clips": val_clips, "pos_emb": pos_emb or "rotary", "schemes": summary}
+    if model_args:
+        record["model_args"] = model_args
     write_json_atomic(Path(out) / "results.json", record)
     write_text_atomic(Path(out) / "table.md", format_tables(results) + "\n")
     return results
