@@ -4,17 +4,20 @@ Trains the demo's joint model (``timesformer_tiny`` at the demo's size and recip
 ``run_demo`` into ``OUT/<variant>``, and tabulates direction accuracy, overall and on ``rotate_cw/rotate_ccw``:
 
 * ``rotary-1000 / -2000 / -4000``: more steps (is it optimisation?);
-* ``learned-1000 / -2000``: the paper's positions, a learned space table plus a learned time table added to every
-  token, instead of rotary embeddings;
+* ``learned-1000``: the paper's positions, a learned space table plus a learned time table added to every token,
+  instead of rotary embeddings, with the official zero-initialised time table;
+* ``learned-init-1000``: the same with the time table drawn like the space table (std 0.02, ``time_embed_std``):
+  a zero time table makes a joint model exactly blind to frame order at step 0;
 * ``rotary-base100-1000``: rotary with base 100 instead of 10000, so that more of joint's time frequencies turn
   visibly over 8 frames (is it how rotary shares out its frequencies?).
 
 It also prints, for the rotary axes of each attention stage at the demo's size, how many frequency pairs of a head
 turn by at least 0.1 rad for a one-frame offset. A variant whose ``results.json`` exists is read, not trained again
-(`timesformer demo --schemes joint --steps N [--pos-emb learned] --out OUT/<variant>` writes the same layout, so
-variants may run as separate processes, one per core, before one call gathers them)::
+(`timesformer demo --schemes joint --steps N [--pos-emb learned] --out OUT/<variant>` writes the same layout for
+the variants without model_args, so variants may run as separate processes, one per core, before one call gathers
+them; their "s per step" then is that of one core each)::
 
-    python benchmarks/study_joint.py --out runs/joint [--only rotary-2000,learned-1000] [--threads 1]
+    python benchmarks/study_joint.py --out runs/joint [--only rotary-2000,learned-1000] [--threads 1] [--md FILE]
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from timesformer.engine.demo import MODEL_ARGS, run_demo  # noqa: E402
+from timesformer.files import write_text_atomic  # noqa: E402
 from timesformer.model.embeddings import rotary_angles  # noqa: E402
 
 VARIANTS = {  # name: (steps, pos_emb, model_args)
@@ -38,7 +42,7 @@ VARIANTS = {  # name: (steps, pos_emb, model_args)
     "rotary-2000": (2000, None, None),
     "rotary-4000": (4000, None, None),
     "learned-1000": (1000, "learned", None),
-    "learned-2000": (2000, "learned", None),
+    "learned-init-1000": (1000, "learned", {"time_embed_std": 0.02}),
     "rotary-base100-1000": (1000, None, {"rotary_base": 100.0}),
 }
 ROTATION = "rotate_cw/rotate_ccw"
@@ -67,7 +71,13 @@ def run_variant(out: Path, name: str) -> dict:
     steps, pos_emb, model_args = VARIANTS[name]
     try:
         record = json.loads((folder / "results.json").read_text())
-        if record["steps"] == steps and record.get("pos_emb") == (pos_emb or "rotary"):
+        same = (
+            record["steps"] == steps
+            and record.get("val_clips") == 1200
+            and record.get("pos_emb") == (pos_emb or "rotary")
+            and record.get("model_args") == model_args
+        )
+        if same:
             return record["schemes"]["joint"]
     except (OSError, ValueError, KeyError):
         pass
@@ -80,6 +90,7 @@ def main() -> int:
     ap.add_argument("--out", default="runs/joint")
     ap.add_argument("--only", help="comma list of variants to run (default: all)")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--md", help="also write the tables to this markdown file")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -92,14 +103,21 @@ def main() -> int:
     for name in names:
         r = run_variant(Path(args.out), name)
         steps, pos_emb, model_args = VARIANTS[name]
-        positions = (pos_emb or "rotary") + (f", base {model_args['rotary_base']:g}" if model_args else "")
+        positions = (pos_emb or "rotary") + "".join(f", {k} {v:g}" for k, v in (model_args or {}).items())
         rows.append(
             f"| {name} | {steps} | {positions} | {r['direction']:.1%} | {r['pairs'][ROTATION]:.1%} | {r['top1']:.1%} "
             f"| {r['s_per_step']:.3f} |"
         )
-    print(f"# joint attention study: {platform.processor() or platform.machine()}, torch {torch.__version__}\n")
-    print("\n".join(rows) + "\n")
-    print(frequency_table())
+    text = (
+        f"# joint attention study: {platform.processor() or platform.machine()}, torch {torch.__version__}\n\n"
+        + "\n".join(rows)
+        + "\n\n"
+        + frequency_table()
+        + "\n"
+    )
+    print(text)
+    if args.md:
+        write_text_atomic(args.md, text)
     return 0
 
 

@@ -24,6 +24,11 @@ def cmd_demo(args) -> int:
         run_seeds,
     )
 
+    if args.seeds and (args.transfer or args.seed is not None):
+        raise UserError(
+            f"--seeds runs the schemes once per seed; it takes no {'--transfer' if args.transfer else '--seed'}"
+        )
+    args.seed = args.seed or 0
     if args.transfer:
         return _demo_transfer(args)
     args.val_clips = args.val_clips or 1200
@@ -61,6 +66,7 @@ def cmd_demo(args) -> int:
     print(
         f"\nchance: top-1 8.3 %, direction 50 %. Took {minutes} min {seconds:02d} s. Tables, loss curves and "
         f"confusion matrices{', accuracy against GFLOPs' if len(schemes) > 2 else ''}: {args.out}/"
+        + (" (the mean ± s.d. tables; each seed's own in seed<S>/)" if args.seeds else "")
     )
     return 0
 
@@ -791,7 +797,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--val-clips", type=int, help="held-out clips each model is scored on (default 1200; --transfer: 600)"
     )
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, help="default 0")
     demo.add_argument(
         "--seeds",
         type=_seed_list,

@@ -3,6 +3,7 @@ paper's Table 1 beside ours, and the task preview."""
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
@@ -118,6 +119,43 @@ def test_seeds_sweep_gives_mean_and_sd_and_reads_finished_seeds(tmp_path, monkey
     assert json.loads((out / "results.json").read_text()) == saved
     with pytest.raises(AssertionError, match="trained again"):  # other settings: not the same runs
         demo.run_seeds(str(out), schemes=("divided", "space"), steps=3, seeds=(0,), val_clips=24)
+    shutil.copytree(out / "seed0", out / "seed7")  # another seed's folder under this seed's name
+    with pytest.raises(AssertionError, match="trained again"):
+        demo.run_seeds(str(out), schemes=("divided", "space"), steps=2, seeds=(7,), val_clips=24)
+    record = json.loads((out / "seed1" / "results.json").read_text())
+    record["recipes"]["divided"]["optim"]["lr"] = 3e-4  # a run of another recipe
+    (out / "seed1" / "results.json").write_text(json.dumps(record))
+    with pytest.raises(AssertionError, match="trained again"):
+        demo.run_seeds(str(out), schemes=("divided", "space"), steps=2, seeds=(1,), val_clips=24)
+
+
+def test_seed_stats_are_the_mean_and_the_sample_sd():
+    runs = [
+        {"direction": d, "top1": t, "top1_pairs": t, "s_per_step": 0.1, "pairs": {"a/b": d}}
+        for d, t in ((0.9, 0.5), (1.0, 0.7), (0.95, 0.6))
+    ]
+    stats = demo.seed_stats(runs)
+    assert stats["direction"]["mean"] == pytest.approx(0.95) and stats["direction"]["sd"] == pytest.approx(0.05)
+    assert stats["top1"]["sd"] == pytest.approx(0.1) and stats["pairs"]["a/b"]["mean"] == pytest.approx(0.95)
+    assert demo.seed_stats(runs[:1])["direction"] == {"mean": 0.9, "sd": 0.0}
+    table = demo.format_seed_tables({0: {"divided": dict(runs[0], params_m=0.6, gflops=0.08)}})
+    assert "| divided space-time (T+S) | 0.60M | 0.080 | 90.0% ± 0.0% | 90.0% |" in table
+
+
+def test_a_loader_worker_draws_the_same_clips_in_the_same_order(tmp_path, monkeypatch):
+    """The demo draws clips in a worker process where workers fork: every logged loss equals the in-process run's."""
+    config = demo.demo_config
+    losses = {}
+    for workers in (0, 1):
+
+        def with_workers(*args, workers=workers, **kwargs):
+            cfg = config(*args, **kwargs)
+            return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, workers=workers))
+
+        monkeypatch.setattr(demo, "demo_config", with_workers)
+        demo.run_demo(str(tmp_path / str(workers)), schemes=("divided",), steps=3, val_clips=24)
+        losses[workers] = _losses(tmp_path / str(workers) / "divided")
+    assert losses[0] == losses[1] and len(losses[0]) >= 1
 
 
 def test_pos_emb_learned_trains_the_papers_space_and_time_tables(tmp_path):
@@ -131,6 +169,12 @@ def test_pos_emb_learned_trains_the_papers_space_and_time_tables(tmp_path):
     assert json.loads((tmp_path / "joint" / "last" / "config.json").read_text())["config"]["pos_emb"] == "learned"
     weights = load_file(tmp_path / "joint" / "last" / "model.safetensors")
     assert weights["time_embed"].shape == (1, 8, demo.MODEL_ARGS["dim"])
+
+
+def test_seeds_refuses_a_seed_or_transfer_beside_it(capsys):
+    assert main(["demo", "--seeds", "0,1", "--seed", "3"]) == 2
+    assert "--seeds runs the schemes once per seed; it takes no --seed" in capsys.readouterr().err
+    assert main(["demo", "--seeds", "0,1", "--transfer"]) == 2
 
 
 @pytest.mark.parametrize("bad", ["0,0", "a,b", ","])

@@ -86,3 +86,44 @@ def test_rotate_qk_keeps_the_promoted_dtype():
     torch.testing.assert_close(out, reference_qk(qkv, angles.cos(), angles.sin(), 2))
     out.sum().backward()
     assert qkv.grad.dtype == torch.bfloat16
+
+
+def test_rotate_qk_takes_second_order_gradients_torch_func_and_tracing():
+    """The fused autograd function stays out of the way of what it doesn't serve: a differentiable backward
+    (``create_graph``), ``torch.func.grad``, ``torch.jit.trace``, and tables that need their own gradient."""
+    angles = rotary_angles("t", (4, 1, 1), 8).to(torch.float64).view(4, 1, 4)
+    cos, sin = angles.cos(), angles.sin()
+    qkv = torch.randn(2, 4, 3 * 2 * 8, dtype=torch.float64, requires_grad=True)
+
+    def energy(fn, x):
+        return (fn(x) ** 2).sum()
+
+    def ours(x):
+        return rotate_qk(x, cos, sin, 2)
+
+    def theirs(x):
+        return reference_qk(x, cos, sin, 2)
+
+    grads = []
+    for fn in (ours, theirs):
+        (g,) = torch.autograd.grad(energy(fn, qkv), qkv, create_graph=True)
+        grads.append(torch.autograd.grad(g.sum(), qkv)[0])
+    torch.testing.assert_close(*grads)
+    torch.testing.assert_close(
+        torch.func.grad(lambda x: energy(ours, x))(qkv.detach()),
+        torch.func.grad(lambda x: energy(theirs, x))(qkv.detach()),
+    )
+
+    class Rotating(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = torch.nn.Linear(48, 48).double()
+
+        def forward(self, x):
+            return rotate_qk(self.qkv(x), cos, sin, 2)
+
+    module, x = Rotating(), torch.randn(2, 4, 48, dtype=torch.float64)
+    torch.testing.assert_close(torch.jit.trace(module, (x,))(x), module(x))
+    table = cos.clone().requires_grad_()
+    rotate_qk(qkv, table, sin, 2).sum().backward()
+    assert table.grad is not None and table.grad.abs().sum() > 0

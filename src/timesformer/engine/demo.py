@@ -10,6 +10,8 @@ twin; chance 50 %), overall and per pair. ``schemes=SCHEMES`` is the paper's Tab
 from __future__ import annotations
 
 import json
+import logging
+import multiprocessing
 import time
 from pathlib import Path
 
@@ -20,10 +22,12 @@ from ..data import collate
 from ..data.synthetic import CLASSES, REVERSED_PAIRS
 from ..errors import UserError
 from ..files import write_json_atomic, write_text_atomic
-from .config import DataConfig, OptimConfig, RunConfig
+from .config import DataConfig, OptimConfig, RunConfig, to_dict
 from .evaluate import predict_views
 from .loop import fit
 from .metrics import confusion_matrix, direction_accuracy, topk_accuracy
+
+log = logging.getLogger(__name__)
 
 SCHEMES = ("space", "joint", "divided", "sparse", "axial")  # the paper's Table 1, in its order
 NAMES = {
@@ -75,7 +79,7 @@ def demo_config(
             synthetic_train=steps * batch,
             synthetic_val=val_clips,
             synthetic_size=32,
-            workers=1,  # clips drawn beside the training step: 9 % faster on 2 cores, the same clips in the same order
+            workers=_worker_count(),
         ),
         optim=OptimConfig(
             optimizer="adamw",
@@ -91,6 +95,21 @@ def demo_config(
             log_every=10,
         ),
     )
+
+
+def _worker_count() -> int:
+    """One loader process drawing clips beside the training step (9 % faster on 2 cores; the same clips in the same
+    order) where workers fork; where they spawn, a script without a ``__main__`` guard would fail: none."""
+    method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
+    return 1 if method == "fork" else 0
+
+
+def recipe(cfg: RunConfig) -> dict:
+    """What decides a demo run's results: its config without the output folder and the loader's process count."""
+    d = json.loads(json.dumps(to_dict(cfg)))  # as it reads back from results.json (tuples as lists)
+    d.pop("out")
+    d["data"].pop("workers")
+    return d
 
 
 def held_out_scores(model, cfg: RunConfig, classes=CLASSES) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,11 +202,12 @@ def run_demo(
     from ..viz import plot_confusion, plot_loss_curves, plot_schemes
 
     schemes = check_demo(schemes, steps, val_clips)
-    results = {}
+    results, recipes = {}, {}
     for index, attention in enumerate(schemes):
         cfg = demo_config(
             attention, out=out, steps=steps, seed=seed, val_clips=val_clips, pos_emb=pos_emb, model_args=model_args
         )
+        recipes[attention] = recipe(cfg)
         bar = progress_factory(attention, index, len(schemes)) if progress_factory else None
         stamps = []  # the time of every optimiser step: seconds per step without set-up or evaluation
 
@@ -225,8 +245,9 @@ def run_demo(
     record = {"seed": seed, "steps": steps, "val_clips": val_clips, "pos_emb": pos_emb or "rotary", "schemes": summary}
     if model_args:
         record["model_args"] = model_args
-    write_json_atomic(Path(out) / "results.json", record)
+    record["recipes"] = recipes
     write_text_atomic(Path(out) / "table.md", format_tables(results) + "\n")
+    write_json_atomic(Path(out) / "results.json", record)  # last: its presence says the run is complete
     return results
 
 
@@ -291,9 +312,11 @@ def run_seeds(
     """``run_demo`` once per seed, into ``out/seed<S>``; returns ``{seed: {scheme: summary}}`` and writes the
     mean ± s.d. tables to ``out/table.md`` and every figure to ``out/results.json``.
 
-    A seed whose ``results.json`` (written last, atomically) holds the same schemes, steps, held-out clips and
-    embeddings is read instead of trained again: an interrupted sweep goes on where it stopped, and seeds may run
-    as separate processes (one per core) before one call gathers them.
+    A seed whose ``results.json`` (written last, atomically) holds the same seed and, for every scheme, the same
+    recipe (``recipe``: the whole run config but its folder) is read instead of trained again, and the log says so:
+    an interrupted sweep goes on where it stopped, and seeds may run as separate processes (one per core) before one
+    call gathers them. A code change that moves the results without changing the config is not detected: delete the
+    folder to train again.
 
     Args:
         progress_factory: ``callable(label, index, count)``, as for ``run_demo``; ``label`` names scheme and seed.
@@ -305,8 +328,10 @@ def run_seeds(
     per_seed = {}
     for seed in seeds:
         folder = Path(out) / f"seed{seed}"
-        done = _finished_seed(folder, schemes, steps, val_clips, pos_emb)
-        if done is None:
+        done = _finished_seed(folder, seed, schemes, steps, val_clips, pos_emb)
+        if done is not None:
+            log.info("seed %d: read from %s (finished, same recipe)", seed, folder / "results.json")
+        else:
             factory = None
             if progress_factory:
 
@@ -314,7 +339,9 @@ def run_seeds(
                     return progress_factory(f"{scheme} seed {seed}", i, n)
 
             run_demo(str(folder), schemes, steps, seed, val_clips, factory, pos_emb)
-            done = _finished_seed(folder, schemes, steps, val_clips, pos_emb)
+            done = _finished_seed(folder, seed, schemes, steps, val_clips, pos_emb)
+            if done is None:
+                raise RuntimeError(f"{folder / 'results.json'}: not the run just trained")
         per_seed[seed] = done
     summary = {
         "steps": steps,
@@ -324,22 +351,28 @@ def run_seeds(
         "mean_sd": {a: seed_stats([per_seed[s][a] for s in seeds]) for a in schemes},
         "per_seed": {str(s): per_seed[s] for s in seeds},
     }
-    write_json_atomic(Path(out) / "results.json", summary)
     write_text_atomic(Path(out) / "table.md", format_seed_tables(per_seed) + "\n")
+    write_json_atomic(Path(out) / "results.json", summary)
     return per_seed
 
 
-def _finished_seed(folder: Path, schemes: tuple, steps: int, val_clips: int, pos_emb: str | None) -> dict | None:
-    """``{scheme: summary}`` of a finished ``run_demo`` in ``folder`` with these settings, else None."""
+def _finished_seed(
+    folder: Path, seed: int, schemes: tuple, steps: int, val_clips: int, pos_emb: str | None
+) -> dict | None:
+    """``{scheme: summary}`` of a finished ``run_demo`` in ``folder`` with this seed and these schemes' recipes,
+    else None."""
     try:
         record = json.loads((folder / "results.json").read_text())
     except (OSError, ValueError):
         return None
+    recipes = record.get("recipes") or {}
+    wanted = {
+        a: recipe(demo_config(a, out="", steps=steps, seed=seed, val_clips=val_clips, pos_emb=pos_emb)) for a in schemes
+    }
     same = (
-        record.get("steps") == steps
-        and record.get("val_clips") == val_clips
-        and record.get("pos_emb") == (pos_emb or "rotary")
-        and set(record.get("schemes", {})) >= set(schemes)
+        record.get("seed") == seed
+        and "model_args" not in record
+        and all(recipes.get(a) == wanted[a] and a in record.get("schemes", {}) for a in schemes)
     )
     return {a: record["schemes"][a] for a in schemes} if same else None
 

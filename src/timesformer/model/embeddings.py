@@ -120,15 +120,26 @@ def rotate_qk(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: in
 
     The same rotation as ``apply_rotary``, in fewer passes over memory: queries and keys turn together as
     ``x cos' + swap(x) sin'`` (``cos' = [cos, cos]``, ``sin' = [-sin, sin]``, ``swap`` exchanging the two halves).
-    In training (grad on, eager) it is one autograd function whose backward is the inverse rotation and keeps no
-    activation: 2.5x faster forward and backward than ``apply_rotary`` on the demo's shapes.
+    In eager training it is one autograd function whose backward is the inverse rotation and keeps no activation:
+    2.5x faster forward and backward than ``apply_rotary`` on the demo's shapes. Tracing, compiling, tables that
+    need a gradient and higher-order gradients take plain differentiable ops.
     """
-    e = qkv.shape[-1] // (3 * heads)
     cos2 = torch.cat([cos, cos], dim=-1).unsqueeze(-3)  # ... 1 1 e: broadcasts over (3 or 2) k
     sin2 = torch.cat([-sin, sin], dim=-1).unsqueeze(-3)
-    if qkv.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+    if (
+        qkv.requires_grad
+        and torch.is_grad_enabled()
+        and not (cos.requires_grad or sin.requires_grad)
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+    ):
         return _RotateQK.apply(qkv, cos2, sin2, heads)
-    x = qkv.unflatten(-1, (3, heads, e))
+    return _rotated(qkv, cos2, sin2, heads)
+
+
+def _rotated(qkv: torch.Tensor, cos2: torch.Tensor, sin2: torch.Tensor, heads: int) -> torch.Tensor:
+    """``rotate_qk`` in plain differentiable ops."""
+    x = qkv.unflatten(-1, (3, heads, -1))
     qk, v = x[..., :2, :, :], x[..., 2:, :, :]
     return torch.cat([qk * cos2 + _swap_halves(qk) * sin2, v.to(torch.result_type(qk, cos2))], dim=-3).flatten(-3)
 
@@ -151,12 +162,18 @@ def _rotate_into(x: torch.Tensor, cos2: torch.Tensor, sin2: torch.Tensor, heads:
 
 class _RotateQK(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, qkv, cos2, sin2, heads):
+    def forward(qkv, cos2, sin2, heads):
+        return _rotate_into(qkv, cos2, sin2, heads, torch.result_type(qkv, cos2))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # apart from forward: torch.func's transforms need it so
+        qkv, cos2, sin2, heads = inputs
         ctx.save_for_backward(cos2, sin2)
         ctx.heads, ctx.dtype = heads, qkv.dtype
-        return _rotate_into(qkv, cos2, sin2, heads, torch.result_type(qkv, cos2))
 
     @staticmethod
     def backward(ctx, grad):
         cos2, sin2 = ctx.saved_tensors  # a rotation's inverse is its transpose: turn back by the same angle
+        if torch.is_grad_enabled():  # create_graph: a backward that is itself differentiable
+            return _rotated(grad, cos2, -sin2, ctx.heads).to(ctx.dtype), None, None, None
         return _rotate_into(grad.contiguous(), cos2, -sin2, ctx.heads, ctx.dtype), None, None, None
