@@ -8,6 +8,8 @@ Trains the demo's joint model (``timesformer_tiny`` at the demo's size and recip
   instead of rotary embeddings, with the official zero-initialised time table;
 * ``learned-init-1000``: the same with the time table drawn like the space table (std 0.02, ``time_embed_std``):
   a zero time table makes a joint model exactly blind to frame order at step 0;
+* ``divided-learned-init-1000``: divided attention with those learned positions, the control: do learned positions
+  learn time at all here in 1000 steps?
 * ``rotary-base100-1000``: rotary with base 100 instead of 10000, so that more of joint's time frequencies turn
   visibly over 8 frames (is it how rotary shares out its frequencies?).
 
@@ -37,13 +39,14 @@ from timesformer.engine.demo import MODEL_ARGS, run_demo  # noqa: E402
 from timesformer.files import write_text_atomic  # noqa: E402
 from timesformer.model.embeddings import rotary_angles  # noqa: E402
 
-VARIANTS = {  # name: (steps, pos_emb, model_args)
-    "rotary-1000": (1000, None, None),
-    "rotary-2000": (2000, None, None),
-    "rotary-4000": (4000, None, None),
-    "learned-1000": (1000, "learned", None),
-    "learned-init-1000": (1000, "learned", {"time_embed_std": 0.02}),
-    "rotary-base100-1000": (1000, None, {"rotary_base": 100.0}),
+VARIANTS = {  # name: (scheme, steps, pos_emb, model_args)
+    "rotary-1000": ("joint", 1000, None, None),
+    "rotary-2000": ("joint", 2000, None, None),
+    "rotary-4000": ("joint", 4000, None, None),
+    "learned-1000": ("joint", 1000, "learned", None),
+    "learned-init-1000": ("joint", 1000, "learned", {"time_embed_std": 0.02}),
+    "divided-learned-init-1000": ("divided", 1000, "learned", {"time_embed_std": 0.02}),
+    "rotary-base100-1000": ("joint", 1000, None, {"rotary_base": 100.0}),
 }
 ROTATION = "rotate_cw/rotate_ccw"
 
@@ -68,7 +71,7 @@ def frequency_table() -> str:
 
 def run_variant(out: Path, name: str) -> dict:
     folder = out / name
-    steps, pos_emb, model_args = VARIANTS[name]
+    scheme, steps, pos_emb, model_args = VARIANTS[name]
     try:
         record = json.loads((folder / "results.json").read_text())
         same = (
@@ -78,11 +81,11 @@ def run_variant(out: Path, name: str) -> dict:
             and record.get("model_args") == model_args
         )
         if same:
-            return record["schemes"]["joint"]
+            return record["schemes"][scheme]
     except (OSError, ValueError, KeyError):
         pass
     print(f"training {name} ...", flush=True)
-    return run_demo(str(folder), ("joint",), steps, 0, 1200, None, pos_emb, model_args)["joint"]
+    return run_demo(str(folder), (scheme,), steps, 0, 1200, None, pos_emb, model_args)[scheme]
 
 
 def main() -> int:
@@ -98,15 +101,17 @@ def main() -> int:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         ap.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
-    rows = ["| variant | steps | positions | direction, all pairs | direction, rotation pair | top-1 | s per step |"]
-    rows.append("|---|---|---|---|---|---|---|")
+    rows = [
+        "| variant | scheme | steps | positions | direction, all pairs | direction, rotation pair | top-1 | s/step |"
+    ]
+    rows.append("|---|---|---|---|---|---|---|---|")
     for name in names:
         r = run_variant(Path(args.out), name)
-        steps, pos_emb, model_args = VARIANTS[name]
+        scheme, steps, pos_emb, model_args = VARIANTS[name]
         positions = (pos_emb or "rotary") + "".join(f", {k} {v:g}" for k, v in (model_args or {}).items())
         rows.append(
-            f"| {name} | {steps} | {positions} | {r['direction']:.1%} | {r['pairs'][ROTATION]:.1%} | {r['top1']:.1%} "
-            f"| {r['s_per_step']:.3f} |"
+            f"| {name} | {scheme} | {steps} | {positions} | {r['direction']:.1%} | {r['pairs'][ROTATION]:.1%} "
+            f"| {r['top1']:.1%} | {r['s_per_step']:.3f} |"
         )
     text = (
         f"# joint attention study: {platform.processor() or platform.machine()}, torch {torch.__version__}\n\n"

@@ -149,3 +149,24 @@ def test_the_inference_fold_leaves_hooked_maps_alone():
     with torch.no_grad():
         model(VIDEO, MASK)
     assert fired == [1]
+
+
+def test_gelu_kept_or_recomputed_gives_the_same_gradients(monkeypatch):
+    """Small GELU outputs are kept for the backward pass, large ones recomputed: the gradients are identical, and
+    only the recomputing path leaves the output out of what autograd saves."""
+    import timesformer.fused as fused
+
+    grads, saved = {}, {}
+    for name, limit in (("kept", 2**40), ("recomputed", 0)):
+        monkeypatch.setattr(fused, "KEEP_GELU_BYTES", limit)
+        model = small_model(attention="divided")
+        fuse(model, quiet=True)
+        sizes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+            _, grads[name] = _step(model)
+        saved[name] = sum(sizes)
+    assert grads["kept"].keys() == grads["recomputed"].keys()
+    for key, value in grads["kept"].items():
+        assert torch.equal(value, grads["recomputed"][key]), key
+    hidden = VIDEO.shape[0] * (1 + 4 * 16) * 4 * 32  # one block's GELU output at most (tokens x 4 dim), b=2
+    assert saved["kept"] > saved["recomputed"] >= saved["kept"] - 2 * 2 * hidden

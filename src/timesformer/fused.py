@@ -6,7 +6,7 @@ parameters (and so the same state-dict keys, optimizer state and checkpoints):
 
 * ``FusedMlp``: ``fc2(gelu(a))`` as one autograd function that keeps only ``a`` for the backward pass and
   recomputes the GELU there (autograd would keep both ``a`` and ``gelu(a)``, the two largest activations of a
-  block). Training memory and time.
+  block) once ``a`` is over ``KEEP_GELU_BYTES``; smaller ones are kept. Training memory and time.
 * the ``temporal_fc`` fold: ``fc(drop_path(proj(o)))`` of a pre-stage (temporal attention, for divided) as
   ``drop_path(o W^T + c) + b_fc`` with ``W = W_fc W_proj``, ``c = W_fc b_proj``: one d x d matmul per token fewer
   for one d x d x d per block (``FoldedProj`` in ``attn.proj``, ``StageBias`` in ``{name}_fc``).
@@ -106,9 +106,12 @@ def _autocast_dtype(device_type: str) -> torch.dtype | None:
         return torch.get_autocast_cpu_dtype() if device_type == "cpu" else torch.get_autocast_gpu_dtype()
 
 
+KEEP_GELU_BYTES = 32 * 2**20  # GELU outputs up to this size are kept for the backward pass, larger ones recomputed
+
+
 class GeluLinear(torch.autograd.Function):
-    """``linear(gelu(a), weight, bias)`` that keeps only ``a`` for the backward pass and recomputes the GELU there.
-    Honours autocast like ``F.linear``."""
+    """``linear(gelu(a), weight, bias)`` that keeps only ``a`` for the backward pass and recomputes the GELU there,
+    where ``a`` is over ``KEEP_GELU_BYTES`` (autograd would keep both). Honours autocast like ``F.linear``."""
 
     @staticmethod
     def forward(ctx, a, weight, bias):
@@ -117,15 +120,18 @@ class GeluLinear(torch.autograd.Function):
         if dtype is not None:
             a, weight, bias = a.to(dtype), weight.to(dtype), bias.to(dtype)
         with torch.autocast(a.device.type, enabled=False):
-            out = F.linear(F.gelu(a), weight, bias)
-        ctx.save_for_backward(a, weight)
+            hidden = F.gelu(a)
+            out = F.linear(hidden, weight, bias)
+        # a small activation is kept rather than recomputed: the memory is nothing, the GELU is 2 % of a step
+        keep = a.numel() * a.element_size() <= KEEP_GELU_BYTES
+        ctx.save_for_backward(a, weight, *([hidden] if keep else []))
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        a, weight = ctx.saved_tensors
+        a, weight, *kept = ctx.saved_tensors
         grad_out = grad_out.to(a.dtype)
-        hidden = F.gelu(a)
+        hidden = kept[0] if kept else F.gelu(a)  # the same values either way
         grad_a = torch.ops.aten.gelu_backward(grad_out @ weight, a)
         flat_grad, flat_hidden = grad_out.reshape(-1, grad_out.shape[-1]), hidden.reshape(-1, hidden.shape[-1])
         grad_w = flat_grad.t() @ flat_hidden
