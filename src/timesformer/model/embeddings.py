@@ -124,16 +124,14 @@ def rotate_qk(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: in
     ``apply_rotary`` on the demo's shapes. Everything else (inference, tracing, compiling, exporting, tables that
     need a gradient, higher-order gradients) runs ``apply_rotary`` itself.
     """
-    cos2 = torch.cat([cos, cos], dim=-1).unsqueeze(-3)  # ... 1 1 e: broadcasts over (3 or 2) k
-    sin2 = torch.cat([-sin, sin], dim=-1).unsqueeze(-3)
     if (
         qkv.requires_grad
         and torch.is_grad_enabled()
         and not (cos.requires_grad or sin.requires_grad)
         and not _tracing()
     ):
-        return _RotateQK.apply(qkv, cos2, sin2, heads)
-    return _rotated(qkv, cos2, sin2, heads)
+        return _RotateQK.apply(qkv, cos, sin, heads)
+    return _rotated(qkv, cos, sin, heads)
 
 
 def _tracing() -> bool:
@@ -143,11 +141,9 @@ def _tracing() -> bool:
     return torch.compiler.is_compiling() or exporting() or torch.jit.is_tracing()
 
 
-def _rotated(qkv: torch.Tensor, cos2: torch.Tensor, sin2: torch.Tensor, heads: int) -> torch.Tensor:
+def _rotated(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int) -> torch.Tensor:
     """``rotate_qk`` in plain differentiable ops: ``apply_rotary`` on q and k, the graph exporters were tested with
     (OpenVINO pattern-matches it; a fused form of the same arithmetic came out of its conversion with NaNs)."""
-    half = cos2.shape[-1] // 2
-    cos, sin = cos2[..., 0, :half], sin2[..., 0, half:]  # back to ... 1 (e/2)
     q, k, v = qkv.unflatten(-1, (3, heads, -1)).unbind(-3)
     return torch.stack([apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v], dim=-3).flatten(-3)
 
@@ -157,8 +153,10 @@ def _swap_halves(x: torch.Tensor) -> torch.Tensor:
     return x.unflatten(-1, (2, -1)).flip(-2).flatten(-2)
 
 
-def _rotate_into(x: torch.Tensor, cos2: torch.Tensor, sin2: torch.Tensor, heads: int, dtype) -> torch.Tensor:
+def _rotate_into(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, dtype) -> torch.Tensor:
     """``rotate_qk`` without autograd, written into one new tensor: ``... (3 k e)`` in ``dtype``."""
+    cos2 = torch.cat([cos, cos], dim=-1).unsqueeze(-3)  # ... 1 1 e: broadcasts over (2) k
+    sin2 = torch.cat([-sin, sin], dim=-1).unsqueeze(-3)
     x = x.unflatten(-1, (3, heads, -1))
     out = torch.empty(x.shape, dtype=dtype, device=x.device)
     qk, out_qk = x[..., :2, :, :], out[..., :2, :, :]
@@ -170,18 +168,18 @@ def _rotate_into(x: torch.Tensor, cos2: torch.Tensor, sin2: torch.Tensor, heads:
 
 class _RotateQK(torch.autograd.Function):
     @staticmethod
-    def forward(qkv, cos2, sin2, heads):
-        return _rotate_into(qkv, cos2, sin2, heads, torch.result_type(qkv, cos2))
+    def forward(qkv, cos, sin, heads):
+        return _rotate_into(qkv, cos, sin, heads, torch.result_type(qkv, cos))
 
     @staticmethod
     def setup_context(ctx, inputs, output):  # apart from forward: torch.func's transforms need it so
-        qkv, cos2, sin2, heads = inputs
-        ctx.save_for_backward(cos2, sin2)
+        qkv, cos, sin, heads = inputs
+        ctx.save_for_backward(cos, sin)
         ctx.heads, ctx.dtype = heads, qkv.dtype
 
     @staticmethod
     def backward(ctx, grad):
-        cos2, sin2 = ctx.saved_tensors  # a rotation's inverse is its transpose: turn back by the same angle
+        cos, sin = ctx.saved_tensors  # a rotation's inverse is its transpose: turn back by the same angle
         if torch.is_grad_enabled():  # create_graph: a backward that is itself differentiable
-            return _rotated(grad, cos2, -sin2, ctx.heads).to(ctx.dtype), None, None, None
-        return _rotate_into(grad.contiguous(), cos2, -sin2, ctx.heads, ctx.dtype), None, None, None
+            return _rotated(grad, cos, -sin, ctx.heads).to(ctx.dtype), None, None, None
+        return _rotate_into(grad.contiguous(), cos, -sin, ctx.heads, ctx.dtype), None, None, None
