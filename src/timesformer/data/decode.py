@@ -19,6 +19,7 @@ import os
 import re
 import threading
 import time
+import weakref
 from fractions import Fraction
 from pathlib import Path
 
@@ -55,6 +56,21 @@ def natural_key(name: str) -> list:
 TRIM_PIXELS = 4096 * 2160  # closing a video with larger frames gives the freed heap back (``trim_heap``)
 MAX_ASPECT = 10  # a frame's long side over its short side, at most: a clip's resize scales the long side too
 THREAD_BYTES = 256 * 2**20  # frame threads hold a frame each: past this many bytes in flight, slice threads
+
+
+# FFmpeg's decoder threads are not copied by ``fork``: a forked child (a DataLoader worker) must neither free a
+# decoder it inherited open (that joins threads the child doesn't have: a hang, or a crash) nor decode with it
+_OPEN_READERS: weakref.WeakSet = weakref.WeakSet()  # this process's readers with an open decoder
+_INHERITED: list = []  # in a forked child: the decoders its parent had open, kept and never freed
+
+
+def _after_fork_in_child():
+    for reader in list(_OPEN_READERS):
+        reader._disown()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class DecodeTimeout(Exception):
@@ -148,6 +164,10 @@ class VideoReader:
     frames, a clip of 8 frames 32 apart decodes 8 short runs, not the whole span), and stops after the last
     requested time.
 
+    A process forked while a reader is open (a DataLoader's workers) keeps the decoder it inherited, never freeing
+    it (that would join FFmpeg threads the fork didn't copy: a hang), and the reader reopens its file there on
+    first use.
+
     Args:
         short_side: frames come out with their shorter side scaled down to this (never up); None: full size.
         max_pixels: frames larger than this (width x height), or more than ``MAX_ASPECT`` times wider than tall (or
@@ -165,7 +185,7 @@ class VideoReader:
         max_pixels: int = MAX_PIXELS,
         deadline: float | None = None,
     ):
-        av = _av()
+        _av()  # PyAV missing: say so before anything else
         self.path, self.short_side, self.max_pixels, self.deadline = Path(path), short_side, max_pixels, deadline
         try:
             if not self.path.is_file():
@@ -174,9 +194,19 @@ class VideoReader:
                 raise DecodeError(f"{self.path}: empty file")
         except OSError as err:
             raise DecodeError(f"{self.path}: can't read it ({err})") from None
+        self._inherited = False  # opened by the process this one forked from: reopened on first use
+        self._open()
+        self.frames_decoded = 0  # how many frames the decoder produced so far (tests and benchmarks read it)
+        # seconds: the longest seen between consecutive keyframes decoded in a row (inf once a seek by it skipped
+        # nothing: the intervals vary, and seeking by them stops)
+        self.key_interval = None
+        self.partial = None  # why decoding stopped before the end of the video, once it has
+
+    def _open(self):
+        av = _av()
         try:
             # the decoder's own limit, for the probe that runs inside open(): a bigger frame is never allocated
-            self.container = av.open(str(self.path), options={"max_pixels": str(max_pixels)})
+            self.container = av.open(str(self.path), options={"max_pixels": str(self.max_pixels)})
         except (av.error.FFmpegError, *_DECODE_ERRORS) as err:
             raise DecodeError(f"{self.path}: not a readable video ({err})") from None
         try:
@@ -187,11 +217,21 @@ class VideoReader:
         except (av.error.FFmpegError, *_DECODE_ERRORS) as err:
             self.container.close()
             raise DecodeError(f"{self.path}: {err}") from None
-        self.frames_decoded = 0  # how many frames the decoder produced so far (tests and benchmarks read it)
-        # seconds: the longest seen between consecutive keyframes decoded in a row (inf once a seek by it skipped
-        # nothing: the intervals vary, and seeking by them stops)
-        self.key_interval = None
-        self.partial = None  # why decoding stopped before the end of the video, once it has
+        _OPEN_READERS.add(self)
+
+    def _disown(self):
+        """In a forked child: keep the inherited decoder (never freed here) and reopen the file on first use."""
+        _INHERITED.append(self._decoders())
+        self.container = self.stream = None
+        self._inherited = True
+
+    def _decoders(self) -> tuple:
+        return (self.container, self.stream)
+
+    def _reopen_inherited(self):
+        if self._inherited:
+            self._inherited = False
+            self._open()
 
     def _open_stream(self):
         if not self.container.streams.video:
@@ -218,6 +258,8 @@ class VideoReader:
         self.num_frames = self.stream.frames or round(self.duration * self.fps)
 
     def close(self):
+        _OPEN_READERS.discard(self)
+        self._inherited = False
         if self.container is None:
             return
         ctx = self.stream.codec_context
@@ -257,6 +299,7 @@ class VideoReader:
         times = [float(s) for s in times]
         if not times:
             raise ValueError("frames_at needs at least one time")
+        self._reopen_inherited()
         try:
             return self._frames_at(times)
         except DecodeError:
@@ -348,7 +391,9 @@ class VideoReader:
         except (_av().error.FFmpegError, *_DECODE_ERRORS) as err:  # damaged data: what decoded before it stands
             if last is None:
                 raise DecodeError(f"{self.path}: decoding failed ({err})") from None
-            error = err
+            # its description, not the exception: its traceback holds this frame, and a cycle would keep the
+            # decoder (and its threads) for the collector, which may run in a forked child
+            error = f"{type(err).__name__}: {err}"
         else:
             error = None
         finally:
@@ -362,7 +407,7 @@ class VideoReader:
             end = max(end, self.duration)  # every time asked for lies before a decoded frame
         elif error is not None or (self.length_known and end + 0.5 / self.fps < self.duration):
             self.partial = f"decoding stopped at {end:.2f} s of {self.duration:.2f} s" + (
-                f" ({type(error).__name__}: {error})" if error is not None else ""
+                f" ({error})" if error is not None else ""
             )
         for k in order[j:]:  # past the end of the stream (or of its readable part): repeat the last frame
             picked[k] = rgb(last)

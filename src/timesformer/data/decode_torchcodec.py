@@ -89,15 +89,23 @@ class TorchCodecReader(VideoReader):
         deadline: float | None = None,
         device: str = "cpu",
     ):
-        decoder_class = _torchcodec()
-        super().__init__(path, short_side=short_side, max_pixels=max_pixels, deadline=deadline)
-        self.offset = float(self.start_pts * self.time_base)  # torchcodec's times are the stream's own
+        self._decoder_class, self.device = _torchcodec(), device
         self.fallbacks = 0
+        super().__init__(path, short_side=short_side, max_pixels=max_pixels, deadline=deadline)
+        check_deadline(self.path, self.deadline)  # the scan reads every packet header
+
+    def _open(self):
+        super()._open()
+        self.offset = float(self.start_pts * self.time_base)  # torchcodec's times are the stream's own
         # as limit_decoder: frame threads (a frame each) only while the header's frames fit THREAD_BYTES
         threads = _cores() if self.stream.thread_type == "AUTO" else 1
         try:
-            self.decoder = decoder_class(
-                str(self.path), seek_mode="exact", dimension_order="NCHW", num_ffmpeg_threads=threads, device=device
+            self.decoder = self._decoder_class(
+                str(self.path),
+                seek_mode="exact",
+                dimension_order="NCHW",
+                num_ffmpeg_threads=threads,
+                device=self.device,
             )
             meta = self.decoder.metadata
             self.begin = (meta.begin_stream_seconds or 0.0) - self.offset
@@ -108,7 +116,13 @@ class TorchCodecReader(VideoReader):
             self.decoder = None
         if self.decoder is not None and not self.end > self.begin:
             self.decoder = None
-        check_deadline(self.path, self.deadline)  # the scan reads every packet header
+
+    def _decoders(self) -> tuple:
+        return (*super()._decoders(), self.decoder)
+
+    def _disown(self):
+        super()._disown()
+        self.decoder = None
 
     def close(self):
         self.decoder = None
@@ -119,6 +133,7 @@ class TorchCodecReader(VideoReader):
         times = [float(s) for s in times]
         if not times:
             raise ValueError("frames_at needs at least one time")
+        self._reopen_inherited()
         check_deadline(self.path, self.deadline)
         batch = self._played_at(times) if self.decoder is not None else None
         check_deadline(self.path, self.deadline)

@@ -1,0 +1,144 @@
+"""A reader open in a process that forks (a DataLoader's workers, a test's child): FFmpeg's decoder threads are not
+copied by ``fork``, so the child must neither free the inherited decoder (that joins threads it doesn't have: a hang
+or a segfault) nor decode with it. The child reopens the file on first use instead."""
+
+import gc
+import multiprocessing
+import weakref
+
+import pytest
+import torch
+
+from timesformer.data import open_video
+
+from .damaged import write_corpus
+from .videos import read_index, write_video
+
+pytest.importorskip("av")
+
+TIMES = [0.0, 0.5, 1.0, 1.5]
+
+
+def _in_child(job, path, queue, decoder):
+    torch.set_num_threads(1)  # as a DataLoader worker: the parent's OpenMP threads aren't the child's either
+    try:
+        queue.put(job(path, decoder))
+    except BaseException as err:
+        queue.put(f"{type(err).__name__}: {err}")
+
+
+def run_forked(job, path, decoder="pyav", timeout=30.0):
+    """``job(path, decoder)`` in a forked child of this process: its result, or ``hang`` / ``died <code>``."""
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_in_child, args=(job, path, queue, decoder))
+    child.start()
+    child.join(timeout)
+    if child.is_alive():
+        child.kill()
+        return "hang"
+    return queue.get(timeout=5) if not queue.empty() else f"died {child.exitcode}"
+
+
+# the parent's open readers, as a DataLoader's dataset (or a leaked reference cycle) keeps them
+_OPEN: dict[str, object] = {}
+
+
+def _collect(path, decoder):
+    _OPEN.clear()  # the child's last references to the parent's readers go ...
+    gc.collect()  # ... and the cycle holding one is collected
+    return "collected"
+
+
+def _decode_inherited(path, decoder):
+    frames, valid = _OPEN[decoder].frames_at(TIMES)
+    _OPEN[decoder].close()
+    return [read_index(f) for f in frames], valid.tolist()
+
+
+def _cycle(reader):
+    holder = [reader]
+    holder.append(holder)  # freed only by the garbage collector: in whichever process runs it first
+    return holder
+
+
+@pytest.fixture
+def no_collector():
+    """The parent's collector off: a cycle left for it is freed in the child, not before the fork."""
+    gc.disable()
+    yield
+    gc.enable()
+
+
+@pytest.fixture
+def video(tmp_path):
+    path = tmp_path / "v.mp4"
+    write_video(path, 60, size=256)  # large enough for frame threads
+    return path
+
+
+def _open_decoded(path, decoder):
+    reader = open_video(path, decoder=decoder)
+    frames, _ = reader.frames_at(TIMES)  # the decoder's threads run
+    return reader, [read_index(f) for f in frames]
+
+
+@pytest.mark.parametrize("decoder", ["pyav", "torchcodec"])
+def test_a_forked_child_frees_and_reuses_the_parents_open_reader(video, decoder, no_collector):
+    if decoder == "torchcodec":
+        pytest.importorskip("torchcodec", exc_type=ImportError)
+        try:
+            from timesformer.data.decode_torchcodec import _torchcodec
+
+            _torchcodec()
+        except Exception as err:
+            pytest.skip(f"torchcodec is not usable here: {err}")
+    reader, expected = _open_decoded(video, decoder)
+    assert expected == [0, 15, 30, 45]
+    try:
+        _OPEN[decoder] = _cycle(reader)  # the child's only reference: a cycle, for its collector to free
+        alive = weakref.ref(reader)
+        del reader
+        assert run_forked(_collect, video, decoder) == "collected"
+        _OPEN[decoder] = alive()
+        assert run_forked(_decode_inherited, video, decoder) == (expected, [True] * 4)
+        # the parent's reader is untouched by what its children did
+        frames, valid = alive().frames_at(TIMES)
+        assert [read_index(f) for f in frames] == expected and valid.all()
+    finally:
+        _OPEN.clear()
+        gc.collect()
+
+
+def test_dataloader_workers_fork_beside_an_open_reader(video, no_collector):
+    _cycle(_open_decoded(video, "pyav")[0])  # unreachable, left for a collector, as a leaked cycle is
+
+    class Frames(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            gc.collect()  # as a worker's allocations trigger it, with the parent's cycle in its heap
+            with open_video(video) as own:
+                return torch.tensor(read_index(own.frames_at([TIMES[i]])[0][0]))
+
+    try:
+        loader = torch.utils.data.DataLoader(Frames(), batch_size=2, num_workers=2, timeout=60)
+        assert torch.cat(list(loader)).tolist() == [0, 15, 30, 45]
+    finally:
+        gc.collect()
+
+
+def test_a_reader_stopped_by_damaged_data_frees_its_decoder_when_closed(tmp_path, no_collector):
+    """Not at some later collection, which may run in a forked child (where freeing it hangs or crashes)."""
+    import av
+
+    corpus = write_corpus(tmp_path)
+    for name in ("flip_data.mkv", "flip_data.faststart"):
+        with open_video(corpus[name]) as reader:
+            frames, valid = reader.frames_at([0.0, 1.0, 2.0])
+            assert reader.partial and "InvalidDataError" in reader.partial  # stopped by the damaged data
+            assert valid.tolist() == [True, False, False]
+        del reader, frames
+        left = [o for o in gc.get_objects() if issubclass(type(o), av.codec.context.CodecContext)]
+        assert not left, f"{name}: {len(left)} decoder(s) left for the garbage collector"
