@@ -9,7 +9,8 @@ files by PyAV, then decoded, resized and normalised by ``Predictor`` as ``timesf
 Beside ``optimize``'s paths, the exported files: ONNX int8 (onnxruntime, dynamic quantization), OpenVINO f32, bf16
 (where the CPU has it) and int8 (NNCF); ``--no-exports`` leaves them out.
 
-Static int8 (ours and OpenVINO's) is calibrated on 16 training clips (never the held-out ones).
+Static int8 (ours and OpenVINO's) is calibrated on ``--calibration-clips`` training clips (default 64, as
+``timesformer export``; never the held-out ones).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from timing import cpu_flags, cpu_name
 from torch.utils.data import DataLoader
 
 import timesformer as tf
@@ -87,6 +89,7 @@ def main():
     ap.add_argument("--clips", type=int, default=600, help="held-out clips (default 600)")
     ap.add_argument("--videos", type=int, default=120, help="encoded videos (default 120)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--calibration-clips", type=int, default=64, help="static int8's (default 64, as export's)")
     ap.add_argument("--no-exports", action="store_true", help="leave out ONNX and OpenVINO")
     ap.add_argument(
         "--paths",
@@ -100,7 +103,8 @@ def main():
     cfg = model.config
     source = args.checkpoint or "a 300-step synthetic run (dim 96, divided)"
     norm = dict(mean=cfg.mean, std=cfg.std, num_frames=cfg.num_frames)
-    calibration = collate([SyntheticMotion(16, seed=5, **norm)[i] for i in range(16)])["video"]
+    n = args.calibration_clips
+    calibration = collate([SyntheticMotion(n, seed=5, **norm)[i] for i in range(n)])["video"]
     test = SyntheticMotion(args.clips, split="test", seed=3, **norm)
     batches = list(DataLoader(test, batch_size=100, collate_fn=collate))
     labels = torch.cat([b["label"] for b in batches])
@@ -111,7 +115,10 @@ def main():
         "| path | inputs | top-1 agreement with fp32 | top-1 (labels) | mean abs delta logit | "
         "max abs delta logit | mean delta / mean abs logit | s |\n|---|---|---|---|---|---|---|---|"
     )
-    print(f"\n{source}; torch {torch.__version__}, {args.threads} threads\n")
+    print(
+        f"\n{source}; torch {torch.__version__}, {args.threads} threads; {cpu_name()} ({cpu_flags()}); static int8 "
+        f"calibrated on {n} clips\n"
+    )
     print(f"Held-out clips (tensors): fp32 top-1 {(ref.argmax(1) == labels).float().mean():.2%}\n")
     print(header)
     for precision, compile in paths:

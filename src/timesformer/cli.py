@@ -516,8 +516,8 @@ def cmd_export(args) -> int:
         raise UserError(f"{out} exists; pass --overwrite to replace it")
     if args.format == "openvino":
         return _export_openvino(args, out)
-    if args.precision != "f32" or args.calibration:
-        raise UserError("--precision and --calibration apply to --format openvino")
+    if args.precision != "f32" or args.calibration or args.overflow_fix != "auto":
+        raise UserError("--precision, --calibration and --overflow-fix apply to --format openvino")
     model = load_pretrained(args.checkpoint)
     found = export_checked(model, out, format=args.format, opset=args.opset, quantize=args.quantize)
     if args.format == "torch":
@@ -548,9 +548,19 @@ def _export_openvino(args, out) -> int:
         if not len(calibration):
             raise UserError(f"none of the --calibration videos could be decoded ({len(args.calibration)} given)")
     found = export_openvino(
-        model, out, precision=args.precision, quantize=args.quantize, calibration=calibration, overwrite=args.overwrite
+        model,
+        out,
+        precision=args.precision,
+        quantize=args.quantize,
+        calibration=calibration,
+        overflow_fix=args.overflow_fix,
+        overwrite=args.overwrite,
     )
-    kind = f"int8 (NNCF, {found['calibration_clips']} calibration clips)" if args.quantize else args.precision
+    kind = (
+        f"int8 (NNCF, {found['calibration_clips']} calibration clips, overflow fix: {found['overflow_fix']} layers)"
+        if args.quantize
+        else args.precision
+    )
     print(
         f"wrote {out}/ (OpenVINO IR, {kind}, dynamic batch); against PyTorch fp32 on {found['clips']} "
         f"{found['check']}: max |logit diff| {found['drift']:.2%} of the largest logit, same top-1 on "
@@ -1039,6 +1049,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     xp.add_argument(
         "--calibration-clips", type=_positive_int, default=64, metavar="N", help="OpenVINO int8: clips (default 64)"
+    )
+    xp.add_argument(
+        "--overflow-fix",
+        choices=("auto", "all", "first"),
+        default="auto",
+        help="OpenVINO int8: NNCF's overflow fix (7-bit weights) on all layers, for CPUs without VNNI, or the first "
+        "only; auto (default): by this CPU",
     )
     xp.add_argument("--overwrite", action="store_true")
     xp.set_defaults(func=cmd_export)

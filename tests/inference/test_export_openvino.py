@@ -83,9 +83,11 @@ def test_int8_from_the_command_line_takes_its_ranges_from_videos(trained_motion,
     assert main([*args, "--quantize", "int8"]) == 2  # no calibration videos: a UserError, nothing written
     assert "--calibration VIDEO" in capsys.readouterr().err and not out.exists()
     assert main([*args, "--quantize", "int8", "--calibration", str(videos), "--calibration-clips", "3"]) == 0
-    assert "int8 (NNCF, 3 calibration clips)" in capsys.readouterr().out
+    fix = "first" if ov_export.cpu_has_vnni() else "all"
+    assert f"int8 (NNCF, 3 calibration clips, overflow fix: {fix} layers)" in capsys.readouterr().out
     report = json.loads((out / "export.json").read_text())
     assert report["quantize"] == "int8" and report["clips"] == 3 and report["drift"] <= ov_export.TOLERANCE["int8"]
+    assert report["overflow_fix"] == fix
     assert runtime_precisions(out)["i8"] > 0
 
 
@@ -141,4 +143,34 @@ def test_an_export_outside_its_bound_writes_nothing_and_keeps_the_old_folder(ckp
 def test_openvino_options_are_refused_for_other_formats(ckpt, capsys):
     args = ["export", "--checkpoint", str(ckpt / "ckpt"), "--out", str(ckpt / "m.onnx")]
     assert main([*args, "--precision", "bf16"]) == 2
-    assert "--precision and --calibration apply to --format openvino" in capsys.readouterr().err
+    assert "--precision, --calibration and --overflow-fix apply to --format openvino" in capsys.readouterr().err
+    assert main([*args, "--overflow-fix", "all"]) == 2
+    assert "--overflow-fix apply to --format openvino" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags,fix",
+    [("fpu sse avx2 fma", "all"), ("fpu avx2 avx512f avx512_vnni", "first"), ("fpu avx2 avx_vnni", "first")],
+    ids=["avx2", "avx512-vnni", "avx-vnni"],
+)
+def test_int8_fixes_16_bit_overflow_on_every_layer_where_the_cpu_lacks_vnni(monkeypatch, tmp_path, flags, fix):
+    """Without VNNI, int8 products add up in 16-bit registers that saturate: NNCF's overflow fix (7-bit weights) on
+    every layer (measured on an AVX2 EPYC: top-1 agreement with fp32 94.5 % -> 97.8 % at 16 calibration clips);
+    with VNNI, NNCF's default, the first layer only."""
+    import nncf
+    from nncf.quantization.advanced_parameters import OverflowFix
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n")
+    assert ov_export.cpu_has_vnni(info) == (fix == "first")
+    assert ov_export.cpu_has_vnni(tmp_path / "missing")  # unknown: NNCF's default
+    monkeypatch.setattr(ov_export, "cpu_has_vnni", lambda: fix == "first")
+    asked = []
+    monkeypatch.setattr(nncf, "quantize", lambda model, data, **kw: asked.append(kw) or model)
+    ov_export.quantize_openvino(object(), torch.zeros(2, 4, 3, 32, 32))
+    ov_export.quantize_openvino(object(), torch.zeros(2, 4, 3, 32, 32), overflow_fix="first")
+    expected = OverflowFix.ENABLE if fix == "all" else OverflowFix.FIRST_LAYER
+    assert [kw["advanced_parameters"].overflow_fix for kw in asked] == [expected, OverflowFix.FIRST_LAYER]
+    assert all(kw["model_type"] == nncf.ModelType.TRANSFORMER and kw["subset_size"] == 2 for kw in asked)
+    with pytest.raises(UserError, match="overflow_fix must be one of auto, all, first; got .some."):
+        ov_export.resolve_overflow_fix("some")

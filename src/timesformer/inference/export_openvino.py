@@ -5,7 +5,10 @@ against PyTorch fp32 before anything is written.
   ``OpenVINOModel`` sets it when it compiles the folder (left to itself the plugin picks bf16 wherever the CPU has
   it: other code loading ``model.xml`` sets ``INFERENCE_PRECISION_HINT`` itself).
 - int8 is NNCF's post-training quantization of that IR, its activation ranges set from calibration clips (the
-  ``predict`` views of real videos; the transformer preset keeps softmax and the norms in float).
+  ``predict`` views of real videos; the transformer preset keeps softmax and the norms in float). On a CPU without
+  VNNI (AVX2 only), int8 products add up in 16-bit registers that saturate; NNCF's overflow fix (7-bit weights)
+  avoids that. ``overflow_fix="auto"`` applies it to every layer where the exporting CPU lacks VNNI, to the first
+  only (NNCF's default) where it has VNNI or AMX; the folder records which.
 - The check compiles the IR at its precision and runs it beside PyTorch fp32: on real clips where given (for int8
   with 8 or more, every 4th calibration clip held out of NNCF's ranges, so the check is out of sample), else on 3
   random ones. The folder is written (one rename) only when the logits stay within ``TOLERANCE`` of PyTorch's and,
@@ -34,6 +37,19 @@ PRECISIONS = ("f32", "bf16")
 # so it is held to its agreement as well
 TOLERANCE = {"f32": 1e-3, "bf16": 0.1, "int8": 0.2}
 AGREEMENT = 0.9  # the share of real check clips whose top-1 class must be PyTorch fp32's
+OVERFLOW_FIXES = ("auto", "all", "first")  # int8: NNCF's overflow fix on every layer, or on the first only
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # /proc/cpuinfo: int8 dot products without 16-bit saturation
+
+
+def cpu_has_vnni(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
+    """Whether this CPU multiplies int8 without saturating 16-bit sums (its flags in ``cpuinfo``; True where they
+    can't be read)."""
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+    except OSError:
+        return True
+    return flags is None or any(flag in flags for flag in VNNI_FLAGS)
 
 
 def _openvino():
@@ -59,15 +75,35 @@ def convert_openvino(model: TimeSformer):
     return converted
 
 
-def quantize_openvino(converted, clips: torch.Tensor):
+def resolve_overflow_fix(overflow_fix: str) -> str:
+    """``auto`` -> ``all`` on a CPU without VNNI, else ``first``; ``all`` and ``first`` as they are."""
+    if overflow_fix not in OVERFLOW_FIXES:
+        raise UserError(f"overflow_fix must be one of {', '.join(OVERFLOW_FIXES)}; got {overflow_fix!r}")
+    if overflow_fix == "auto":
+        return "first" if cpu_has_vnni() else "all"
+    return overflow_fix
+
+
+def quantize_openvino(converted, clips: torch.Tensor, overflow_fix: str = "auto"):
     """NNCF post-training int8 of ``converted`` (an ``openvino.Model``), its ranges from ``clips`` (``n t c H W``
-    float, normalised as the model takes them), one at a time."""
+    float, normalised as the model takes them), one at a time; ``overflow_fix``: see the module's notes."""
+    fix = resolve_overflow_fix(overflow_fix)
     try:
         import nncf
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
     except ImportError:
         raise UserError("--quantize int8 needs NNCF: pip install 'timesformer[openvino]'") from None
     data = nncf.Dataset([clip[None].numpy() for clip in clips])
-    return nncf.quantize(converted, data, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(clips))
+    advanced = AdvancedQuantizationParameters(
+        overflow_fix=OverflowFix.ENABLE if fix == "all" else OverflowFix.FIRST_LAYER
+    )
+    return nncf.quantize(
+        converted,
+        data,
+        model_type=nncf.ModelType.TRANSFORMER,
+        subset_size=len(clips),
+        advanced_parameters=advanced,
+    )
 
 
 class OpenVINOModel:
@@ -115,16 +151,19 @@ def export_openvino(
     precision: str = "f32",
     quantize: str | None = None,
     calibration: torch.Tensor | None = None,
+    overflow_fix: str = "auto",
     overwrite: bool = False,
 ) -> dict:
     """Write ``out/`` (``model.xml``, ``model.bin``, ``export.json``): ``model`` converted, at ``precision`` (the
     run-time hint: ``f32`` or ``bf16``), int8 when ``quantize="int8"`` (NNCF, ranges from ``calibration``: ``n t c
-    H W`` clips, required). Checked first against PyTorch fp32 (see the module's notes); a drift over ``TOLERANCE``
-    or, on real clips, an agreement under ``AGREEMENT`` is a ``UserError`` and nothing is written. Returns
-    ``export.json``'s content: ``{"precision", "quantize", "drift", "same_top1", "clips", "check", ...}``."""
+    H W`` clips, required; ``overflow_fix``: see the module's notes). Checked first against PyTorch fp32 (see the
+    module's notes); a drift over ``TOLERANCE`` or, on real clips, an agreement under ``AGREEMENT`` is a
+    ``UserError`` and nothing is written. Returns ``export.json``'s content: ``{"precision", "quantize", "drift",
+    "same_top1", "clips", "check", "calibration_clips", "overflow_fix", ...}``."""
     _hint(precision)
     if quantize not in (None, "int8"):
         raise UserError(f"quantize must be None or 'int8'; got {quantize!r}")
+    fix = resolve_overflow_fix(overflow_fix) if quantize else None
     if quantize and (calibration is None or len(calibration) == 0):
         raise UserError("--quantize int8 sets its ranges from real clips: pass --calibration VIDEO [VIDEO ...]")
     out = Path(out)
@@ -143,7 +182,7 @@ def export_openvino(
     else:
         check, ranges, checked_on = calibration.float(), calibration, "calibration clips"
     if quantize:
-        converted = quantize_openvino(converted, ranges)
+        converted = quantize_openvino(converted, ranges, fix)
     with torch.no_grad():
         ref = torch.cat([model.eval()(clip[None]) for clip in check])
     ours = torch.cat([OpenVINOModel(converted, precision=precision)(clip[None]) for clip in check])
@@ -172,6 +211,7 @@ def export_openvino(
         "clips": len(check),
         "check": checked_on,
         "calibration_clips": 0 if ranges is None else len(ranges),
+        "overflow_fix": fix,  # int8: NNCF's overflow fix on "all" layers or the "first"; None: not int8
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))  # beside out: one rename
