@@ -4,12 +4,15 @@ or a segfault) nor decode with it. The child reopens the file on first use inste
 
 import gc
 import multiprocessing
+import subprocess
+import sys
 import weakref
 
 import pytest
 import torch
 
-from timesformer.data import open_video
+from timesformer.data import DecodeError, DecodeTimeout, open_video
+from timesformer.data.decode import VideoReader
 
 from .damaged import write_corpus
 from .videos import read_index, write_video
@@ -80,6 +83,8 @@ def video(tmp_path):
 def _open_decoded(path, decoder):
     reader = open_video(path, decoder=decoder)
     frames, _ = reader.frames_at(TIMES)  # the decoder's threads run
+    if decoder == "torchcodec":  # and its PyAV fallback's: a damaged file's frames come from there
+        VideoReader.frames_at(reader, TIMES)
     return reader, [read_index(f) for f in frames]
 
 
@@ -123,16 +128,22 @@ def test_dataloader_workers_fork_beside_an_open_reader(video, no_collector):
                 return torch.tensor(read_index(own.frames_at([TIMES[i]])[0][0]))
 
     try:
-        loader = torch.utils.data.DataLoader(Frames(), batch_size=2, num_workers=2, timeout=60)
+        loader = torch.utils.data.DataLoader(
+            Frames(), batch_size=2, num_workers=2, timeout=60, multiprocessing_context="fork"
+        )
         assert torch.cat(list(loader)).tolist() == [0, 15, 30, 45]
     finally:
         gc.collect()
 
 
-def test_a_reader_stopped_by_damaged_data_frees_its_decoder_when_closed(tmp_path, no_collector):
-    """Not at some later collection, which may run in a forked child (where freeing it hangs or crashes)."""
+def decoders_alive() -> int:
     import av
 
+    return sum(issubclass(type(o), av.codec.context.CodecContext) for o in gc.get_objects())
+
+
+def test_a_reader_stopped_by_damaged_data_frees_its_decoder_when_closed(tmp_path, no_collector):
+    """Not at some later collection, which may run in a forked child (where freeing it hangs or crashes)."""
     corpus = write_corpus(tmp_path)
     for name in ("flip_data.mkv", "flip_data.faststart"):
         with open_video(corpus[name]) as reader:
@@ -140,5 +151,44 @@ def test_a_reader_stopped_by_damaged_data_frees_its_decoder_when_closed(tmp_path
             assert reader.partial and "InvalidDataError" in reader.partial  # stopped by the damaged data
             assert valid.tolist() == [True, False, False]
         del reader, frames
-        left = [o for o in gc.get_objects() if issubclass(type(o), av.codec.context.CodecContext)]
-        assert not left, f"{name}: {len(left)} decoder(s) left for the garbage collector"
+        assert not decoders_alive(), f"{name}: a decoder left for the garbage collector"
+
+
+def test_an_error_kept_by_the_caller_keeps_no_decoder(tmp_path, no_collector):
+    """A caller keeping the exception (a list of failed files) keeps the frames it passed through: their locals
+    are cleared, so the decoder goes when the reader does."""
+    corpus = write_corpus(tmp_path / "damaged")
+    write_video(tmp_path / "v.mp4", 60, size=256)
+    kept = []
+    for path, raised in [(corpus["cut_early.mkv"], DecodeError), (tmp_path / "v.mp4", DecodeTimeout)]:
+        reader = open_video(path, deadline=0.0 if raised is DecodeTimeout else None)
+        with pytest.raises(raised) as caught:
+            reader.frames_at(TIMES)
+        kept.append(caught.value)
+        reader.close()
+        del reader, caught
+        assert not decoders_alive(), f"{path.name}: its {raised.__name__} keeps a decoder"
+
+
+def test_a_reader_dropped_unclosed_frees_its_decoder_at_once(video, no_collector):
+    reader, _ = _open_decoded(video, "pyav")
+    del reader  # its container and stream hold each other: only close() breaks that cycle
+    assert not decoders_alive()
+
+
+def test_a_plain_fork_child_that_exits_normally_does_not_hang(video):
+    """``os.fork`` and a normal exit: the interpreter's shutdown frees what is left, but never the inherited decoder."""
+    script = f"""
+import gc, os, sys
+from timesformer.data import open_video
+reader = open_video({str(video)!r})
+reader.frames_at([0.0, 1.0])
+pid = os.fork()
+if pid == 0:
+    gc.collect()
+    sys.exit(0)
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "child 0", out.stderr[-2000:]

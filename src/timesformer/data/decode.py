@@ -13,12 +13,15 @@ the frames a clip returns are kept; a header's duration is a claim, and a negati
 from __future__ import annotations
 
 import bisect
+import contextlib
+import ctypes
 import functools
 import math
 import os
 import re
 import threading
 import time
+import traceback
 import weakref
 from fractions import Fraction
 from pathlib import Path
@@ -61,16 +64,36 @@ THREAD_BYTES = 256 * 2**20  # frame threads hold a frame each: past this many by
 # FFmpeg's decoder threads are not copied by ``fork``: a forked child (a DataLoader worker) must neither free a
 # decoder it inherited open (that joins threads the child doesn't have: a hang, or a crash) nor decode with it
 _OPEN_READERS: weakref.WeakSet = weakref.WeakSet()  # this process's readers with an open decoder
-_INHERITED: list = []  # in a forked child: the decoders its parent had open, kept and never freed
 
 
 def _after_fork_in_child():
     for reader in list(_OPEN_READERS):
-        reader._disown()
+        try:
+            reader.disown()
+        except Exception:  # a reader half-open in another thread at the fork: the others still need this
+            pass
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _keep_forever(objects):
+    """One more reference to each of ``objects`` that nothing ever drops, not even the interpreter's exit."""
+    for obj in objects:
+        if obj is not None:
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+
+
+def _release_frames(err: BaseException):
+    """Clear the locals of the finished frames ``err`` and the exceptions it chains passed through: they hold the
+    decoder, which would otherwise live as long as the exception (or its cycle: until a collection, which may run
+    in a forked child)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        traceback.clear_frames(err.__traceback__)
+        err = err.__context__
 
 
 class DecodeTimeout(Exception):
@@ -195,14 +218,15 @@ class VideoReader:
         except OSError as err:
             raise DecodeError(f"{self.path}: can't read it ({err})") from None
         self._inherited = False  # opened by the process this one forked from: reopened on first use
-        self._open()
+        self.open_decoder()
         self.frames_decoded = 0  # how many frames the decoder produced so far (tests and benchmarks read it)
         # seconds: the longest seen between consecutive keyframes decoded in a row (inf once a seek by it skipped
         # nothing: the intervals vary, and seeking by them stops)
         self.key_interval = None
         self.partial = None  # why decoding stopped before the end of the video, once it has
 
-    def _open(self):
+    def open_decoder(self):
+        """Open the file and its video stream's decoder (the constructor does; a forked child again)."""
         av = _av()
         try:
             # the decoder's own limit, for the probe that runs inside open(): a bigger frame is never allocated
@@ -219,19 +243,21 @@ class VideoReader:
             raise DecodeError(f"{self.path}: {err}") from None
         _OPEN_READERS.add(self)
 
-    def _disown(self):
-        """In a forked child: keep the inherited decoder (never freed here) and reopen the file on first use."""
-        _INHERITED.append(self._decoders())
+    def decoders(self) -> tuple:
+        """What holds decoder threads: freed only by the process that opened them."""
+        return (self.container, self.stream)
+
+    def disown(self):
+        """In a forked child: keep the inherited decoders (never freed here) and reopen the file on first use."""
+        _keep_forever(self.decoders())
         self.container = self.stream = None
         self._inherited = True
 
-    def _decoders(self) -> tuple:
-        return (self.container, self.stream)
-
-    def _reopen_inherited(self):
+    def reopen_if_inherited(self):
+        """Open the file again in a forked child that inherited this reader open; nothing otherwise."""
         if self._inherited:
+            self.open_decoder()
             self._inherited = False
-            self._open()
 
     def _open_stream(self):
         if not self.container.streams.video:
@@ -258,16 +284,19 @@ class VideoReader:
         self.num_frames = self.stream.frames or round(self.duration * self.fps)
 
     def close(self):
-        _OPEN_READERS.discard(self)
         self._inherited = False
-        if self.container is None:
-            return
-        ctx = self.stream.codec_context
-        huge = ctx.width * ctx.height > TRIM_PIXELS
-        self.container.close()
-        self.container = self.stream = ctx = None  # the decoder and its frames go with the last reference
-        if huge:
-            trim_heap()  # glibc keeps what the decoder's threads freed: hand it back
+        if self.container is not None:
+            ctx = self.stream.codec_context
+            huge = ctx.width * ctx.height > TRIM_PIXELS
+            self.container.close()
+            self.container = self.stream = ctx = None  # the decoder and its frames go with the last reference
+            if huge:
+                trim_heap()  # glibc keeps what the decoder's threads freed: hand it back
+        _OPEN_READERS.discard(self)
+
+    def __del__(self):  # a reader dropped unclosed: its container and stream hold each other, in a cycle
+        with contextlib.suppress(Exception):
+            self.close()
 
     def __enter__(self):
         return self
@@ -299,12 +328,14 @@ class VideoReader:
         times = [float(s) for s in times]
         if not times:
             raise ValueError("frames_at needs at least one time")
-        self._reopen_inherited()
+        self.reopen_if_inherited()
         try:
             return self._frames_at(times)
-        except DecodeError:
-            raise
-        except (_av().error.FFmpegError, *_DECODE_ERRORS) as err:  # what FFmpeg or PyAV raise on a damaged file
+        except BaseException as err:
+            _release_frames(err)
+            if isinstance(err, DecodeError) or not isinstance(err, (_av().error.FFmpegError, *_DECODE_ERRORS)):
+                raise
+            # what FFmpeg or PyAV raise on a damaged file
             raise DecodeError(f"{self.path}: decoding failed ({type(err).__name__}: {err})") from None
 
     def _frames_at(self, times: list[float]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -94,8 +94,8 @@ class TorchCodecReader(VideoReader):
         super().__init__(path, short_side=short_side, max_pixels=max_pixels, deadline=deadline)
         check_deadline(self.path, self.deadline)  # the scan reads every packet header
 
-    def _open(self):
-        super()._open()
+    def open_decoder(self):
+        super().open_decoder()
         self.offset = float(self.start_pts * self.time_base)  # torchcodec's times are the stream's own
         # as limit_decoder: frame threads (a frame each) only while the header's frames fit THREAD_BYTES
         threads = _cores() if self.stream.thread_type == "AUTO" else 1
@@ -117,11 +117,11 @@ class TorchCodecReader(VideoReader):
         if self.decoder is not None and not self.end > self.begin:
             self.decoder = None
 
-    def _decoders(self) -> tuple:
-        return (*super()._decoders(), self.decoder)
+    def decoders(self) -> tuple:
+        return (*super().decoders(), getattr(self, "decoder", None))  # a fork mid-open: no decoder yet
 
-    def _disown(self):
-        super()._disown()
+    def disown(self):
+        super().disown()
         self.decoder = None
 
     def close(self):
@@ -133,7 +133,7 @@ class TorchCodecReader(VideoReader):
         times = [float(s) for s in times]
         if not times:
             raise ValueError("frames_at needs at least one time")
-        self._reopen_inherited()
+        self.reopen_if_inherited()
         check_deadline(self.path, self.deadline)
         batch = self._played_at(times) if self.decoder is not None else None
         check_deadline(self.path, self.deadline)
