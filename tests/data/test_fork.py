@@ -192,3 +192,24 @@ print("child", os.waitstatus_to_exitcode(status))
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "child 0", out.stderr[-2000:]
+
+
+def _reopen_moved(path, decoder):
+    path.rename(path.with_suffix(".gone"))  # the child's file is gone: each use says so, as a DecodeError
+    found = []
+    for _ in range(2):
+        try:
+            _OPEN[decoder].frames_at(TIMES)
+        except DecodeError as err:
+            found.append("DecodeError" if "not a readable video" in str(err) else str(err))
+    return found
+
+
+def test_an_inherited_reader_whose_file_is_gone_says_so_each_time(video, no_collector):
+    reader, _ = _open_decoded(video, "pyav")
+    _OPEN["pyav"] = reader
+    try:
+        assert run_forked(_reopen_moved, video) == ["DecodeError", "DecodeError"]
+    finally:
+        _OPEN.clear()
+        reader.close()
