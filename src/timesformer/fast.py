@@ -8,7 +8,8 @@
 
   * static (``compile=True`` and ``torchao`` installed, CPU): PT2E quantization with torchao's x86 inductor
     quantizer -- the model is exported, its activations' ranges are observed on calibration clips, and inductor
-    lowers each linear to a oneDNN int8 kernel (AMX / VNNI), with the work between them in bf16. The fastest
+    lowers each linear to a oneDNN int8 kernel (AMX / VNNI), with the work between them in bf16 (fp32 on CPUs
+    without oneDNN bf16 kernels: AVX2). The fastest
     path on CPUs with int8 matmul units; it needs calibration clips (``calibration``, else the first input).
   * dynamic (otherwise): ``torch.ao`` dynamic quantization of every ``nn.Linear``, activations quantized per
     batch at run time; no calibration, runs eagerly.
@@ -140,13 +141,21 @@ def _drop_dtype_asserts(graph: torch.fx.Graph):
             graph.erase_node(node)
 
 
+def int8_static_float_dtype() -> torch.dtype:
+    """The float work between static int8's linears: bf16 where oneDNN has bf16 kernels (AVX-512 and later: its
+    int8-mixed-bf16 kernels), else fp32. On an AVX2-only CPU, oneDNN's bf16 fallback had not finished one linear of
+    a dim-96 model after 4 min; in fp32 the whole first call took 62 s with its compile, then 0.29 s a clip."""
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+
+
 def quantize_static(
     model: TimeSformer, name: str, video: torch.Tensor, mask: torch.Tensor | None, calibration: Iterable[torch.Tensor]
 ) -> torch.fx.GraphModule:
     """The PT2E int8 graph of ``model.<name>`` for inputs shaped like ``video`` (any batch size).
 
     ``calibration``: clips ``n t c H W`` shaped like ``video`` past the batch; each is run through the observed
-    graph (with an all-real mask when ``mask`` is given). Run the result compiled (inductor), under bf16 autocast.
+    graph (with an all-real mask when ``mask`` is given). Run the result compiled (inductor), under bf16 autocast
+    where ``int8_static_float_dtype`` is bf16.
     """
     prepare, convert, to_eval, x86 = torchao_pt2e()
     method = _Method(model, name, mask is not None)
@@ -267,9 +276,11 @@ class OptimizedTimeSformer(nn.Module):
         with torch.no_grad():
             if key not in self._compiled:
                 return fn(video, mask).float()
-            # int8-static: the float work between the int8 linears in bf16 (oneDNN's int8-mixed-bf16 kernels)
+            # int8-static: the float work between the int8 linears in bf16 where oneDNN has bf16 kernels
             autocast = (
-                torch.autocast("cpu", torch.bfloat16) if self.method == "int8-static" else contextlib.nullcontext()
+                torch.autocast("cpu", torch.bfloat16)
+                if self.method == "int8-static" and int8_static_float_dtype() == torch.bfloat16
+                else contextlib.nullcontext()
             )
             try:  # a call with a new shape (re)compiles; freezing: the weights become constants inductor folds and
                 # pre-packs (the global setting: compile's options={"freezing": True} skips the int8 lowering)

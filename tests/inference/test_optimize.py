@@ -181,6 +181,29 @@ def test_static_int8_runs_compiled_within_its_tolerance(cls_attention):
             assert (fast.forward_features(VIDEO) - feats).abs().max() <= 3 * TOLERANCE["int8"] * feats.abs().max()
 
 
+@pytest.mark.parametrize("onednn_bf16", [True, False], ids=["onednn-bf16", "avx2"])
+def test_static_int8_runs_its_float_work_in_bf16_only_where_onednn_has_bf16_kernels(monkeypatch, onednn_bf16):
+    """On an AVX2-only CPU oneDNN's bf16 fallback had not finished one int8 linear of a dim-96 model in 4 min: the
+    graph runs without bf16 autocast there (the compiled graph is stood in for by one that reports the autocast)."""
+    pytest.importorskip("torchao")
+    import timesformer.fast as fast_module
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn_bf16)
+    expected = torch.bfloat16 if onednn_bf16 else torch.float32
+    assert fast_module.int8_static_float_dtype() == expected
+    autocast = []
+
+    def graph(video):
+        autocast.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"))
+        return torch.zeros(len(video), 5)
+
+    monkeypatch.setattr(fast_module, "quantize_static", lambda *args: graph)
+    monkeypatch.setattr(fast_module.torch, "compile", lambda fn, **kw: fn)
+    fast = tf.optimize(small_model(), precision="int8", compile=True, calibration=VIDEO)
+    assert fast.method == "int8-static" and fast(VIDEO).shape == (len(VIDEO), 5)
+    assert autocast == [torch.bfloat16 if onednn_bf16 else False]
+
+
 def test_static_int8_falls_back_to_dynamic_with_a_warning(monkeypatch):
     pytest.importorskip("torchao")
     import timesformer.fast as fast_module
