@@ -541,6 +541,9 @@ def _export_openvino(args, out) -> int:
     from .inference.export_openvino import export_openvino
     from .pretrained import load_pretrained
 
+    if args.overflow_fix != "auto" and not args.quantize:
+        raise UserError("--overflow-fix applies to --quantize int8")
+
     model = load_pretrained(args.checkpoint)
     calibration = None
     if args.calibration:

@@ -2,6 +2,7 @@
 videos, and nothing written (nor anything already there lost) when the check fails."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -127,6 +128,21 @@ def test_the_folder_compiles_at_the_precision_it_was_checked_at(ckpt, monkeypatc
     assert asked[2]["INFERENCE_NUM_THREADS"] == 1
 
 
+def test_loading_int8_made_for_vnni_on_a_cpu_without_it_warns(ckpt, monkeypatch, tmp_path):
+    folder = tmp_path / "int8"
+    folder.mkdir()
+    for name in ("model.xml", "model.bin"):
+        (folder / name).write_bytes((ckpt / "f32" / name).read_bytes())
+    (folder / "export.json").write_text(json.dumps({"precision": "f32", "quantize": "int8", "overflow_fix": "first"}))
+    monkeypatch.setattr(ov_export, "cpu_has_vnni", lambda: False)
+    with pytest.warns(RuntimeWarning, match="exported for a CPU with VNNI.*--overflow-fix all"):
+        OpenVINOModel(folder)
+    monkeypatch.setattr(ov_export, "cpu_has_vnni", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        OpenVINOModel(folder)
+
+
 def test_an_export_outside_its_bound_writes_nothing_and_keeps_the_old_folder(ckpt, monkeypatch):
     model = tf.load_pretrained(ckpt / "ckpt")
     out = ckpt / "f32"  # written by the first test
@@ -146,6 +162,9 @@ def test_openvino_options_are_refused_for_other_formats(ckpt, capsys):
     assert "--precision, --calibration and --overflow-fix apply to --format openvino" in capsys.readouterr().err
     assert main([*args, "--overflow-fix", "all"]) == 2
     assert "--overflow-fix apply to --format openvino" in capsys.readouterr().err
+    args = [*args[:-1], str(ckpt / "ov-f32"), "--format", "openvino", "--overflow-fix", "all"]
+    assert main(args) == 2  # not int8: nothing to fix
+    assert "--overflow-fix applies to --quantize int8" in capsys.readouterr().err and not (ckpt / "ov-f32").exists()
 
 
 @pytest.mark.parametrize(
@@ -157,7 +176,7 @@ def test_int8_fixes_16_bit_overflow_on_every_layer_where_the_cpu_lacks_vnni(monk
     """Without VNNI, int8 products add up in 16-bit registers that saturate: NNCF's overflow fix (7-bit weights) on
     every layer (measured on an AVX2 EPYC: top-1 agreement with fp32 94.5 % -> 97.8 % at 16 calibration clips);
     with VNNI, NNCF's default, the first layer only."""
-    import nncf
+    nncf = pytest.importorskip("nncf")
     from nncf.quantization.advanced_parameters import OverflowFix
 
     info = tmp_path / "cpuinfo"

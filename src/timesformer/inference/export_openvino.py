@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -121,8 +122,17 @@ class OpenVINOModel:
             if not path.is_file():
                 raise UserError(f"{path}: no OpenVINO IR there (an export folder holds model.xml and model.bin)")
             report = path.with_name("export.json")
-            if precision is None and report.is_file():
-                precision = json.loads(report.read_text()).get("precision")
+            found = json.loads(report.read_text()) if report.is_file() else {}
+            if precision is None:
+                precision = found.get("precision")
+            if found.get("overflow_fix") == "first" and not cpu_has_vnni():
+                warnings.warn(
+                    f"{path.parent}: int8 exported for a CPU with VNNI (overflow fix on the first layer only); "
+                    "this CPU has none, so its 16-bit int8 sums may saturate: export it again here, or with "
+                    "--overflow-fix all",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
             path = core.read_model(str(path))
         config = {}
         if precision is not None:
