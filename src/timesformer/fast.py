@@ -135,17 +135,18 @@ def _unfold_constants_added_to_linears(graph: torch.fx.Graph):
 
 
 def _drop_dtype_asserts(graph: torch.fx.Graph):
-    """Export records each ``.to(dtype)`` as a dtype assertion; the int8 graph runs its float work in bf16."""
+    """Export records each ``.to(dtype)`` as a dtype assertion; the int8 graph may run its float work in bf16."""
     for node in list(graph.nodes):
         if node.target == torch.ops.aten._assert_tensor_metadata.default:
             graph.erase_node(node)
 
 
 def int8_static_float_dtype() -> torch.dtype:
-    """The float work between static int8's linears: bf16 where oneDNN has bf16 kernels (AVX-512 and later: its
-    int8-mixed-bf16 kernels), else fp32. On an AVX2-only CPU, oneDNN's bf16 fallback had not finished one linear of
-    a dim-96 model after 4 min; in fp32 the whole first call took 62 s with its compile, then 0.29 s a clip."""
-    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+    """The float work between static int8's linears: bf16 where oneDNN reports bf16 support (AVX-512 core, or AVX2
+    with VNNI-2: its int8-mixed-bf16 kernels), else fp32. On an AVX2-only CPU, oneDNN's bf16 fallback had not
+    finished one linear of a dim-96 model after 4 min (``benchmarks/results/int8-static-avx2-2026-12-05.md``)."""
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)  # absent from builds without oneDNN
+    return torch.bfloat16 if supported is not None and supported() else torch.float32
 
 
 def quantize_static(

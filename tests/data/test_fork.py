@@ -213,3 +213,25 @@ def test_an_inherited_reader_whose_file_is_gone_says_so_each_time(video, no_coll
     finally:
         _OPEN.clear()
         reader.close()
+
+
+def test_a_callers_own_exception_keeps_its_locals(tmp_path):
+    """``frames_at`` clears the frames its own error passed through, never those of the exception its caller was
+    handling when it called (debuggers and error reporters read them)."""
+    corpus = write_corpus(tmp_path)
+
+    def fail():
+        secret = "the caller's"  # noqa: F841  (read back through the traceback)
+        raise KeyError("the caller's own")
+
+    def caller():
+        try:
+            fail()
+        except KeyError as mine:
+            with open_video(corpus["cut_early.mkv"]) as reader, pytest.raises(DecodeError) as caught:
+                reader.frames_at(TIMES)
+            return mine, caught.value
+
+    mine, err = caller()
+    assert err.__context__ is mine or err.__context__.__context__ is mine
+    assert mine.__traceback__.tb_next.tb_frame.f_locals["secret"] == "the caller's"  # fail()'s frame, finished

@@ -135,7 +135,10 @@ def test_loading_int8_made_for_vnni_on_a_cpu_without_it_warns(ckpt, monkeypatch,
         (folder / name).write_bytes((ckpt / "f32" / name).read_bytes())
     (folder / "export.json").write_text(json.dumps({"precision": "f32", "quantize": "int8", "overflow_fix": "first"}))
     monkeypatch.setattr(ov_export, "cpu_has_vnni", lambda: False)
-    with pytest.warns(RuntimeWarning, match="exported for a CPU with VNNI.*--overflow-fix all"):
+    with pytest.warns(RuntimeWarning, match="first layer only.*this CPU has no VNNI.*--overflow-fix all"):
+        OpenVINOModel(folder)
+    (folder / "export.json").write_text(json.dumps({"precision": "f32", "quantize": "int8"}))  # before the field
+    with pytest.warns(RuntimeWarning, match="first layer only"):
         OpenVINOModel(folder)
     monkeypatch.setattr(ov_export, "cpu_has_vnni", lambda: True)
     with warnings.catch_warnings():
@@ -191,5 +194,8 @@ def test_int8_fixes_16_bit_overflow_on_every_layer_where_the_cpu_lacks_vnni(monk
     expected = OverflowFix.ENABLE if fix == "all" else OverflowFix.FIRST_LAYER
     assert [kw["advanced_parameters"].overflow_fix for kw in asked] == [expected, OverflowFix.FIRST_LAYER]
     assert all(kw["model_type"] == nncf.ModelType.TRANSFORMER and kw["subset_size"] == 2 for kw in asked)
+    with pytest.raises(UserError, match="overflow_fix applies to quantize='int8'"):
+        ov_export.export_openvino(labelled_tiny_model(), tmp_path / "f32", overflow_fix="all")
+    assert not (tmp_path / "f32").exists()
     with pytest.raises(UserError, match="overflow_fix must be one of auto, all, first; got .some."):
         ov_export.resolve_overflow_fix("some")

@@ -13,12 +13,12 @@ the frames a clip returns are kept; a header's duration is a claim, and a negati
 from __future__ import annotations
 
 import bisect
-import contextlib
 import ctypes
 import functools
 import math
 import os
 import re
+import sys
 import threading
 import time
 import traceback
@@ -85,12 +85,12 @@ def _keep_forever(objects):
             ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
 
 
-def _release_frames(err: BaseException):
-    """Clear the locals of the finished frames ``err`` and the exceptions it chains passed through: they hold the
-    decoder, which would otherwise live as long as the exception (or its cycle: until a collection, which may run
-    in a forked child)."""
+def _release_frames(err: BaseException, outer: BaseException | None):
+    """Clear the locals of the finished frames that ``err``, and the exceptions it chains back to ``outer`` (the one
+    being handled when the call began: the caller's own), passed through: they hold the decoder, which would
+    otherwise live as long as the exception (or its cycle: until a collection, which may run in a forked child)."""
     seen = set()
-    while err is not None and id(err) not in seen:
+    while err is not None and err is not outer and id(err) not in seen:
         seen.add(id(err))
         traceback.clear_frames(err.__traceback__)
         err = err.__context__
@@ -237,9 +237,11 @@ class VideoReader:
             self._open_stream()
         except DecodeError:
             self.container.close()
+            self.container = self.stream = None
             raise
         except (av.error.FFmpegError, *_DECODE_ERRORS) as err:
             self.container.close()
+            self.container = self.stream = None
             raise DecodeError(f"{self.path}: {err}") from None
         _OPEN_READERS.add(self)
 
@@ -295,8 +297,10 @@ class VideoReader:
         _OPEN_READERS.discard(self)
 
     def __del__(self):  # a reader dropped unclosed: its container and stream hold each other, in a cycle
-        with contextlib.suppress(Exception):
+        try:
             self.close()
+        except Exception:  # a reader half-built, or the interpreter shutting down
+            pass
 
     def __enter__(self):
         return self
@@ -329,13 +333,14 @@ class VideoReader:
         if not times:
             raise ValueError("frames_at needs at least one time")
         self.reopen_if_inherited()
+        outer = sys.exc_info()[1]  # the caller's exception, if it calls from an except block: left as it is
         try:
             return self._frames_at(times)
-        except BaseException as err:
-            _release_frames(err)
-            if isinstance(err, DecodeError) or not isinstance(err, (_av().error.FFmpegError, *_DECODE_ERRORS)):
-                raise
-            # what FFmpeg or PyAV raise on a damaged file
+        except (DecodeError, DecodeTimeout) as err:  # a bad file or a deadline: bugs keep their locals
+            _release_frames(err, outer)
+            raise
+        except (_av().error.FFmpegError, *_DECODE_ERRORS) as err:  # what FFmpeg or PyAV raise on a damaged file
+            _release_frames(err, outer)
             raise DecodeError(f"{self.path}: decoding failed ({type(err).__name__}: {err})") from None
 
     def _frames_at(self, times: list[float]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -125,10 +125,12 @@ class OpenVINOModel:
             found = json.loads(report.read_text()) if report.is_file() else {}
             if precision is None:
                 precision = found.get("precision")
-            if found.get("overflow_fix") == "first" and not cpu_has_vnni():
+            # folders from before the choice was recorded had NNCF's default: the first layer only
+            fix = found.get("overflow_fix", "first" if found.get("quantize") == "int8" else None)
+            if fix == "first" and not cpu_has_vnni():
                 warnings.warn(
-                    f"{path.parent}: int8 exported for a CPU with VNNI (overflow fix on the first layer only); "
-                    "this CPU has none, so its 16-bit int8 sums may saturate: export it again here, or with "
+                    f"{path.parent}: int8 with NNCF's overflow fix on the first layer only (made for CPUs with VNNI); "
+                    "this CPU has no VNNI, so its 16-bit int8 sums may saturate: export it again with "
                     "--overflow-fix all",
                     RuntimeWarning,
                     stacklevel=2,
@@ -173,7 +175,10 @@ def export_openvino(
     _hint(precision)
     if quantize not in (None, "int8"):
         raise UserError(f"quantize must be None or 'int8'; got {quantize!r}")
-    fix = resolve_overflow_fix(overflow_fix) if quantize else None
+    fix = resolve_overflow_fix(overflow_fix)
+    if not quantize and overflow_fix != "auto":
+        raise UserError("overflow_fix applies to quantize='int8'")
+    fix = fix if quantize else None
     if quantize and (calibration is None or len(calibration) == 0):
         raise UserError("--quantize int8 sets its ranges from real clips: pass --calibration VIDEO [VIDEO ...]")
     out = Path(out)
