@@ -4,6 +4,8 @@ or a segfault) nor decode with it. The child reopens the file on first use inste
 
 import gc
 import multiprocessing
+import os
+import signal
 import subprocess
 import sys
 import weakref
@@ -190,8 +192,21 @@ if pid == 0:
 _, status = os.waitpid(pid, 0)
 print("child", os.waitstatus_to_exitcode(status))
 """
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and out.stdout.strip() == "child 0", out.stderr[-2000:]
+    # a session of its own: a hung child is killed with its parent, not left behind
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the forked child hung at its exit")
+    assert proc.returncode == 0 and stdout.strip() == "child 0", stderr[-2000:]
 
 
 def _reopen_moved(path, decoder):
