@@ -198,6 +198,8 @@ class OptimizedTimeSformer(nn.Module):
         super().__init__()
         self.model, self.precision, self.config, self.method = model, precision, model.config, method
         self.dtype = HALF.get(precision, torch.float32)
+        # int8-static: the float work between the int8 linears in bf16 where oneDNN has bf16 kernels
+        self._bf16_between = method == "int8-static" and int8_static_float_dtype() == torch.bfloat16
         self.graphs = compile and method != "int8-static" and next(model.parameters()).is_cuda  # CUDA graphs
         self.use_compile = compile
         self._calibration = calibration
@@ -277,12 +279,7 @@ class OptimizedTimeSformer(nn.Module):
         with torch.no_grad():
             if key not in self._compiled:
                 return fn(video, mask).float()
-            # int8-static: the float work between the int8 linears in bf16 where oneDNN has bf16 kernels
-            autocast = (
-                torch.autocast("cpu", torch.bfloat16)
-                if self.method == "int8-static" and int8_static_float_dtype() == torch.bfloat16
-                else contextlib.nullcontext()
-            )
+            autocast = torch.autocast("cpu", torch.bfloat16) if self._bf16_between else contextlib.nullcontext()
             try:  # a call with a new shape (re)compiles; freezing: the weights become constants inductor folds and
                 # pre-packs (the global setting: compile's options={"freezing": True} skips the int8 lowering)
                 with autocast, torch._inductor.config.patch(freezing=True), warnings.catch_warnings():

@@ -175,10 +175,11 @@ def export_openvino(
     _hint(precision)
     if quantize not in (None, "int8"):
         raise UserError(f"quantize must be None or 'int8'; got {quantize!r}")
-    fix = resolve_overflow_fix(overflow_fix)
-    if not quantize and overflow_fix != "auto":
-        raise UserError("overflow_fix applies to quantize='int8'")
-    fix = fix if quantize else None
+    fix = resolve_overflow_fix(overflow_fix)  # validated even where it doesn't apply
+    if not quantize:
+        if overflow_fix != "auto":
+            raise UserError("overflow_fix applies to quantize='int8'")
+        fix = None
     if quantize and (calibration is None or len(calibration) == 0):
         raise UserError("--quantize int8 sets its ranges from real clips: pass --calibration VIDEO [VIDEO ...]")
     out = Path(out)
