@@ -30,8 +30,6 @@ def _zero(data: bytes, start: int, length: int) -> bytes:
 def write_corpus(root: Path) -> dict[str, Path]:
     """``name -> path``; names say what was done (``cut_…``, ``flip_…``, ``zero_…``, ``tag``, ``empty``,
     ``audio_only``, ``one_image``), and the undamaged sources are ``mp4``, ``faststart`` and ``mkv``."""
-    import av
-    import numpy as np
 
     root.mkdir(parents=True, exist_ok=True)
     files = {}
@@ -61,7 +59,21 @@ def write_corpus(root: Path) -> dict[str, Path]:
     files["tag"] = root / "tag.mp4"
     (root / "empty.mp4").write_bytes(b"")
     files["empty"] = root / "empty.mp4"
-    with av.open(str(root / "audio_only.mp4"), "w") as container:
+    write_audio_only(root / "audio_only.mp4")
+    files["audio_only"] = root / "audio_only.mp4"
+    write_video(root / "one_image.mp4", 1, fps=FPS)
+    files["one_image"] = root / "one_image.mp4"
+    for ext, codec in (("mkv", "libx264"), ("webm", "libvpx-vp9"), ("mp4", "libx264")):  # whole, audio longer
+        files[f"long_audio.{ext}"] = write_with_audio(root / f"long_audio.{ext}", codec, audio_seconds=3.6)
+    return files
+
+
+def write_audio_only(path: Path) -> Path:
+    """Two seconds of AAC and no video stream: a file every demuxer opens and no video reader can use."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as container:
         stream = container.add_stream("aac", rate=16000)
         t = np.arange(16000 * 2) / 16000
         samples = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
@@ -72,12 +84,7 @@ def write_corpus(root: Path) -> dict[str, Path]:
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    files["audio_only"] = root / "audio_only.mp4"
-    write_video(root / "one_image.mp4", 1, fps=FPS)
-    files["one_image"] = root / "one_image.mp4"
-    for ext, codec in (("mkv", "libx264"), ("webm", "libvpx-vp9"), ("mp4", "libx264")):  # whole, audio longer
-        files[f"long_audio.{ext}"] = write_with_audio(root / f"long_audio.{ext}", codec, audio_seconds=3.6)
-    return files
+    return path
 
 
 def write_with_audio(path: Path, codec: str, audio_seconds: float) -> Path:

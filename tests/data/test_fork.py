@@ -16,7 +16,7 @@ import torch
 from timesformer.data import DecodeError, DecodeTimeout, open_video
 from timesformer.data.decode import VideoReader
 
-from .damaged import write_corpus
+from .damaged import write_audio_only, write_corpus
 from .videos import read_index, write_video
 
 pytest.importorskip("av")
@@ -225,6 +225,33 @@ def test_an_inherited_reader_whose_file_is_gone_says_so_each_time(video, no_coll
     _OPEN["pyav"] = reader
     try:
         assert run_forked(_reopen_moved, video) == ["DecodeError", "DecodeError"]
+    finally:
+        _OPEN.clear()
+        reader.close()
+
+
+def _reopen_replaced(path, decoder):
+    """The child's file is now audio only: the container opens, the stream doesn't. Each use says so, and close()
+    still works (the half-opened container was closed and dropped, not left for close() to trip on)."""
+    reader = _OPEN[decoder]
+    path.with_name("audio_only.mp4").replace(path)
+    found = []
+    for _ in range(2):
+        try:
+            reader.frames_at(TIMES)
+        except DecodeError as err:
+            found.append("no video stream" if "no video stream" in str(err) else str(err))
+    found.append(reader.container is None and reader.stream is None)
+    reader.close()
+    return found
+
+
+def test_an_inherited_reader_whose_file_lost_its_video_stream_says_so_and_closes(video, no_collector):
+    reader, _ = _open_decoded(video, "pyav")
+    _OPEN["pyav"] = reader
+    write_audio_only(video.with_name("audio_only.mp4"))
+    try:
+        assert run_forked(_reopen_replaced, video) == ["no video stream", "no video stream", True]
     finally:
         _OPEN.clear()
         reader.close()
