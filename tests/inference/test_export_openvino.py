@@ -1,6 +1,8 @@
 """timesformer export --format openvino: an IR folder whose logits equal PyTorch's, its int8 variant calibrated on real
 videos, and nothing written (nor anything already there lost) when the check fails."""
 
+import contextlib
+import io
 import json
 import warnings
 
@@ -31,10 +33,20 @@ def ckpt(tmp_path_factory):
     return root
 
 
-def test_the_f32_ir_gives_pytorchs_logits_at_any_batch(ckpt, capsys):
+@pytest.fixture(scope="module")
+def f32_ir(ckpt):
+    """``timesformer export --format openvino`` of the checkpoint, once: the folder and what the command printed."""
     out = ckpt / "f32"
-    assert main(["export", "--checkpoint", str(ckpt / "ckpt"), "--format", "openvino", "--out", str(out)]) == 0
-    assert "3 random: max |logit diff|" in (printed := capsys.readouterr().out) and "same top-1 on 3/3" in printed
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["export", "--checkpoint", str(ckpt / "ckpt"), "--format", "openvino", "--out", str(out)])
+    assert code == 0
+    return out, printed.getvalue()
+
+
+def test_the_f32_ir_gives_pytorchs_logits_at_any_batch(ckpt, f32_ir):
+    out, printed = f32_ir
+    assert "3 random: max |logit diff|" in printed and "same top-1 on 3/3" in printed
     assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.bin", "model.xml"]
     report = json.loads((out / "export.json").read_text())
     assert report["precision"] == "f32" and report["labels"] == ["cat", "dog", "eel"] and report["drift"] < 1e-5
@@ -102,7 +114,7 @@ def runtime_precisions(folder) -> dict:
     return counts
 
 
-def test_the_folder_compiles_at_the_precision_it_was_checked_at(ckpt, monkeypatch, tmp_path):
+def test_the_folder_compiles_at_the_precision_it_was_checked_at(f32_ir, monkeypatch, tmp_path):
     """The CPU plugin picks bf16 by itself wherever the CPU has it: the hint export.json records is set at compile."""
     import types
 
@@ -116,11 +128,12 @@ def test_the_folder_compiles_at_the_precision_it_was_checked_at(ckpt, monkeypatc
             return super().compile_model(model, device, config or {})
 
     monkeypatch.setattr(ov_export, "_openvino", lambda: types.SimpleNamespace(Core=Core))
-    OpenVINOModel(ckpt / "f32")  # written by the first test
+    f32, _ = f32_ir
+    OpenVINOModel(f32)
     bf16 = tmp_path / "bf16"
     bf16.mkdir()
     for name in ("model.xml", "model.bin"):
-        (bf16 / name).write_bytes((ckpt / "f32" / name).read_bytes())
+        (bf16 / name).write_bytes((f32 / name).read_bytes())
     (bf16 / "export.json").write_text(json.dumps({"precision": "bf16"}))
     OpenVINOModel(bf16)
     OpenVINOModel(bf16, precision="f32", threads=1)  # the caller's choice wins
@@ -128,11 +141,11 @@ def test_the_folder_compiles_at_the_precision_it_was_checked_at(ckpt, monkeypatc
     assert asked[2]["INFERENCE_NUM_THREADS"] == 1
 
 
-def test_loading_int8_made_for_vnni_on_a_cpu_without_it_warns(ckpt, monkeypatch, tmp_path):
+def test_loading_int8_made_for_vnni_on_a_cpu_without_it_warns(f32_ir, monkeypatch, tmp_path):
     folder = tmp_path / "int8"
     folder.mkdir()
     for name in ("model.xml", "model.bin"):
-        (folder / name).write_bytes((ckpt / "f32" / name).read_bytes())
+        (folder / name).write_bytes((f32_ir[0] / name).read_bytes())
     (folder / "export.json").write_text(json.dumps({"precision": "f32", "quantize": "int8", "overflow_fix": "first"}))
     monkeypatch.setattr(ov_export, "cpu_has_vnni", lambda: False)
     with pytest.warns(RuntimeWarning, match="first layer only.*this CPU has no VNNI.*--overflow-fix all"):
@@ -146,13 +159,17 @@ def test_loading_int8_made_for_vnni_on_a_cpu_without_it_warns(ckpt, monkeypatch,
         OpenVINOModel(folder)
 
 
-def test_an_export_outside_its_bound_writes_nothing_and_keeps_the_old_folder(ckpt, monkeypatch):
+def test_an_export_outside_its_bound_writes_nothing_and_keeps_the_old_folder(ckpt, f32_ir, monkeypatch):
     model = tf.load_pretrained(ckpt / "ckpt")
-    out = ckpt / "f32"  # written by the first test
+    out, _ = f32_ir
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     with pytest.raises(UserError, match="exists; pass --overwrite"):
         ov_export.export_openvino(model, out)
     monkeypatch.setitem(ov_export.TOLERANCE, "f32", -1.0)  # any drift is over it
+    # the same model's conversion, read back from the fixture's folder (torch.export is 9 s of a tiny model)
+    monkeypatch.setattr(
+        ov_export, "convert_openvino", lambda m: ov_export._openvino().Core().read_model(out / "model.xml")
+    )
     with pytest.raises(UserError, match=r"differ from PyTorch fp32 by .* not written"):
         ov_export.export_openvino(model, out, overwrite=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
