@@ -9,8 +9,9 @@
   * static (``compile=True`` and ``torchao`` installed, CPU): PT2E quantization with torchao's x86 inductor
     quantizer -- the model is exported, its activations' ranges are observed on calibration clips, and inductor
     lowers each linear to a oneDNN int8 kernel (AMX / VNNI), with the work between them in bf16 (fp32 on CPUs
-    without oneDNN bf16 kernels: AVX2). The fastest
-    path on CPUs with int8 matmul units; it needs calibration clips (``calibration``, else the first input).
+    without oneDNN bf16 kernels: AVX2). On CPUs without VNNI the activations take 7 bits (0-127): their kernels add
+    pairs of products in 16-bit registers, which saturate at full range. The fastest path on CPUs with int8
+    matmul units; it needs calibration clips (``calibration``, else the first input).
   * dynamic (otherwise): ``torch.ao`` dynamic quantization of every ``nn.Linear``, activations quantized per
     batch at run time; no calibration, runs eagerly.
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import os
 import warnings
 from collections.abc import Iterable
 
@@ -43,6 +45,7 @@ from .model import TimeSformer
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # /proc/cpuinfo: int8 dot products without 16-bit saturation
 
 
 def torchao_pt2e():
@@ -141,6 +144,17 @@ def _drop_dtype_asserts(graph: torch.fx.Graph):
             graph.erase_node(node)
 
 
+def cpu_has_vnni(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
+    """Whether this CPU multiplies int8 without saturating 16-bit sums (its flags in ``cpuinfo``; True where they
+    can't be read)."""
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+    except OSError:
+        return True
+    return flags is None or any(flag in flags for flag in VNNI_FLAGS)
+
+
 def int8_static_float_dtype() -> torch.dtype:
     """The float work between static int8's linears: bf16 where oneDNN reports bf16 support (AVX-512 core, or AVX2
     with VNNI-2: its int8-mixed-bf16 kernels), else fp32. On an AVX2-only CPU, oneDNN's bf16 fallback had not
@@ -150,13 +164,19 @@ def int8_static_float_dtype() -> torch.dtype:
 
 
 def quantize_static(
-    model: TimeSformer, name: str, video: torch.Tensor, mask: torch.Tensor | None, calibration: Iterable[torch.Tensor]
+    model: TimeSformer,
+    name: str,
+    video: torch.Tensor,
+    mask: torch.Tensor | None,
+    calibration: Iterable[torch.Tensor],
+    reduce_range: bool,
 ) -> torch.fx.GraphModule:
     """The PT2E int8 graph of ``model.<name>`` for inputs shaped like ``video`` (any batch size).
 
     ``calibration``: clips ``n t c H W`` shaped like ``video`` past the batch; each is run through the observed
-    graph (with an all-real mask when ``mask`` is given). Run the result compiled (inductor), under bf16 autocast
-    where ``int8_static_float_dtype`` is bf16.
+    graph (with an all-real mask when ``mask`` is given). ``reduce_range``: activations in 7 bits (0-127), for CPUs
+    without VNNI, whose int8 kernels add pairs of products in 16-bit registers that saturate at full range. Run
+    the result compiled (inductor), under bf16 autocast where ``int8_static_float_dtype`` is bf16.
     """
     prepare, convert, to_eval, x86 = torchao_pt2e()
     method = _Method(model, name, mask is not None)
@@ -173,7 +193,7 @@ def quantize_static(
         gm.recompile()
         # the linears only: nearly all the FLOPs, and inductor can't prepack the patch conv for a free batch size
         quantizer = x86.X86InductorQuantizer().set_module_type_qconfig(
-            nn.Linear, x86.get_default_x86_inductor_quantization_config()
+            nn.Linear, x86.get_default_x86_inductor_quantization_config(reduce_range=reduce_range)
         )
         observed = prepare(gm, quantizer)
         for clips in calibration:
@@ -200,6 +220,8 @@ class OptimizedTimeSformer(nn.Module):
         self.dtype = HALF.get(precision, torch.float32)
         # int8-static: the float work between the int8 linears in bf16 where oneDNN has bf16 kernels
         self._bf16_between = method == "int8-static" and int8_static_float_dtype() == torch.bfloat16
+        # int8-static: 7-bit activations where the CPU lacks VNNI (full range saturates its 16-bit sums)
+        self.reduce_range = method == "int8-static" and not cpu_has_vnni()
         self.graphs = compile and method != "int8-static" and next(model.parameters()).is_cuda  # CUDA graphs
         self.use_compile = compile
         self._calibration = calibration
@@ -251,7 +273,7 @@ class OptimizedTimeSformer(nn.Module):
                 )
                 calibration = [video]
             try:
-                graph = quantize_static(self.model, name, video, mask, calibration)
+                graph = quantize_static(self.model, name, video, mask, calibration, self.reduce_range)
             except Exception as err:  # export or quantization failed: the eager int8 path always works
                 self._warn(name, "int8 static quantization", err)
                 return self._eager(name)

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..fast import cpu_has_vnni
 from ..model import TimeSformer
 from .export import _Logits
 
@@ -39,18 +40,6 @@ PRECISIONS = ("f32", "bf16")
 TOLERANCE = {"f32": 1e-3, "bf16": 0.1, "int8": 0.2}
 AGREEMENT = 0.9  # the share of real check clips whose top-1 class must be PyTorch fp32's
 OVERFLOW_FIXES = ("auto", "all", "first")  # int8: NNCF's overflow fix on every layer, or on the first only
-VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # /proc/cpuinfo: int8 dot products without 16-bit saturation
-
-
-def cpu_has_vnni(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
-    """Whether this CPU multiplies int8 without saturating 16-bit sums (its flags in ``cpuinfo``; True where they
-    can't be read)."""
-    try:
-        with open(cpuinfo) as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
-    except OSError:
-        return True
-    return flags is None or any(flag in flags for flag in VNNI_FLAGS)
 
 
 def _openvino():
