@@ -144,13 +144,18 @@ def _drop_dtype_asserts(graph: torch.fx.Graph):
             graph.erase_node(node)
 
 
-def cpu_has_vnni(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
-    """Whether this CPU multiplies int8 without saturating 16-bit sums (its flags in ``cpuinfo``; True where they
-    can't be read)."""
+def cpu_has_vnni(cpuinfo: str | os.PathLike | None = None) -> bool:
+    """Whether this CPU multiplies int8 without saturating 16-bit sums: one of ``VNNI_FLAGS``, as torch's CPU
+    capabilities report them (any OS), else as a ``/proc/cpuinfo``-style file lists them (``cpuinfo``: that file,
+    read instead). True where neither can be read: the choice made before anyone checked."""
+    capabilities = getattr(torch.cpu, "get_capabilities", None)  # torch >= 2.8
+    if cpuinfo is None and capabilities is not None:
+        found = capabilities()
+        return any(found.get(flag, False) for flag in VNNI_FLAGS)
     try:
-        with open(cpuinfo) as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
-    except OSError:
+        with open(cpuinfo or "/proc/cpuinfo") as f:
+            flags = next((line.partition(":")[2].split() for line in f if line.startswith("flags")), None)
+    except (OSError, UnicodeDecodeError):
         return True
     return flags is None or any(flag in flags for flag in VNNI_FLAGS)
 
@@ -219,7 +224,7 @@ class OptimizedTimeSformer(nn.Module):
         self.model, self.precision, self.config, self.method = model, precision, model.config, method
         self.dtype = HALF.get(precision, torch.float32)
         # int8-static: the float work between the int8 linears in bf16 where oneDNN has bf16 kernels
-        self._bf16_between = method == "int8-static" and int8_static_float_dtype() == torch.bfloat16
+        self.bf16_between = method == "int8-static" and int8_static_float_dtype() == torch.bfloat16
         # int8-static: 7-bit activations where the CPU lacks VNNI (full range saturates its 16-bit sums)
         self.reduce_range = method == "int8-static" and not cpu_has_vnni()
         self.graphs = compile and method != "int8-static" and next(model.parameters()).is_cuda  # CUDA graphs
@@ -301,7 +306,7 @@ class OptimizedTimeSformer(nn.Module):
         with torch.no_grad():
             if key not in self._compiled:
                 return fn(video, mask).float()
-            autocast = torch.autocast("cpu", torch.bfloat16) if self._bf16_between else contextlib.nullcontext()
+            autocast = torch.autocast("cpu", torch.bfloat16) if self.bf16_between else contextlib.nullcontext()
             try:  # a call with a new shape (re)compiles; freezing: the weights become constants inductor folds and
                 # pre-packs (the global setting: compile's options={"freezing": True} skips the int8 lowering)
                 with autocast, torch._inductor.config.patch(freezing=True), warnings.catch_warnings():

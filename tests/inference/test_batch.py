@@ -257,6 +257,30 @@ def test_a_damaged_shard_or_another_root_is_done_again(ckpt, data, tmp_path, cap
     assert all(e["path"].startswith(str(copy)) for e in read_shards(out).values())
 
 
+def test_static_int8_jobs_record_what_the_cpu_decided():
+    """Static int8's numbers depend on the CPU (7-bit activations without VNNI, fp32 between the linears without
+    oneDNN bf16): a job resumed on another kind of CPU differs in job.json and is refused, never mixed. What a CPU
+    with both records is what every static int8 job recorded before."""
+    from types import SimpleNamespace
+
+    from timesformer.inference.batch import job_identity
+
+    model = labelled_tiny_model()
+
+    def identity(**fast):
+        predictor = SimpleNamespace(precision="int8", model=SimpleNamespace(method="int8-static", **fast))
+        return job_identity(model, predictor, ["a.mp4", "b.mp4"], calibration_clips=2)
+
+    vnni_bf16 = identity(reduce_range=False, bf16_between=True)
+    assert set(vnni_bf16) == {"weights", "int8", "calibration"}
+    assert identity(reduce_range=True, bf16_between=True) == {**vnni_bf16, "activations": "7-bit"}
+    assert identity(reduce_range=True, bf16_between=False) == {
+        **vnni_bf16,
+        "activations": "7-bit",
+        "between_linears": "fp32",
+    }
+
+
 def test_sharded_options_name_what_they_need(ckpt, data, tmp_path, capsys, monkeypatch):
     assert main(["predict", "--list", str(data / "list.txt"), "--checkpoint", str(ckpt), "--format", "shards"]) == 2
     assert "--format shards writes shard files and index.jsonl into a folder: pass --out DIR" in capsys.readouterr().err

@@ -207,12 +207,13 @@ def test_static_int8_runs_its_float_work_in_bf16_only_where_onednn_has_bf16_kern
 @pytest.mark.parametrize("vnni", [False, True], ids=["no-vnni", "vnni"])
 def test_static_int8_quantizes_activations_in_7_bits_where_the_cpu_lacks_vnni(monkeypatch, vnni):
     """Without VNNI, oneDNN's int8 kernels add pairs of u8 x s8 products in 16-bit registers, which saturate at full
-    range: on an AVX2 EPYC that took a 300-step model's agreement with fp32 from 98.67 % to 94.67 % (600 clips;
-    ``benchmarks/results/openvino-int8-study-*``). The graph built there holds 0-127 activations; with VNNI 0-255."""
+    range: on an AVX2 EPYC that took a 300-step model's agreement with fp32 from 98.67 % to 94.67 % (600 clips, 64
+    calibration clips; ``benchmarks/results/openvino-int8-study-2026-12-05b-epyc-avx2.md``). The graph built there
+    holds 0-127 activations; with VNNI 0-255."""
     pytest.importorskip("torchao")
     import timesformer.fast as fast_module
 
-    monkeypatch.setattr(fast_module, "cpu_has_vnni", lambda: vnni)
+    monkeypatch.setattr(fast_module, "cpu_has_vnni", lambda: vnni, raising=False)  # (absent before the fix)
     built = []
     real = fast_module.quantize_static
     monkeypatch.setattr(fast_module, "quantize_static", lambda *args: built.append(real(*args)) or built[-1])
@@ -221,11 +222,40 @@ def test_static_int8_quantizes_activations_in_7_bits_where_the_cpu_lacks_vnni(mo
     fast = tf.optimize(model, precision="int8", compile=True, calibration=VIDEO)
     with torch.no_grad():
         ref, low = model(VIDEO), fast(VIDEO)
-    assert fast.method == "int8-static" and fast.reduce_range == (not vnni) and len(built) == 1
+    assert fast.method == "int8-static" and len(built) == 1
     quantize = torch.ops.quantized_decomposed.quantize_per_tensor.default
     ranges = {(n.args[3], n.args[4]) for n in built[0].graph.nodes if n.target == quantize}
     assert ranges == {(0, 255 if vnni else 127)}
+    assert fast.reduce_range == (not vnni)
     assert (low - ref).abs().max() <= TOLERANCE["int8"] * ref.abs().max()
+
+
+@pytest.mark.parametrize(
+    "flags, vnni",
+    [
+        ("fpu sse2 avx avx2 fma", False),
+        ("avx2 avx512f avx512_vnni", True),
+        ("avx2 avx_vnni", True),
+        ("avx512f amx_tile amx_int8", True),
+    ],
+    ids=["avx2", "avx512-vnni", "avx-vnni", "amx"],
+)
+def test_vnni_is_read_from_torchs_capabilities_or_from_cpuinfo(monkeypatch, tmp_path, flags, vnni):
+    import timesformer.fast as fast_module
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n")
+    assert fast_module.cpu_has_vnni(info) == vnni
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: dict.fromkeys(flags.split(), True), raising=False)
+    assert fast_module.cpu_has_vnni() == vnni
+    monkeypatch.delattr(torch.cpu, "get_capabilities", raising=False)  # an older torch: /proc/cpuinfo
+    assert fast_module.cpu_has_vnni() == fast_module.cpu_has_vnni("/proc/cpuinfo")
+    # unreadable: True, the full range every CPU had before the check
+    assert fast_module.cpu_has_vnni(tmp_path / "missing")
+    (bad := tmp_path / "binary").write_bytes(b"flags\t: \xff\xfe avx2\n")
+    assert fast_module.cpu_has_vnni(bad)
+    (odd := tmp_path / "odd").write_text("flags avx2\n")  # no colon: no flags read
+    assert not fast_module.cpu_has_vnni(odd)
 
 
 def test_static_int8_falls_back_to_dynamic_with_a_warning(monkeypatch):

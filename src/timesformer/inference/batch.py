@@ -97,13 +97,20 @@ def weights_digest(model: torch.nn.Module) -> str:
 def job_identity(model: torch.nn.Module, predictor: Predictor, paths: Sequence, calibration_clips: int = 8) -> dict:
     """What a job's results depend on beyond its settings (``ShardedJob``'s ``identity``): the ``weights_digest`` of
     ``model`` (the weights as loaded), and for int8 its method -- static (calibrated) and dynamic int8 give different
-    numbers -- and, for static int8, the videos that set its scales (the first ``calibration_clips`` of ``paths``)."""
+    numbers -- and, for static int8, the videos that set its scales (the first ``calibration_clips`` of ``paths``)
+    and what the CPU decided: 7-bit activations (no VNNI) and fp32 work between the linears (no oneDNN bf16), each
+    recorded only where it applies, so a job resumed on another kind of CPU is refused rather than mixed."""
     identity = {"weights": weights_digest(model)}
     if predictor.precision == "int8":
-        identity["int8"] = predictor.model.method
-        if predictor.model.method == "int8-static":
+        fast = predictor.model
+        identity["int8"] = fast.method
+        if fast.method == "int8-static":
             first = "\n".join(str(path) for path in paths[:calibration_clips])
             identity["calibration"] = f"{calibration_clips} clips of {hashlib.sha256(first.encode()).hexdigest()}"
+            if fast.reduce_range:
+                identity["activations"] = "7-bit"
+            if not fast.bf16_between:
+                identity["between_linears"] = "fp32"
     return identity
 
 
